@@ -1,0 +1,29 @@
+"""pint: parallel-in-time (Parareal) ODE solving for PyTorch.
+
+Public names::
+
+    pint.ODEProblem, pint.parareal, pint.serial, pint.Result, pint.Stats
+    pint.Propagator, pint.FixedStepPropagator
+    pint.Euler, pint.Heun, pint.RK4, pint.TorchDiffEq, pint.SciPy
+"""
+
+from .parareal import NonFiniteStateError, parareal, serial
+from .problem import ODEProblem
+from .propagators import (
+    RK4,
+    Euler,
+    FixedStepPropagator,
+    Heun,
+    Propagator,
+    SciPy,
+    TorchDiffEq,
+)
+from .result import IterationInfo, Result, Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ODEProblem", "parareal", "serial", "Result", "Stats", "IterationInfo",
+    "NonFiniteStateError", "Propagator", "FixedStepPropagator",
+    "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
+]

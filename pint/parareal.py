@@ -1,0 +1,291 @@
+"""The Parareal loop: partition, coarse sweep, batched fine solves, coarse correction.
+
+With boundaries ``U_0 .. U_B`` at times ``T_0 < .. < T_B``, coarse propagator ``G`` and
+fine propagator ``F`` (each over one block ``[T_i, T_{i+1}]``):
+
+* coarse sweep: ``U^0_0 = y0``, ``U^0_{i+1} = G(U^0_i)``;
+* iteration ``k = 1, 2, ...``: one **batched** fine solve ``F(U^{k-1}_i)`` of every block
+  that is not yet exact (``i >= k - 1``), then the sequential correction
+  ``U^k_{i+1} = G(U^k_i) + F(U^{k-1}_i) - G(U^{k-1}_i)``.
+
+After ``k`` iterations ``U^k_0 .. U^k_k`` equal the serial fine solution (exactness), so
+``k = B`` reproduces :func:`serial`. The loop stops early when every boundary moved by at
+most ``tol + rtol * |U^k_i|`` (max-abs norms) in one iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .problem import ODEProblem
+from .propagators.base import Propagator
+from .result import IterationInfo, Result, Stats
+
+Callback = Callable[[IterationInfo], None]
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A state became NaN or Inf during a solve; the message names block and iteration."""
+
+
+def parareal(
+    problem: ODEProblem,
+    coarse: Propagator,
+    fine: Propagator,
+    num_blocks: int | None = None,
+    tol: float = 1e-8,
+    max_iters: int | None = None,
+    pipelined: bool = False,
+    callback: Callback | None = None,
+    *,
+    rtol: float = 0.0,
+    partition: Sequence[float] | Tensor | None = None,
+    executor: object | None = None,
+) -> Result:
+    """Solve ``problem`` with Parareal.
+
+    Args:
+        problem: the initial value problem.
+        coarse: the cheap propagator ``G`` (one call per block, run block after block).
+        fine: the accurate propagator ``F`` (one batched call per iteration).
+        num_blocks: number of equal blocks ``B`` of ``t_span``; may be omitted when
+            ``partition`` is given.
+        tol: absolute tolerance of the stopping test (max-abs change of every boundary in
+            one iteration); ``0`` runs until ``max_iters`` or exactness.
+        max_iters: iteration limit; default ``num_blocks`` (the result then equals
+            :func:`serial`); ``0`` returns the coarse solution.
+        pipelined: run the wavefront schedule (same numbers, shorter critical path).
+        callback: called with an :class:`IterationInfo` after the coarse sweep and after
+            every iteration.
+        rtol: relative tolerance added to ``tol``: a boundary passes when its change is at
+            most ``tol + rtol * max|U_i|``.
+        partition: explicit block boundary times ``[B + 1]`` from ``t_span[0]`` to
+            ``t_span[1]``, strictly monotone, instead of equal blocks.
+        executor: where the batched work runs; ``None`` runs it in this process.
+
+    Returns:
+        A :class:`Result`; ``result.stats.depth`` for the sweep schedule with ``K``
+        iterations and fixed-step propagators of ``g`` and ``f`` steps per block is
+        ``B g + sum_{k=1..K} (f + (B - k) g)``.
+
+    Raises:
+        TypeError, ValueError: bad arguments (the message names the argument).
+        NonFiniteStateError: a state became NaN/Inf; names the block and the iteration.
+    """
+    _check_problem(problem)
+    _check_propagator("coarse", coarse)
+    _check_propagator("fine", fine)
+    times = make_partition(problem, num_blocks, partition)
+    B = times.shape[0] - 1
+    tol, rtol = _check_tol("tol", tol), _check_tol("rtol", rtol)
+    max_iters = B if max_iters is None else _check_max_iters(max_iters)
+    max_iters = min(max_iters, B)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if executor is not None:
+        return executor.parareal(  # type: ignore[attr-defined]
+            problem, coarse, fine, times, tol, rtol, max_iters, pipelined, callback
+        )
+    if pipelined:
+        raise NotImplementedError("pipelined=True is not available yet; use the sweep schedule")
+
+    run = Runner(problem)
+    t0, t1 = times[:-1], times[1:]
+    U = problem.y0.new_empty((B + 1, *problem.y0.shape))
+    G_old = problem.y0.new_empty((B, *problem.y0.shape))
+    U[0] = problem.y0
+    for i in range(B):
+        G_old[i] = run(coarse, U[i : i + 1], t0[i : i + 1], t1[i : i + 1], "coarse")[0]
+        U[i + 1] = G_old[i]
+    run.check_finite(U[1:], 0, first_block=0, what="coarse sweep")
+    if callback is not None:
+        callback(IterationInfo(0, U, math.nan, 0, run.stats))
+
+    history: list[float] = []
+    converged = False
+    k = 0
+    while k < max_iters:
+        k += 1
+        a = k - 1  # blocks a..B-1 start from a state that is not yet exact
+        F = run(fine, U[a:B], t0[a:B], t1[a:B], "fine")
+        run.check_finite(F, k, first_block=a, what="fine solve")
+        U_new = U.clone()
+        U_new[k] = F[0]
+        for i in range(k, B):
+            g = run(coarse, U_new[i : i + 1], t0[i : i + 1], t1[i : i + 1], "coarse")[0]
+            U_new[i + 1] = g + F[i - a] - G_old[i]
+            G_old[i] = g
+        run.check_finite(U_new[k:], k, first_block=k - 1, what="coarse correction")
+        change, passed = boundary_change(U_new[k:], U[k:], tol, rtol)
+        U = U_new
+        history.append(change)
+        if callback is not None:
+            callback(IterationInfo(k, U, change, k, run.stats))
+        if passed or k == B:
+            converged = True
+            break
+    return Result(U[-1].clone(), U, times, k, converged or k == B, history, run.stats)
+
+
+def serial(
+    problem: ODEProblem,
+    fine: Propagator,
+    num_blocks: int | None = None,
+    *,
+    partition: Sequence[float] | Tensor | None = None,
+) -> Result:
+    """The fine solution block after block: the reference :func:`parareal` reproduces.
+
+    Returns a :class:`Result` with ``iterations == 0``, ``converged == True`` and
+    ``stats.depth == B * f`` for a fixed-step ``fine`` of ``f`` steps per block.
+    """
+    _check_problem(problem)
+    _check_propagator("fine", fine)
+    times = make_partition(problem, num_blocks, partition)
+    B = times.shape[0] - 1
+    run = Runner(problem)
+    U = problem.y0.new_empty((B + 1, *problem.y0.shape))
+    U[0] = problem.y0
+    for i in range(B):
+        U[i + 1] = run(fine, U[i : i + 1], times[i : i + 1], times[i + 1 : i + 2], "fine")[0]
+    run.check_finite(U[1:], 0, first_block=0, what="serial fine solve")
+    return Result(U[-1].clone(), U, times, 0, True, [], run.stats)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Runner:
+    """Runs propagators on one problem and keeps the cost accounting in ``stats``."""
+
+    def __init__(self, problem: ODEProblem) -> None:
+        self.stats = Stats()
+        rhs = problem.batched_rhs() if problem.f is not None else _missing_rhs
+
+        def counted(t: Tensor, y: Tensor) -> Tensor:
+            self.stats.f_calls += 1
+            self.stats.f_evals += y.shape[0]
+            return rhs(t, y)
+
+        self.rhs = counted
+
+    def __call__(self, prop: Propagator, y: Tensor, t0: Tensor, t1: Tensor, kind: str) -> Tensor:
+        calls_before = self.stats.f_calls
+        out = prop(self.rhs, y, t0, t1)
+        if not isinstance(out, Tensor) or out.shape != y.shape or out.dtype != y.dtype:
+            raise TypeError(
+                f"{kind} propagator {prop!r} returned "
+                f"{getattr(out, 'shape', type(out).__name__)} / {getattr(out, 'dtype', '')}, "
+                f"expected a tensor of shape {tuple(y.shape)} and dtype {y.dtype}"
+            )
+        steps = prop.steps_per_block(t0, t1)
+        if steps is None:
+            n_seq = self.stats.f_calls - calls_before
+            total = n_seq * y.shape[0]
+        else:
+            n_seq, total = int(steps.max()), int(steps.sum())
+        self.stats.depth += n_seq
+        self.stats.rows += y.shape[0]
+        if kind == "coarse":
+            self.stats.coarse_steps += total
+        else:
+            self.stats.fine_steps += total
+        return out
+
+    @staticmethod
+    def check_finite(states: Tensor, iteration: int, first_block: int, what: str) -> None:
+        """Raise :class:`NonFiniteStateError` if any row of ``states`` is not finite;
+        row ``j`` belongs to block ``first_block + j``."""
+        ok = torch.isfinite(states.reshape(states.shape[0], -1)).all(dim=1)
+        if not bool(ok.all()):
+            j = int((~ok).nonzero()[0])
+            raise NonFiniteStateError(
+                f"non-finite state (NaN or Inf) in block {first_block + j} during the "
+                f"{what} of iteration {iteration}"
+            )
+
+
+def _missing_rhs(t: Tensor, y: Tensor) -> Tensor:
+    raise TypeError("this ODEProblem has f=None, so only propagators with their own "
+                    "dynamics can solve it")
+
+
+def boundary_change(new: Tensor, old: Tensor, tol: float, rtol: float) -> tuple[float, bool]:
+    """Largest max-abs change over boundaries, and whether every boundary passed
+    ``|new_i - old_i| <= tol + rtol * |new_i|``."""
+    diff = (new - old).abs().reshape(new.shape[0], -1).amax(dim=1)
+    bound = tol + rtol * new.abs().reshape(new.shape[0], -1).amax(dim=1)
+    return float(diff.max()), bool((diff <= bound).all())
+
+
+def make_partition(
+    problem: ODEProblem,
+    num_blocks: int | None,
+    partition: Sequence[float] | Tensor | None,
+) -> Tensor:
+    """Block boundary times ``[B + 1]`` on ``y0``'s device in ``problem.time_dtype``."""
+    dev, dt = problem.y0.device, problem.time_dtype
+    if partition is None:
+        if num_blocks is None:
+            raise ValueError("num_blocks is required (an int >= 1) unless partition is given")
+        num_blocks = _check_num_blocks(num_blocks)
+        return torch.linspace(problem.t_start, problem.t_end, num_blocks + 1, dtype=torch.float64
+                              ).to(device=dev, dtype=dt)
+    times = torch.as_tensor(partition, dtype=torch.float64).flatten().cpu()
+    if times.numel() < 2 or not bool(torch.isfinite(times).all()):
+        raise ValueError("partition must hold at least two finite times")
+    if num_blocks is not None and _check_num_blocks(num_blocks) != times.numel() - 1:
+        raise ValueError(
+            f"num_blocks={num_blocks} disagrees with partition of {times.numel() - 1} blocks"
+        )
+    if not (math.isclose(times[0].item(), problem.t_start, rel_tol=1e-12, abs_tol=1e-12)
+            and math.isclose(times[-1].item(), problem.t_end, rel_tol=1e-12, abs_tol=1e-12)):
+        raise ValueError(
+            f"partition must start at t_span[0]={problem.t_start} and end at "
+            f"t_span[1]={problem.t_end}, got {times[0].item()} .. {times[-1].item()}"
+        )
+    d = torch.diff(times) * math.copysign(1.0, problem.t_end - problem.t_start)
+    if not bool((d > 0).all()):
+        raise ValueError("partition must be strictly monotone in the direction of t_span")
+    return times.to(device=dev, dtype=dt)
+
+
+def _check_num_blocks(num_blocks: object) -> int:
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
+        raise TypeError(f"num_blocks must be an int >= 1, got {type(num_blocks).__name__}")
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+    return num_blocks
+
+
+def _check_tol(name: str, tol: object) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+        raise TypeError(f"{name} must be a number >= 0, got {type(tol).__name__}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {tol}")
+    return float(tol)
+
+
+def _check_max_iters(max_iters: object) -> int:
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int):
+        raise TypeError(f"max_iters must be an int >= 0 or None, got {type(max_iters).__name__}")
+    if max_iters < 0:
+        raise ValueError(f"max_iters must be >= 0, got {max_iters}")
+    return max_iters
+
+
+def _check_problem(problem: object) -> None:
+    if not isinstance(problem, ODEProblem):
+        raise TypeError(f"problem must be a pint.ODEProblem, got {type(problem).__name__}")
+
+
+def _check_propagator(name: str, prop: object) -> None:
+    if not isinstance(prop, Propagator):
+        raise TypeError(
+            f"{name} must be a pint.Propagator (e.g. pint.RK4(steps=...)), "
+            f"got {type(prop).__name__}"
+        )

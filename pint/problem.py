@@ -1,0 +1,119 @@
+"""The initial value problem ``y' = f(t, y), y(t0) = y0`` and its validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+RHS = Callable[[Tensor, Tensor], Tensor]
+
+
+class ODEProblem:
+    """An initial value problem ``dy/dt = f(t, y)``, ``y(t_span[0]) = y0``.
+
+    Args:
+        f: the right-hand side. By default it is written for **one** state: it receives
+            a 0-dim time tensor ``t`` and ``y`` of the shape of ``y0`` and returns
+            ``dy/dt`` of the same shape and dtype; pint vectorises it over blocks with
+            :func:`torch.func.vmap`. With ``batched=True`` it already accepts a leading
+            block dimension: ``t`` of shape ``[n]`` and ``y`` of shape ``[n, *y0.shape]``.
+            ``None`` is allowed for discrete-time problems whose propagators carry their
+            own dynamics (the diffusion samplers of :mod:`adapters.diffusion`).
+        y0: the initial state, a floating-point tensor of any shape (a batch of states is
+            one state). Its device and dtype are kept throughout.
+        t_span: ``(t_start, t_end)``, two distinct finite numbers; ``t_end < t_start``
+            integrates backwards in time.
+        batched: whether ``f`` handles the leading block dimension itself.
+
+    Raises:
+        TypeError: ``f`` not callable, ``y0`` not a floating-point tensor.
+        ValueError: ``y0`` not finite, ``t_span`` not two distinct finite numbers.
+    """
+
+    def __init__(
+        self,
+        f: RHS | None,
+        y0: Tensor,
+        t_span: tuple[float, float],
+        *,
+        batched: bool = False,
+    ) -> None:
+        if f is not None and not callable(f):
+            raise TypeError(f"f must be callable f(t, y) -> dy/dt, got {type(f).__name__}")
+        if not isinstance(y0, Tensor):
+            raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
+        if not (y0.is_floating_point() or y0.is_complex()):
+            raise TypeError(f"y0 must have a floating-point dtype, got {y0.dtype}")
+        if y0.numel() == 0:
+            raise ValueError("y0 must have at least one element")
+        if not bool(torch.isfinite(y0).all()):
+            raise ValueError("y0 must be finite (it contains NaN or Inf)")
+        self.t_start, self.t_end = _check_span(t_span)
+        self.f = f
+        self.y0 = y0
+        self.batched = bool(batched)
+
+    @property
+    def t_span(self) -> tuple[float, float]:
+        return (self.t_start, self.t_end)
+
+    @property
+    def time_dtype(self) -> torch.dtype:
+        """The dtype of time tensors handed to ``f``: float64 for float64 states, else
+        float32 (half-precision times would round grid points)."""
+        real = self.y0.real.dtype if self.y0.is_complex() else self.y0.dtype
+        return torch.float64 if real == torch.float64 else torch.float32
+
+    def batched_rhs(self) -> RHS:
+        """``f`` as a function of ``t [n]`` and ``y [n, *y0.shape]``; checks every output."""
+        if self.f is None:
+            raise TypeError(
+                "this ODEProblem has f=None; its propagators must carry their own dynamics"
+            )
+        f = self.f if self.batched else torch.func.vmap(self.f, in_dims=(0, 0))
+        shape, dtype, batched = tuple(self.y0.shape), self.y0.dtype, self.batched
+
+        def rhs(t: Tensor, y: Tensor) -> Tensor:
+            try:
+                dy = f(t, y)
+            except RuntimeError as err:
+                if not batched and "vmap" in str(err):
+                    raise TypeError(
+                        "f could not be vectorised over blocks with torch.func.vmap "
+                        f"({err}); write f for a leading block dimension and pass "
+                        "batched=True"
+                    ) from err
+                raise
+            if not isinstance(dy, Tensor):
+                raise TypeError(f"f must return a torch.Tensor, got {type(dy).__name__}")
+            if tuple(dy.shape) != tuple(y.shape):
+                got = tuple(dy.shape) if batched else tuple(dy.shape[1:])
+                raise ValueError(f"f returned shape {got}, expected the shape of y0 {shape}")
+            if dy.dtype != dtype:
+                raise TypeError(f"f returned dtype {dy.dtype}, expected the dtype of y0 {dtype}")
+            return dy
+
+        return rhs
+
+    def __repr__(self) -> str:
+        return (
+            f"ODEProblem(y0 shape={tuple(self.y0.shape)}, dtype={self.y0.dtype}, "
+            f"t_span={self.t_span})"
+        )
+
+
+def _check_span(t_span: Any) -> tuple[float, float]:
+    try:
+        a, b = t_span
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):
+        raise ValueError(f"t_span must be two numbers (t_start, t_end), got {t_span!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"t_span must be finite, got {t_span!r}")
+    if a == b:
+        raise ValueError(f"t_span must be two distinct numbers, got {t_span!r}")
+    return a, b

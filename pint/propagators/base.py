@@ -1,0 +1,80 @@
+"""The propagator contract: advance a batch of block states over per-block intervals."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+RHS = Callable[[Tensor, Tensor], Tensor]
+
+
+class Propagator(ABC):
+    """Advances ``n`` block states at once.
+
+    Subclasses implement :meth:`__call__`. ``f`` is the batched right-hand side
+    ``f(t [n], y [n, *state]) -> [n, *state]``; ``y`` has shape ``[n, *state]`` and
+    ``t0``, ``t1`` (shape ``[n]``) are each block's start and end time. The return value
+    is the state at ``t1``, same shape, dtype and device as ``y``. All rows are solved
+    together: one batched ``f`` call serves every block.
+
+    Example, explicit midpoint with a fixed number of steps::
+
+        class Midpoint(pint.FixedStepPropagator):
+            def step(self, f, t, y, h):
+                hb = h.view(-1, *[1] * (y.dim() - 1))
+                k1 = f(t, y)
+                return y + hb * f(t + h / 2, y + hb / 2 * k1)
+    """
+
+    #: how many ``f`` evaluations one step makes (``None``: measured while running)
+    evals_per_step: int | None = None
+
+    @abstractmethod
+    def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
+        """Return the states at ``t1`` (``[n, *state]``) given ``y`` at ``t0``."""
+
+    def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor | None:
+        """Steps each block takes (``[n]`` int64), or ``None`` if only known by running
+        (adaptive solvers; pint then counts their ``f`` calls as steps)."""
+        return None
+
+
+class FixedStepPropagator(Propagator):
+    """A one-step method applied ``steps`` times with equal step size on every block.
+
+    Subclasses implement :meth:`step`, one step of size ``h`` (``[n]``) from ``t``
+    (``[n]``)."""
+
+    def __init__(self, steps: int = 1) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise TypeError(f"steps must be an int >= 1, got {type(steps).__name__}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.steps = steps
+
+    @abstractmethod
+    def step(self, f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+        """One step from ``(t, y)`` of size ``h``; ``t``, ``h``: ``[n]``."""
+
+    def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
+        h = (t1 - t0) / self.steps
+        t = t0
+        for j in range(self.steps):
+            y = self.step(f, t, y, h)
+            t = t0 + (j + 1) * h
+        return y
+
+    def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor:
+        return torch.full(t0.shape, self.steps, dtype=torch.int64)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(steps={self.steps})"
+
+
+def expand_as_state(h: Tensor, y: Tensor) -> Tensor:
+    """View a per-block ``[n]`` tensor so that it broadcasts against ``y [n, *state]``,
+    in ``y``'s dtype."""
+    return h.to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
