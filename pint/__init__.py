@@ -16,6 +16,7 @@ from .propagators import (
     Heun,
     Propagator,
     SciPy,
+    StepPropagator,
     TorchDiffEq,
 )
 from .result import IterationInfo, Result, Stats
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ODEProblem", "parareal", "serial", "Result", "Stats", "IterationInfo",
-    "NonFiniteStateError", "Propagator", "FixedStepPropagator",
+    "NonFiniteStateError", "Propagator", "StepPropagator", "FixedStepPropagator",
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
 ]

@@ -24,6 +24,7 @@ from torch import Tensor
 from .problem import ODEProblem
 from .propagators.base import Propagator
 from .result import IterationInfo, Result, Stats
+from .stopping import MaxAbsChange, StoppingRule
 
 Callback = Callable[[IterationInfo], None]
 
@@ -44,6 +45,7 @@ def parareal(
     *,
     rtol: float = 0.0,
     partition: Sequence[float] | Tensor | None = None,
+    stopping: StoppingRule | None = None,
     executor: object | None = None,
 ) -> Result:
     """Solve ``problem`` with Parareal.
@@ -65,6 +67,8 @@ def parareal(
             most ``tol + rtol * max|U_i|``.
         partition: explicit block boundary times ``[B + 1]`` from ``t_span[0]`` to
             ``t_span[1]``, strictly monotone, instead of equal blocks.
+        stopping: a :class:`~pint.stopping.StoppingRule` replacing the ``tol``/``rtol``
+            test (for example :class:`~pint.stopping.FinalStateChange`).
         executor: where the batched work runs; ``None`` runs it in this process.
 
     Returns:
@@ -84,11 +88,15 @@ def parareal(
     tol, rtol = _check_tol("tol", tol), _check_tol("rtol", rtol)
     max_iters = B if max_iters is None else _check_max_iters(max_iters)
     max_iters = min(max_iters, B)
+    if stopping is None:
+        stopping = MaxAbsChange(tol, rtol)
+    elif not callable(stopping):
+        raise TypeError(f"stopping must be callable, got {type(stopping).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     if executor is not None:
         return executor.parareal(  # type: ignore[attr-defined]
-            problem, coarse, fine, times, tol, rtol, max_iters, pipelined, callback
+            problem, coarse, fine, times, stopping, max_iters, pipelined, callback
         )
     if pipelined:
         raise NotImplementedError("pipelined=True is not available yet; use the sweep schedule")
@@ -120,7 +128,8 @@ def parareal(
             U_new[i + 1] = g + F[i - a] - G_old[i]
             G_old[i] = g
         run.check_finite(U_new[k:], k, first_block=k - 1, what="coarse correction")
-        change, passed = boundary_change(U_new[k:], U[k:], tol, rtol)
+        index = torch.arange(k, B + 1, device=U.device)
+        change, passed = stopping(U_new[k:], U[k:], index)
         U = U_new
         history.append(change)
         if callback is not None:
@@ -212,14 +221,6 @@ class Runner:
 def _missing_rhs(t: Tensor, y: Tensor) -> Tensor:
     raise TypeError("this ODEProblem has f=None, so only propagators with their own "
                     "dynamics can solve it")
-
-
-def boundary_change(new: Tensor, old: Tensor, tol: float, rtol: float) -> tuple[float, bool]:
-    """Largest max-abs change over boundaries, and whether every boundary passed
-    ``|new_i - old_i| <= tol + rtol * |new_i|``."""
-    diff = (new - old).abs().reshape(new.shape[0], -1).amax(dim=1)
-    bound = tol + rtol * new.abs().reshape(new.shape[0], -1).amax(dim=1)
-    return float(diff.max()), bool((diff <= bound).all())
 
 
 def make_partition(

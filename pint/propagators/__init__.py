@@ -1,10 +1,10 @@
 """Propagators: solvers that advance a batch of block states over per-block intervals."""
 
-from .base import FixedStepPropagator, Propagator, expand_as_state
+from .base import FixedStepPropagator, Propagator, StepPropagator, expand_as_state
 from .explicit import RK4, Euler, Heun
 from .external import SciPy, TorchDiffEq
 
 __all__ = [
-    "Propagator", "FixedStepPropagator", "expand_as_state",
+    "Propagator", "StepPropagator", "FixedStepPropagator", "expand_as_state",
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
 ]

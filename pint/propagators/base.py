@@ -42,7 +42,45 @@ class Propagator(ABC):
         return None
 
 
-class FixedStepPropagator(Propagator):
+class StepPropagator(Propagator):
+    """A one-step method applied a whole number of times per block.
+
+    Subclasses implement :meth:`step` (one step of size ``h`` from ``t``, both ``[n]``)
+    and :meth:`steps_per_block`. Blocks may take different numbers of steps: block ``i``
+    takes ``n_i`` equal steps of size ``(t1_i - t0_i) / n_i``, and each batched step only
+    includes the blocks that still have steps left. Because every step is one batched
+    call, the pipelined schedule can put steps of different blocks and iterations into one
+    call (see :meth:`batches_with`).
+    """
+
+    @abstractmethod
+    def step(self, f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+        """One step from ``(t, y)`` of size ``h``; ``t``, ``h``: ``[n]``, ``y``: ``[n, *state]``."""
+
+    @abstractmethod
+    def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor:
+        """Steps each block takes, ``[n]`` int64 (on any device)."""
+
+    def batches_with(self, other: Propagator) -> bool:
+        """Whether ``self.step`` may also advance ``other``'s rows in one batched call."""
+        return type(self) is type(other)
+
+    def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
+        n = self.steps_per_block(t0, t1).to(t0.device)
+        h = (t1 - t0) / n.to(t0.dtype)
+        n_max = int(n.max())
+        if bool((n == n_max).all()):
+            for j in range(n_max):
+                y = self.step(f, t0 + j * h, y, h)
+            return y
+        y = y.clone()
+        for j in range(n_max):
+            rows = (n > j).nonzero().squeeze(1)
+            y[rows] = self.step(f, t0[rows] + j * h[rows], y[rows], h[rows])
+        return y
+
+
+class FixedStepPropagator(StepPropagator):
     """A one-step method applied ``steps`` times with equal step size on every block.
 
     Subclasses implement :meth:`step`, one step of size ``h`` (``[n]``) from ``t``
@@ -54,18 +92,6 @@ class FixedStepPropagator(Propagator):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps = steps
-
-    @abstractmethod
-    def step(self, f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
-        """One step from ``(t, y)`` of size ``h``; ``t``, ``h``: ``[n]``."""
-
-    def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
-        h = (t1 - t0) / self.steps
-        t = t0
-        for j in range(self.steps):
-            y = self.step(f, t, y, h)
-            t = t0 + (j + 1) * h
-        return y
 
     def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor:
         return torch.full(t0.shape, self.steps, dtype=torch.int64)

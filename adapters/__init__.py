@@ -1,0 +1,1 @@
+"""Applications mapped onto the pint engine (they import pint; pint never imports them)."""

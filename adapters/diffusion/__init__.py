@@ -1,0 +1,20 @@
+"""Diffusion sampling on the pint engine: SRDS (Parareal over the sampler's ODE).
+
+Public names::
+
+    VPSchedule, SamplingGrid, Denoiser, ModelOutputError
+    srds_sample, serial_sample, SampleOutput, SamplerStats, DEFAULT_TOL
+    GaussianMixtureDenoiser
+"""
+
+from .analytic import GaussianMixtureDenoiser
+from .model import Denoiser, ModelOutputError
+from .ode import DDIMStep, block_partition
+from .samplers import DEFAULT_TOL, SampleOutput, SamplerStats, serial_sample, srds_sample
+from .schedule import SamplingGrid, VPSchedule
+
+__all__ = [
+    "VPSchedule", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
+    "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
+    "DEFAULT_TOL", "GaussianMixtureDenoiser",
+]

@@ -1,0 +1,140 @@
+"""Denoiser wrappers: a network's output turned into ``(x0, eps)`` predictions for a batch
+of blocks, with conditioning, classifier-free guidance and cost counting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .schedule import PREDICTION_TYPES
+
+Model = Callable[..., Any]
+
+
+class ModelOutputError(FloatingPointError):
+    """The model returned NaN/Inf; the message names the timestep."""
+
+
+class Denoiser:
+    """Evaluates ``model(x, t, **model_kwargs)`` for many blocks in **one** call.
+
+    Args:
+        model: ``model(x [R, *sample], t [R] int64, **kwargs) -> [R, *sample]`` (a tensor
+            or an object with a ``.sample`` tensor, as diffusers' UNets return).
+        prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+        clip_sample: clamp x0 to ``[-clip_range, clip_range]`` (eps is left as predicted,
+            as diffusers does).
+        model_kwargs: conditioning for the samples of one state (``encoder_hidden_states``,
+            ``class_labels``, ...): tensors whose leading dimension is the number of
+            samples ``b`` are repeated for every block; other values pass through.
+        guidance_scale: classifier-free guidance ``w``: the conditional and unconditional
+            halves go into one model call and ``out = uncond + w (cond - uncond)``.
+        uncond_kwargs: the unconditional counterpart of ``model_kwargs`` (required with
+            ``guidance_scale``).
+        check_finite: raise :class:`ModelOutputError` naming the timestep when the model
+            returns NaN/Inf (costs one device synchronisation per call).
+
+    Attributes:
+        calls: model invocations so far. rows: samples evaluated so far (guidance counts 2).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        prediction_type: str = "epsilon",
+        clip_sample: bool = False,
+        clip_range: float = 1.0,
+        model_kwargs: Mapping[str, Any] | None = None,
+        guidance_scale: float | None = None,
+        uncond_kwargs: Mapping[str, Any] | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be callable model(x, t), got {type(model).__name__}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+            )
+        if guidance_scale is not None and uncond_kwargs is None:
+            raise ValueError("guidance_scale needs uncond_kwargs (the unconditional inputs)")
+        if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+            raise TypeError("model_kwargs must be a mapping of keyword arguments")
+        self.model = model
+        self.prediction_type = prediction_type
+        self.clip_sample, self.clip_range = bool(clip_sample), float(clip_range)
+        self.model_kwargs = dict(model_kwargs or {})
+        self.guidance_scale = guidance_scale
+        self.uncond_kwargs = dict(uncond_kwargs or {})
+        self.check_finite = check_finite
+        self.calls = 0
+        self.rows = 0
+
+    def raw(self, x: Tensor, t: Tensor) -> Tensor:
+        """The (guided) network output for ``x [n, b, *sample]`` at timesteps ``t [n]``."""
+        n, b = x.shape[0], x.shape[1]
+        xf = x.reshape(n * b, *x.shape[2:])
+        tf = t.to(x.device).repeat_interleave(b)
+        kwargs = _tile(self.model_kwargs, n, b)
+        if self.guidance_scale is not None:
+            unc = _tile(self.uncond_kwargs, n, b)
+            kwargs = {k: _cat(v, unc.get(k, v)) for k, v in kwargs.items()}
+            xf, tf = torch.cat([xf, xf]), torch.cat([tf, tf])
+        out = self.model(xf, tf, **kwargs)
+        out = getattr(out, "sample", out)
+        self.calls += 1
+        self.rows += xf.shape[0]
+        if not isinstance(out, Tensor) or out.shape != xf.shape:
+            raise ValueError(
+                f"model returned {getattr(out, 'shape', type(out).__name__)} at timestep "
+                f"{int(t[0])}, expected the input's shape {tuple(xf.shape)}"
+            )
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
+            row = int(bad.nonzero()[0]) % (n * b)
+            raise ModelOutputError(
+                f"model returned NaN/Inf at timestep {int(t[row // b])} (block row {row // b})"
+            )
+        if self.guidance_scale is not None:
+            cond, unc = out.chunk(2)
+            out = unc + self.guidance_scale * (cond - unc)
+        return out.to(x.dtype).reshape(x.shape)
+
+    def predict(self, x: Tensor, t: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x0, eps)`` for ``x [n, b, *sample]`` at timesteps ``t [n]`` with
+        ``alpha_bar`` values ``alpha [n]`` (float64, cast to ``x``'s dtype)."""
+        out = self.raw(x, t)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        a = alpha.to(device=x.device, dtype=torch.float64)
+        sa = a.sqrt().to(x.dtype).view(shape)
+        s1a = (1 - a).sqrt().to(x.dtype).view(shape)
+        if self.prediction_type == "epsilon":
+            eps = out
+            x0 = (x - s1a * eps) / sa
+        elif self.prediction_type == "sample":
+            x0 = out
+            eps = (x - sa * x0) / s1a
+        else:  # v_prediction
+            x0 = sa * x - s1a * out
+            eps = sa * out + s1a * x
+        if self.clip_sample:
+            x0 = x0.clamp(-self.clip_range, self.clip_range)
+        return x0, eps
+
+
+def _tile(kwargs: Mapping[str, Any], n: int, b: int) -> dict[str, Any]:
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == b:
+            out[k] = v.repeat(n, *([1] * (v.dim() - 1)))
+        else:
+            out[k] = v
+    return out
+
+
+def _cat(a: Any, b: Any) -> Any:
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dim() > 0:
+        return torch.cat([a, b])
+    return a

@@ -1,0 +1,98 @@
+"""The sampler's recursion as an ODE on the pint engine.
+
+Time is the position ``s`` on the sampler's grid: the state at ``s = j`` is the sample
+after ``j`` of the ``N`` steps, so ``t_span = (0, N)``. A block ``[s0, s1)`` holds steps
+``s0 .. s1 - 1``. The fine propagator takes those steps one by one (one model call per
+step, batched over blocks); the coarse propagator jumps across the whole block with one
+DDIM step (eta = 0) from the noise level of step ``s0`` to the level after step
+``s1 - 1``. Both are the same :class:`DDIMStep` method with different step sizes, so the
+pipelined schedule batches coarse and fine rows into one model call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pint import StepPropagator
+
+from .model import Denoiser
+from .schedule import SamplingGrid
+
+
+class DDIMStep(StepPropagator):
+    """DDIM on a sampler grid. ``fine=True``: one step per grid step (the exact sampler,
+    including its noise for eta > 0 or DDPM); ``fine=False``: one deterministic DDIM jump
+    per block.
+
+    Args:
+        denoiser: the wrapped model.
+        grid: the sampler's per-step coefficients.
+        fine: which of the two propagators this is.
+        noise: per-step noise ``[N, *sample]`` for stochastic grids (drawn up front).
+    """
+
+    evals_per_step = 1
+
+    def __init__(self, denoiser: Denoiser, grid: SamplingGrid, fine: bool,
+                 noise: Tensor | None = None) -> None:
+        if grid.stochastic and noise is None:
+            raise ValueError("a stochastic sampler grid needs its per-step noise")
+        self.denoiser, self.grid, self.fine, self.noise = denoiser, grid, fine, noise
+        self._uses_x = bool((grid.c_x != 0).any())
+        self._dev: dict = {}
+
+    def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor:
+        if self.fine:
+            return (t1 - t0).round().to(torch.int64)
+        return torch.ones(t0.shape, dtype=torch.int64)
+
+    def batches_with(self, other) -> bool:
+        return (isinstance(other, DDIMStep) and other.denoiser is self.denoiser
+                and other.grid is self.grid)
+
+    def _coeffs(self, device: torch.device) -> dict[str, Tensor]:
+        if device not in self._dev:
+            g = self.grid
+            self._dev[device] = {k: getattr(g, k).to(device) for k in
+                                 ("timesteps", "alpha_in", "alpha_out", "c_x0", "c_eps", "c_x",
+                                  "sigma")}
+        return self._dev[device]
+
+    def step(self, f, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+        c = self._coeffs(y.device)
+        j = t.round().to(torch.int64)
+        hs = h.round().to(torch.int64)
+        last = j + hs - 1
+        x0, eps = self.denoiser.predict(y, c["timesteps"][j], c["alpha_in"][j])
+        single = hs == 1
+        a_end = c["alpha_out"][last]
+        c_x0 = torch.where(single, c["c_x0"][j], a_end.sqrt())
+        c_eps = torch.where(single, c["c_eps"][j], (1 - a_end).sqrt())
+        c_x = torch.where(single, c["c_x"][j], torch.zeros_like(a_end))
+        shape = (-1,) + (1,) * (y.dim() - 1)
+
+        def cast(v: Tensor) -> Tensor:
+            return v.to(y.dtype).view(shape)
+
+        out = cast(c_x0) * x0 + cast(c_eps) * eps
+        if self._uses_x:
+            out = out + cast(c_x) * y
+        if self.grid.stochastic:
+            sig = torch.where(single, c["sigma"][j], torch.zeros_like(a_end))
+            out = out + cast(sig) * self.noise[j].to(y.dtype)
+        return out
+
+    def __repr__(self) -> str:
+        return f"DDIMStep({'fine' if self.fine else 'coarse'}, N={self.grid.num_steps})"
+
+
+def block_partition(num_steps: int, num_blocks: int) -> Tensor:
+    """Block edges on the grid ``[num_blocks + 1]`` (int positions, float64): equal blocks
+    where ``num_blocks`` divides ``num_steps``, else lengths differing by at most one,
+    the longer blocks first (``N = 1000, B = 32`` gives 8 blocks of 32 and 24 of 31)."""
+    base, extra = divmod(num_steps, num_blocks)
+    lengths = [base + 1] * extra + [base] * (num_blocks - extra)
+    edges = torch.zeros(num_blocks + 1, dtype=torch.float64)
+    edges[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.float64), 0)
+    return edges

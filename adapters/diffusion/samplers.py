@@ -1,0 +1,278 @@
+"""Samplers as plain functions over a model: serial DDIM/DDPM and SRDS (Parareal).
+
+``srds_sample`` is :func:`pint.parareal` with a one-step DDIM coarse propagator and the
+sampler's own steps as the fine propagator, over ``num_blocks`` blocks of the ``N``-step
+grid. Run to the end it returns exactly the serial sample; stopped early (``tol``), it
+returns a sample whose last iteration moved it by less than ``tol``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import pint
+from pint.stopping import FinalStateChange, MaxAbsChange
+
+from .model import Denoiser, Model
+from .ode import DDIMStep, block_partition
+from .schedule import SamplingGrid, VPSchedule, check_num_steps
+
+#: default ``tol`` per state dtype (max-abs change of the final sample, data in [-1, 1]):
+#: about the float32 round-off floor of the serial sampler itself (see
+#: ``benchmarks/serial_floor.py``); below it a float32 run never settles.
+DEFAULT_TOL = {torch.float64: 1e-6, torch.float32: 2e-3, torch.float16: 2e-2,
+               torch.bfloat16: 5e-2}
+
+
+@dataclass
+class SamplerStats:
+    """Cost of one sampling run.
+
+    Attributes:
+        model_calls: network invocations (each one batched over blocks and samples).
+        model_rows: samples pushed through the network, summed over calls (classifier-free
+            guidance counts both halves).
+        depth: sequential model calls on the critical path: what wall-clock follows when a
+            batched call costs about as much as a single one.
+        engine: the engine's :class:`pint.Stats`.
+    """
+
+    model_calls: int = 0
+    model_rows: int = 0
+    depth: int = 0
+    engine: pint.Stats = field(default_factory=pint.Stats)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model_calls": self.model_calls, "model_rows": self.model_rows,
+                "depth": self.depth, "engine": self.engine.as_dict()}
+
+
+@dataclass
+class SampleOutput:
+    """What :func:`srds_sample` returns.
+
+    Attributes:
+        sample: the final sample, shape and dtype of ``x_T``.
+        iterations: Parareal iterations done.
+        converged: whether the stopping rule passed (or every block became exact).
+        history: the change measured by the stopping rule in each iteration.
+        stats: :class:`SamplerStats`.
+        tol: the tolerance used (``DEFAULT_TOL`` of the dtype when none was given).
+        num_blocks: blocks of the grid.
+        iterates: with ``return_iterates=True``, the sample after the coarse sweep and
+            after every iteration ``[iterations + 1, *x_T.shape]``; else ``None``.
+    """
+
+    sample: Tensor
+    iterations: int
+    converged: bool
+    history: list[float]
+    stats: SamplerStats
+    tol: float
+    num_blocks: int
+    iterates: Tensor | None = None
+
+
+def _check_x(x_T: object, model: Model) -> Tensor:
+    if not isinstance(x_T, Tensor):
+        raise TypeError(f"x_T must be a torch.Tensor [batch, *sample], got {type(x_T).__name__}")
+    if not x_T.is_floating_point():
+        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
+    expected = getattr(model, "sample_shape", None)
+    if expected is not None and tuple(x_T.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"x_T must have shape [batch, {', '.join(map(str, expected))}] for this model, "
+            f"got {tuple(x_T.shape)}"
+        )
+    if x_T.dim() < 2:
+        raise ValueError(f"x_T must be [batch, *sample] (at least 2-D), got {tuple(x_T.shape)}")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T must be finite")
+    return x_T
+
+
+def _setup(model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
+           model_kwargs, guidance_scale, uncond_kwargs, check_finite):
+    if not isinstance(schedule, VPSchedule):
+        raise TypeError(f"schedule must be a VPSchedule, got {type(schedule).__name__}")
+    x_T = _check_x(x_T, model)
+    N = check_num_steps(num_steps, schedule.num_train_timesteps)
+    denoiser = Denoiser(
+        model, prediction_type or schedule.prediction_type, schedule.clip_sample,
+        schedule.clip_sample_range, model_kwargs, guidance_scale, uncond_kwargs, check_finite,
+    )
+    grid = SamplingGrid.build(schedule, N, sampler, eta)
+    if grid.stochastic:
+        if noise is None:
+            noise = torch.stack([
+                torch.randn(x_T.shape, generator=generator, dtype=x_T.dtype,
+                            device=generator.device if generator is not None else x_T.device)
+                for _ in range(N)
+            ]).to(x_T.device)
+        elif tuple(noise.shape) != (N, *x_T.shape):
+            raise ValueError(f"noise must have shape {(N, *x_T.shape)}, got {tuple(noise.shape)}")
+    problem = pint.ODEProblem(None, x_T, (0.0, float(N)))
+    return N, denoiser, grid, noise, problem
+
+
+def serial_sample(
+    model: Model,
+    schedule: VPSchedule,
+    x_T: Tensor,
+    num_steps: int,
+    prediction_type: str | None = None,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    *,
+    sampler: str = "ddim",
+    noise: Tensor | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: Mapping[str, Any] | None = None,
+) -> Tensor:
+    """The plain serial sampler: ``num_steps`` model calls one after another.
+
+    ``sampler="ddim"`` with ``eta`` (0: deterministic DDIM) or ``"ddpm"`` (ancestral, as
+    diffusers' DDPMScheduler). Stochastic samplers draw their noise ``[N, *x_T.shape]``
+    step by step from ``generator`` (or take ``noise``). Returns the sample, shape and
+    dtype of ``x_T`` (``[batch, *sample]``).
+    """
+    _, denoiser, grid, noise, problem = _setup(
+        model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
+        model_kwargs, guidance_scale, uncond_kwargs, True)
+    fine = DDIMStep(denoiser, grid, fine=True, noise=noise)
+    return pint.serial(problem, fine, num_blocks=1).y
+
+
+def srds_sample(
+    model: Model,
+    schedule: VPSchedule,
+    x_T: Tensor,
+    num_steps: int,
+    num_blocks: int | None = None,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    pipelined: bool = False,
+    prediction_type: str | None = None,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callable[[pint.IterationInfo], None] | None = None,
+    *,
+    sampler: str = "ddim",
+    noise: Tensor | None = None,
+    stopping: str = "final",
+    return_iterates: bool = False,
+    partition: Tensor | list[int] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: Mapping[str, Any] | None = None,
+    check_finite: bool = True,
+    executor: object | None = None,
+) -> SampleOutput:
+    """Self-Refining Diffusion Sampling: the serial sampler's result by Parareal iterations.
+
+    Args:
+        model: ``model(x [R, *sample], t [R] int64, **model_kwargs) -> [R, *sample]``.
+        schedule: the noise schedule and sampler conventions.
+        x_T: the initial noise ``[batch, *sample]``; its dtype and device are kept.
+        num_steps: ``N``, the serial sampler's steps.
+        num_blocks: ``B`` (default ``round(sqrt(N))``); blocks differ in length by at most
+            one step when ``B`` does not divide ``N``.
+        tol: stop once the stopping rule's change is at most ``tol`` (data units; default
+            ``DEFAULT_TOL[x_T.dtype]``, about float round-off of the serial sampler).
+        max_iters: iteration limit (default ``B``: the serial sample exactly).
+        pipelined: wavefront schedule (same sample, fewer sequential model calls).
+        prediction_type: overrides the schedule's.
+        eta: DDIM noise (``sampler="ddim"``); stochastic samplers draw all per-step noise up
+            front from ``generator``, which makes the recursion deterministic.
+        generator: for the noise of stochastic samplers.
+        callback: sees a :class:`pint.IterationInfo` after every iteration
+            (``info.boundaries[-1]`` is the current sample).
+        sampler: ``"ddim"`` or ``"ddpm"``.
+        noise: explicit per-step noise ``[N, *x_T.shape]`` for stochastic samplers.
+        stopping: ``"final"`` (the paper: max-abs change of the final sample),
+            ``"boundaries"`` (every block boundary) or ``"sigma"`` (ParaDiGMS-like: each
+            boundary's change squared over ``dim * sigma^2`` below ``tol^2``).
+        return_iterates: keep the sample after every iteration in ``out.iterates``.
+        partition: explicit block edges on the grid (ints from 0 to N).
+        model_kwargs, guidance_scale, uncond_kwargs: conditioning and classifier-free
+            guidance, see :class:`~adapters.diffusion.model.Denoiser`.
+        check_finite: check every model output for NaN/Inf.
+        executor: passed to :func:`pint.parareal`.
+
+    Raises:
+        ValueError, TypeError: bad input, naming the argument.
+        ModelOutputError: the model returned NaN/Inf (names the timestep).
+    """
+    N, denoiser, grid, noise, problem = _setup(
+        model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
+        model_kwargs, guidance_scale, uncond_kwargs, check_finite)
+    if partition is None:
+        if num_blocks is None:
+            num_blocks = max(1, round(math.sqrt(N)))
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
+            raise TypeError(f"num_blocks must be an int, got {type(num_blocks).__name__}")
+        if not 1 <= num_blocks <= N:
+            raise ValueError(f"num_blocks must be between 1 and num_steps={N}, got {num_blocks}")
+        edges = block_partition(N, num_blocks)
+    else:
+        edges = torch.as_tensor(partition, dtype=torch.float64).flatten()
+        if not bool((edges == edges.round()).all()):
+            raise ValueError("partition must hold whole grid positions 0 .. num_steps")
+    if tol is None:
+        tol = DEFAULT_TOL.get(x_T.dtype, 1e-3)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol):
+        raise TypeError(f"tol must be a finite number, got {tol!r}")
+    if tol <= 0 and max_iters is None:
+        raise ValueError(f"tol must be > 0 (or give max_iters), got {tol}")
+    rule = _stopping_rule(stopping, float(max(tol, 0.0)), grid, edges, x_T)
+    coarse = DDIMStep(denoiser, grid, fine=False, noise=noise)
+    fine = DDIMStep(denoiser, grid, fine=True, noise=noise)
+    iterates: list[Tensor] = []
+
+    def on_iteration(info: pint.IterationInfo) -> None:
+        if return_iterates:
+            iterates.append(info.boundaries[-1].clone())
+        if callback is not None:
+            callback(info)
+
+    res = pint.parareal(problem, coarse, fine, tol=float(max(tol, 0.0)), max_iters=max_iters,
+                        pipelined=pipelined, callback=on_iteration, partition=edges,
+                        stopping=rule, executor=executor)
+    stats = SamplerStats(denoiser.calls, denoiser.rows, res.stats.depth, res.stats)
+    return SampleOutput(res.y, res.iterations, res.converged, res.history, stats, float(tol),
+                        res.num_blocks, torch.stack(iterates) if return_iterates else None)
+
+
+class SigmaScaledChange:
+    """ParaDiGMS's per-step rule on block boundaries: stop when every boundary ``i`` has
+    ``||change_i||^2 / (dim * sigma_i^2) <= tol^2``, ``sigma_i = sqrt(1 - alpha_bar)`` at
+    the boundary's noise level (1 at pure noise, small near the data)."""
+
+    def __init__(self, tol: float, sigma: Tensor, dim: int) -> None:
+        self.tol, self.sigma, self.dim = tol, sigma, dim
+
+    def __call__(self, new: Tensor, old: Tensor, index: Tensor) -> tuple[float, bool]:
+        d = (new - old).double().reshape(new.shape[0], -1).pow(2).sum(1)
+        s = self.sigma.to(new.device)[index].clamp(min=1e-4)
+        r = (d / (self.dim * s**2)).sqrt()
+        change = float(r.max())
+        return change, change <= self.tol
+
+
+def _stopping_rule(kind: str, tol: float, grid: SamplingGrid, edges: Tensor, x_T: Tensor):
+    if kind == "final":
+        return FinalStateChange(tol)
+    if kind == "boundaries":
+        return MaxAbsChange(tol)
+    if kind == "sigma":
+        e = edges.round().to(torch.int64)
+        level = torch.where(e > 0, grid.alpha_out[(e - 1).clamp(min=0)], grid.alpha_in[0])
+        return SigmaScaledChange(tol, (1 - level).clamp(min=0).sqrt(), x_T[0].numel())
+    raise ValueError(f"stopping must be 'final', 'boundaries' or 'sigma', got {kind!r}")
