@@ -193,7 +193,10 @@ class SamplingGrid:
         T = schedule.num_train_timesteps
         ts = schedule.timesteps(num_steps)
         N = ts.numel()
-        prev = ts - T // N
+        if kind == "ddim":  # diffusers' DDIMScheduler: prev = t - T // N
+            prev = ts - T // N
+        else:  # DDPMScheduler: the next timestep of the list, -1 after the last
+            prev = torch.cat([ts[1:], torch.tensor([-1])])
         ac = schedule.alphas_cumprod
         a_in = ac[ts.clamp(0, T - 1)]
         final = 1.0 if kind == "ddpm" else schedule.final_alpha_cumprod

@@ -1,0 +1,91 @@
+"""The bridge to diffusers: its UNets as pint models, its scheduler configs as schedules.
+
+``from_diffusers(unet, scheduler)`` keeps the scheduler's betas, prediction type, timestep
+spacing, steps offset, final alpha and clipping, so that ``serial_sample(model, schedule,
+x, num_steps=K)`` reproduces diffusers' own loop after ``scheduler.set_timesteps(K)``
+(``sampler="ddpm"`` for a DDPMScheduler's ancestral loop). Needs the ``diffusers`` extra.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adapters.diffusion.schedule import VPSchedule
+
+SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler")
+
+
+class DiffusersModel(torch.nn.Module):
+    """A diffusers UNet as a pint model: ``model(x, t, **kwargs) -> tensor``.
+
+    ``x``: ``[R, C, H, W]``; ``t``: int64 ``[R]``; keyword arguments
+    (``encoder_hidden_states``, ``class_labels``, ...) go to the UNet unchanged.
+    ``sample_shape`` is ``(C, H, W)`` from the UNet's config.
+    """
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        cfg = unet.config
+        size = cfg.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        self.sample_shape = (cfg.in_channels, *size)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        return self.unet(x, t, return_dict=False, **kwargs)[0]
+
+
+def schedule_from_scheduler(scheduler: Any) -> VPSchedule:
+    """A :class:`VPSchedule` from a diffusers ``DDIMScheduler`` or ``DDPMScheduler``."""
+    name = type(scheduler).__name__
+    if name not in SUPPORTED_SCHEDULERS:
+        raise TypeError(
+            f"scheduler must be one of {SUPPORTED_SCHEDULERS} (the DDIM/DDPM family whose "
+            f"steps pint reproduces), got {name}; build one from the same config with "
+            f"DDIMScheduler.from_config(scheduler.config)"
+        )
+    cfg = scheduler.config
+    if getattr(cfg, "thresholding", False):
+        raise ValueError("scheduler.config.thresholding=True (dynamic thresholding) is not "
+                         "supported; use clip_sample instead")
+    if name == "DDPMScheduler" and cfg.variance_type not in ("fixed_small", None):
+        raise ValueError(f"DDPMScheduler variance_type {cfg.variance_type!r} is not supported "
+                         "(only 'fixed_small')")
+    ac = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
+    if name == "DDIMScheduler":
+        final = float(scheduler.final_alpha_cumprod)
+    else:
+        final = 1.0
+    return VPSchedule.from_alphas_cumprod(
+        ac,
+        prediction_type=cfg.prediction_type,
+        timestep_spacing=cfg.timestep_spacing,
+        steps_offset=int(cfg.steps_offset),
+        final_alpha_cumprod=final,
+        clip_sample=bool(cfg.clip_sample),
+        clip_sample_range=float(getattr(cfg, "clip_sample_range", 1.0)),
+    )
+
+
+def from_diffusers(unet: torch.nn.Module, scheduler: Any) -> tuple[DiffusersModel, VPSchedule]:
+    """``(model, schedule)`` for pint's samplers from a diffusers UNet and scheduler.
+
+    Args:
+        unet: ``UNet2DModel`` or ``UNet2DConditionModel`` (any module with the diffusers
+            call convention and ``config.in_channels`` / ``config.sample_size``).
+        scheduler: ``DDIMScheduler`` or ``DDPMScheduler``.
+    """
+    if not isinstance(unet, torch.nn.Module) or not hasattr(unet, "config"):
+        raise TypeError(f"unet must be a diffusers UNet model, got {type(unet).__name__}")
+    return DiffusersModel(unet), schedule_from_scheduler(scheduler)
