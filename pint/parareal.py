@@ -99,7 +99,9 @@ def parareal(
             problem, coarse, fine, times, stopping, max_iters, pipelined, callback
         )
     if pipelined:
-        raise NotImplementedError("pipelined=True is not available yet; use the sweep schedule")
+        from .pipeline import pipelined_parareal
+
+        return pipelined_parareal(problem, coarse, fine, times, stopping, max_iters, callback)
 
     run = Runner(problem)
     t0, t1 = times[:-1], times[1:]
