@@ -3,18 +3,21 @@
 Public names::
 
     VPSchedule, SamplingGrid, Denoiser, ModelOutputError
-    srds_sample, serial_sample, SampleOutput, SamplerStats, DEFAULT_TOL
+    srds_sample, serial_sample, picard_sample, SampleOutput, SamplerStats, DEFAULT_TOL
+    load_pretrained, available
     GaussianMixtureDenoiser
 """
 
 from .analytic import GaussianMixtureDenoiser
 from .model import Denoiser, ModelOutputError
 from .ode import DDIMStep, block_partition
+from .picard import picard_sample
+from .pretrained import available, load_pretrained
 from .samplers import DEFAULT_TOL, SampleOutput, SamplerStats, serial_sample, srds_sample
 from .schedule import SamplingGrid, VPSchedule
 
 __all__ = [
     "VPSchedule", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
     "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
-    "DEFAULT_TOL", "GaussianMixtureDenoiser",
+    "DEFAULT_TOL", "GaussianMixtureDenoiser", "picard_sample", "load_pretrained", "available",
 ]

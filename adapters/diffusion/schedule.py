@@ -130,6 +130,13 @@ class VPSchedule:
             ts = (np.arange(0, N) * (T // N)).round()[::-1].astype(np.int64) + self.steps_offset
         else:
             ts = np.round(np.arange(T, 0, -T / N)).astype(np.int64) - 1
+        if ts.max() >= T or ts.min() < 0:
+            raise ValueError(
+                f"timestep_spacing={self.timestep_spacing!r} with steps_offset={self.steps_offset} "
+                f"gives timesteps {int(ts.max())}..{int(ts.min())} for num_steps={N}, outside the "
+                f"training range 0..{T - 1}; use timestep_spacing='trailing' or a smaller "
+                "num_steps"
+            )
         return torch.from_numpy(ts.copy())
 
     def __repr__(self) -> str:

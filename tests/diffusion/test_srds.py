@@ -356,3 +356,9 @@ def test_pipelined_srds_equals_sweep_and_is_shorter():
     assert pipe.stats.depth <= pipe.iterations * M + 20 < sweep.stats.depth
     exact = srds_sample(m, SCHED, x, 400, tol=0, max_iters=20, pipelined=True)
     assert torch.allclose(exact.sample, serial_sample(m, SCHED, x, 400), atol=1e-10, rtol=0)
+
+
+def test_leading_spacing_past_the_last_timestep_is_refused():
+    sched = SCHED.with_conventions(timestep_spacing="leading", steps_offset=1)
+    with pytest.raises(ValueError, match="outside the training range 0..999"):
+        serial_sample(gmm(), sched, torch.randn(1, 8), 1000)

@@ -149,7 +149,8 @@ def train_classifier(seed: int = 0, *, epochs: int = 40, verbose: bool = False) 
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = _fit(seed, s, g, epochs)
+        with torch.enable_grad(), torch.inference_mode(False):
+            model = _fit(seed, s, g, epochs)
     finally:
         torch.set_num_threads(n_threads)
     model.eval()

@@ -1,18 +1,27 @@
 """Train the small pretrained digits diffusion model bundled in ``digits/``.
 
-Trains a diffusers ``UNet2DModel`` (epsilon prediction, cosine "squaredcos_cap_v2"
-schedule, 1000 steps) on scikit-learn's 1797 8x8 digits scaled to [-1, 1], keeps an EMA
-of the weights and saves the EMA weights in diffusers layout::
+Trains a diffusers ``UNet2DModel`` (epsilon prediction, 1000 training timesteps, the
+``--beta-schedule``: by default DDPM's linear betas 1e-4 .. 0.02) on scikit-learn's 1797
+8x8 digits scaled to [-1, 1], keeps an EMA of the weights and saves the EMA weights in
+diffusers layout::
 
     OUT/unet/config.json
     OUT/unet/diffusion_pytorch_model.safetensors
     OUT/scheduler/scheduler_config.json      (a DDIMScheduler with the same betas)
     OUT/README.md                            (how it was trained + sample quality)
 
-Afterwards it loads the folder back, draws ``--eval-samples`` samples with diffusers'
-own DDIM loop (100 steps, eta 0) and scores them with :mod:`.quality`.
+The saved scheduler uses ``timestep_spacing="trailing"``, ``steps_offset=0``,
+``set_alpha_to_one=False``: any ``N`` up to 1000 sampling steps starts at timestep 999 and
+``N=1000`` visits every timestep 999 .. 0 (``"leading"`` with ``steps_offset=1`` would ask
+for timestep 1000). The linear schedule keeps ``alpha_bar[999]`` at ~4e-5; the cosine one
+("squaredcos_cap_v2") drives it to ~2e-9, where DDIM's ``x0 = (x - sqrt(1 - a) eps) /
+sqrt(a)`` at t=999 blows up.
 
-Re-train (CPU, one thread, ~9 minutes)::
+Afterwards it loads the folder back with :func:`adapters.diffusion.pretrained.load_pretrained`,
+draws samples with pint's serial DDIM sampler (eta 0) at ``N=100`` (``--eval-samples``)
+and ``N=1000`` (``--eval-samples-1000``) steps and scores them with :mod:`.quality`.
+
+Re-train (CPU, one thread, ~10 minutes + ~3 minutes of evaluation)::
 
     python -m adapters.diffusion.pretrained.train_digits --out adapters/diffusion/pretrained/digits
 """
@@ -38,12 +47,25 @@ from .quality import (
     train_classifier,
 )
 
-SCHEDULER_KWARGS = dict(
-    num_train_timesteps=1000,
-    beta_schedule="squaredcos_cap_v2",
-    prediction_type="epsilon",
-    clip_sample=False,
-)
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def scheduler_kwargs(beta_schedule: str = "linear") -> dict:
+    """The noise-schedule arguments shared by the training and the saved scheduler."""
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+    return dict(
+        num_train_timesteps=1000,
+        beta_schedule=beta_schedule,
+        beta_start=0.0001,  # ignored by squaredcos_cap_v2
+        beta_end=0.02,
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
+
+
+#: conventions of the saved DDIMScheduler (see the module docstring)
+DDIM_CONVENTIONS = dict(timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=False)
 
 
 def build_unet(
@@ -71,37 +93,23 @@ def build_unet(
     )
 
 
-def make_ddim_scheduler():
+def make_ddim_scheduler(beta_schedule: str = "linear"):
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(
-        **SCHEDULER_KWARGS,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    return DDIMScheduler(**scheduler_kwargs(beta_schedule), **DDIM_CONVENTIONS)
 
 
 @torch.no_grad()
-def sample_ddim(unet, scheduler, n: int, num_inference_steps: int = 100, seed: int = 0):
-    """Plain diffusers DDIM loop (eta 0) from N(0, I) noise; returns ``[n, 1, 8, 8]``."""
+def sample_serial(folder: str | Path, n: int, num_steps: int, seed: int = 0) -> torch.Tensor:
+    """``n`` samples ``[n, 1, 8, 8]`` from the folder with pint's serial DDIM sampler (eta 0,
+    ``num_steps`` steps) from ``N(0, I)`` noise drawn with ``seed``."""
+    from adapters.diffusion import serial_sample
+    from adapters.diffusion.pretrained import load_pretrained
+
+    model, schedule = load_pretrained(folder)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    scheduler.set_timesteps(num_inference_steps)
-    for t in scheduler.timesteps:
-        eps = unet(x, t).sample
-        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
-    return x
-
-
-def load_pretrained(folder: str | Path):
-    """``(unet, ddim_scheduler)`` loaded back from a folder written by this script."""
-    from diffusers import DDIMScheduler, UNet2DModel
-
-    folder = Path(folder)
-    unet = UNet2DModel.from_pretrained(folder / "unet").eval()
-    scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
-    return unet, scheduler
+    x_T = torch.randn(n, *model.sample_shape, generator=g)
+    return serial_sample(model, schedule, x_T, num_steps)
 
 
 def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 16, title: str | None = None):
@@ -147,7 +155,7 @@ def train(args) -> dict:
     ema = copy.deepcopy(unet).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    noise_sched = DDPMScheduler(**SCHEDULER_KWARGS)
+    noise_sched = DDPMScheduler(**scheduler_kwargs(args.beta_schedule))
     alphas_cumprod = noise_sched.alphas_cumprod
 
     opt = torch.optim.AdamW(
@@ -163,7 +171,8 @@ def train(args) -> dict:
 
     print(
         f"UNet2DModel {arch} params={n_params:,} | steps={args.steps} batch={args.batch_size} "
-        f"lr={args.lr} ema={args.ema_decay} seed={args.seed} threads={args.threads}",
+        f"lr={args.lr} ema={args.ema_decay} seed={args.seed} threads={args.threads} "
+        f"beta_schedule={args.beta_schedule} (alpha_bar[999]={float(alphas_cumprod[-1]):.2e})",
         flush=True,
     )
     perm, pos = torch.randperm(n_data, generator=g), 0
@@ -210,30 +219,44 @@ def train(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ema.save_pretrained(out / "unet", safe_serialization=True)
-    make_ddim_scheduler().save_pretrained(out / "scheduler")
+    make_ddim_scheduler(args.beta_schedule).save_pretrained(out / "scheduler")
     return dict(
         arch=arch,
         n_params=n_params,
         wall_s=wall,
         final_loss=final_loss,
         final_loss_window=tail,
+        alpha_bar_last=float(alphas_cumprod[-1]),
     )
 
 
-def evaluate(folder: Path, n: int, steps: int, seed: int, grid: str | None) -> dict:
-    unet, scheduler = load_pretrained(folder)
-    t0 = time.perf_counter()
-    x = sample_ddim(unet, scheduler, n, num_inference_steps=steps, seed=seed)
-    t_sample = time.perf_counter() - t0
+def evaluate(folder: Path, runs: list[tuple[int, int]], seed: int,
+             grid: str | None) -> dict:
+    """Sample ``n`` digits with ``N`` serial DDIM steps for each ``(N, n)`` of ``runs`` and
+    score them; the grid (if asked) shows the first 64 samples of the largest ``N``."""
     train_classifier(verbose=True)
-    q = evaluate_samples(x)
     ref = real_reference()
-    print(f"samples ({n}, DDIM {steps} steps, {t_sample:.1f}s): {q}")
-    print(f"real held-out reference: {ref}")
-    if grid:
-        save_grid(x, grid, title=f"DDIM {steps} steps, mean max-prob {q['mean_max_prob']:.3f}")
+    print(f"real held-out reference: {ref}", flush=True)
+    results = []
+    grid_x, grid_title = None, ""
+    for num_steps, n in runs:
+        if n <= 0:
+            continue
+        t0 = time.perf_counter()
+        x = sample_serial(folder, n, num_steps, seed=seed)
+        t_sample = time.perf_counter() - t0
+        q = evaluate_samples(x)
+        lo, hi = float(x.min()), float(x.max())
+        print(f"samples ({n}, serial DDIM N={num_steps}, {t_sample:.1f}s, range "
+              f"[{lo:.3f}, {hi:.3f}]): {q}", flush=True)
+        results.append(dict(samples=q, num_steps=num_steps, n=n, sample_s=t_sample,
+                            min=lo, max=hi))
+        grid_x = x[:64]
+        grid_title = f"serial DDIM N={num_steps}, mean max-prob {q['mean_max_prob']:.3f}"
+    if grid and grid_x is not None:
+        save_grid(grid_x, grid, nrow=8, title=grid_title)
         print(f"grid -> {grid}")
-    return dict(samples=q, reference=ref, sample_s=t_sample, n=n, steps=steps, seed=seed)
+    return dict(runs=results, reference=ref, seed=seed)
 
 
 def write_readme(folder: Path, args, info: dict, ev: dict | None) -> None:
@@ -248,6 +271,12 @@ def write_readme(folder: Path, args, info: dict, ev: dict | None) -> None:
         "weights, stored in float32.",
         "",
         "```python",
+        "from adapters.diffusion import serial_sample, srds_sample",
+        "from adapters.diffusion.pretrained import load_pretrained",
+        'model, schedule = load_pretrained("digits")  # (pint model, VPSchedule)',
+        "x = serial_sample(model, schedule, torch.randn(16, 1, 8, 8), 100)",
+        "",
+        "# or with diffusers itself",
         "from diffusers import DDIMScheduler, UNet2DModel",
         'unet = UNet2DModel.from_pretrained("adapters/diffusion/pretrained/digits/unet")',
         "scheduler = DDIMScheduler.from_pretrained(",
@@ -266,10 +295,13 @@ def write_readme(folder: Path, args, info: dict, ev: dict | None) -> None:
         f"{arch['layers_per_block']}, down_block_types={tuple(_down(arch))}, "
         f"up_block_types={tuple(_up(arch))}, norm_num_groups=8, attention_head_dim=16)`",
         f"- parameters: {info['n_params']:,}",
-        "- noise schedule: `DDPMScheduler(num_train_timesteps=1000, "
-        'beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=False)`; '
-        "the saved `scheduler/` is a `DDIMScheduler` with the same betas "
-        '(`set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"`)',
+        f"- noise schedule (training): `DDPMScheduler({_kw(scheduler_kwargs(args.beta_schedule))})`"
+        f"; alpha_bar at t=999: {info['alpha_bar_last']:.2e}; training timesteps drawn "
+        "uniformly from 0..999",
+        "- the saved `scheduler/` is a `DDIMScheduler` with the same betas and "
+        f"`{_kw(DDIM_CONVENTIONS)}`: `N` sampling steps (1 <= N <= 1000) start at timestep "
+        "999 and step by 1000 // N, so N=1000 visits every timestep 999 .. 0; the last step "
+        "lands on alpha_bar[0] (not 1)",
         f"- optimiser: AdamW lr {args.lr} (linear warmup {min(args.warmup, args.steps // 10)} "
         f"steps, cosine decay to 10%), weight decay {args.weight_decay}, grad clip "
         f"{args.grad_clip}; batch {args.batch_size}; {args.steps} steps; EMA decay "
@@ -284,32 +316,50 @@ def write_readme(folder: Path, args, info: dict, ev: dict | None) -> None:
         f"{info['final_loss']:.4f}",
         f"- folder size (without this README): {size / 1e6:.2f} MB",
     ]
-    if ev:
-        s, r = ev["samples"], ev["reference"]
+    if ev and ev["runs"]:
+        r = ev["reference"]
         lines += [
             "",
             "## Sample quality",
             "",
-            f"{ev['n']} samples, diffusers `DDIMScheduler` loop with "
-            f"`set_timesteps({ev['steps']})`, "
-            f"eta 0, noise seed {ev['seed']}; scored by `adapters.diffusion.pretrained.quality` "
-            f"(CNN classifier, held-out accuracy {r['test_accuracy']:.3f}).",
+            "Samples from `N(0, I)` noise (`torch.Generator().manual_seed("
+            f"{ev['seed']})`) with pint's serial DDIM sampler, eta 0 "
+            "(`adapters.diffusion.serial_sample` on `load_pretrained`'s model and schedule, "
+            "float32, CPU), scored by `adapters.diffusion.pretrained.quality` (CNN classifier, "
+            f"held-out accuracy {r['test_accuracy']:.3f}; samples are clamped to [-1, 1] "
+            "before scoring). The Frechet distance is biased upwards for smaller sets, so "
+            "compare rows of the same size.",
             "",
-            "| | mean max-prob | distinct digits | Frechet (classifier features) |",
-            "|---|---|---|---|",
-            f"| samples | {s['mean_max_prob']:.3f} | {s['n_distinct']} | {s['frechet']:.2f} |",
-            f"| real held-out digits (500) | {r['mean_max_prob']:.3f} | {r['n_distinct']} | "
-            f"{r['frechet']:.2f} |",
-            "",
-            f"Predicted-class histogram of the samples: {s['class_hist']}.",
+            "| | samples | mean max-prob | distinct digits | Frechet (classifier features) "
+            "| sample range | sampling time |",
+            "|---|---|---|---|---|---|---|",
         ]
+        for run in ev["runs"]:
+            s = run["samples"]
+            lines.append(
+                f"| serial DDIM, N={run['num_steps']} | {run['n']} | {s['mean_max_prob']:.3f} "
+                f"| {s['n_distinct']} | {s['frechet']:.2f} | [{run['min']:.2f}, "
+                f"{run['max']:.2f}] | {run['sample_s']:.0f} s |"
+            )
+        lines += [
+            f"| real held-out digits | 500 | {r['mean_max_prob']:.3f} | {r['n_distinct']} | "
+            f"{r['frechet']:.2f} | [-1, 1] | |",
+            "",
+        ]
+        for run in ev["runs"]:
+            lines.append(f"Predicted-class histogram, N={run['num_steps']}: "
+                         f"{run['samples']['class_hist']}.")
     (folder / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _kw(d: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in d.items())
 
 
 def _nondefault_args(args) -> str:
     """Command-line flags for the training arguments that differ from the defaults."""
     defaults = vars(_parser().parse_args([]))
-    skip = {"out", "grid", "log_every", "eval_samples", "eval_steps"}
+    skip = {"out", "grid", "log_every", "eval_samples", "eval_samples_1000"}
     flags = []
     for k, v in vars(args).items():
         if k in skip or v == defaults[k]:
@@ -340,6 +390,7 @@ def _diffusers_version() -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="adapters/diffusion/pretrained/digits")
+    p.add_argument("--beta-schedule", default="linear", choices=BETA_SCHEDULES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2200)
     p.add_argument("--batch-size", type=int, default=128)
@@ -356,9 +407,12 @@ def _parser() -> argparse.ArgumentParser:
     # competes for the two cores (busy-waiting barriers).
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--eval-samples", type=int, default=500, help="0 to skip the evaluation")
-    p.add_argument("--eval-steps", type=int, default=100)
-    p.add_argument("--grid", default=None, help="optional PNG path for a sample grid")
+    p.add_argument("--eval-samples", type=int, default=500,
+                   help="samples for the N=100 evaluation (0 to skip it)")
+    p.add_argument("--eval-samples-1000", type=int, default=200,
+                   help="samples for the N=1000 evaluation (0 to skip it)")
+    p.add_argument("--grid", default=None,
+                   help="optional PNG path for a grid of 64 samples (N=1000 if evaluated)")
     return p
 
 
@@ -368,8 +422,9 @@ def main(argv: list[str] | None = None) -> None:
     info = train(args)
     out = Path(args.out)
     ev = None
-    if args.eval_samples > 0:
-        ev = evaluate(out, args.eval_samples, args.eval_steps, args.seed, args.grid)
+    runs = [(100, args.eval_samples), (1000, args.eval_samples_1000)]
+    if any(n > 0 for _, n in runs):
+        ev = evaluate(out, runs, args.seed, args.grid)
     write_readme(out, args, info, ev)
     summary = dict(info)
     if ev:
