@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def to_images(x: torch.Tensor) -> torch.Tensor:
-    """``[n, C, H, W]`` in [-1, 1] -> float images in [0, 1], ``[n, H, W, C]``."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    """``[n, C, H, W]`` in [-1, 1] -> float images in [0, 1], numpy ``[n, H, W, C]``."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
 
 
 def save_grid(x: torch.Tensor, path: Path, title: str | None = None) -> None:
@@ -117,8 +117,8 @@ def save_convergence(history: list[float], iterates: torch.Tensor, tol: float, p
         ax.legend(fontsize=7)
     ax.set(xlabel="Parareal iteration", ylabel="max |change| of the final sample",
            title="SRDS convergence")
-    imgs = to_images(iterates.reshape(-1, *iterates.shape[2:])).reshape(
-        rows, iterates.shape[1], *to_images(iterates[0]).shape[1:])
+    imgs = to_images(iterates.reshape(-1, *iterates.shape[2:]))
+    imgs = imgs.reshape(rows, iterates.shape[1], *imgs.shape[1:])
     for r in range(rows):
         for c in range(show):
             a = fig.add_subplot(gs[r, 4 + c])

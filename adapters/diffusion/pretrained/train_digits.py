@@ -271,6 +271,7 @@ def write_readme(folder: Path, args, info: dict, ev: dict | None) -> None:
         "weights, stored in float32.",
         "",
         "```python",
+        "import torch",
         "from adapters.diffusion import serial_sample, srds_sample",
         "from adapters.diffusion.pretrained import load_pretrained",
         'model, schedule = load_pretrained("digits")  # (pint model, VPSchedule)',
