@@ -13,11 +13,18 @@ from .model import Denoiser, ModelOutputError
 from .ode import DDIMStep, block_partition
 from .picard import picard_sample
 from .pretrained import available, load_pretrained
-from .samplers import DEFAULT_TOL, SampleOutput, SamplerStats, serial_sample, srds_sample
+from .samplers import (
+    DEFAULT_TOL,
+    SampleOutput,
+    SamplerStats,
+    serial_floor,
+    serial_sample,
+    srds_sample,
+)
 from .schedule import SamplingGrid, VPSchedule
 
 __all__ = [
     "VPSchedule", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
     "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
-    "DEFAULT_TOL", "GaussianMixtureDenoiser", "picard_sample", "load_pretrained", "available",
+    "DEFAULT_TOL", "serial_floor", "GaussianMixtureDenoiser", "picard_sample", "load_pretrained", "available",
 ]

@@ -23,11 +23,17 @@ from .model import Denoiser, Model
 from .ode import DDIMStep, block_partition
 from .schedule import SamplingGrid, VPSchedule, check_num_steps
 
-#: default ``tol`` per state dtype (max-abs change of the final sample, data in [-1, 1]):
-#: about the float32 round-off floor of the serial sampler itself (see
-#: ``benchmarks/serial_floor.py``); below it a float32 run never settles.
+#: default ``tol`` per state dtype: the max-abs change of the final sample (data in [-1, 1])
+#: in one iteration at which SRDS stops. Parareal converges superlinearly, so the error of
+#: the returned sample is typically 10-100x below the last change. The float32 floor of the
+#: serial sampler itself (:func:`serial_floor`) is model-dependent: 3e-6 for the bundled
+#: digits model at N = 1000, ~1e-3 for cosine-schedule models whose first step divides by
+#: sqrt(alpha_bar_T); a tol below the floor never triggers, so the default sits above both.
 DEFAULT_TOL = {torch.float64: 1e-6, torch.float32: 2e-3, torch.float16: 2e-2,
                torch.bfloat16: 5e-2}
+
+
+COARSE_ORDERS = {"ddim": 1, "dpm2": 2}
 
 
 @dataclass
@@ -173,6 +179,7 @@ def srds_sample(
     guidance_scale: float | None = None,
     uncond_kwargs: Mapping[str, Any] | None = None,
     check_finite: bool = True,
+    coarse: str = "ddim",
     executor: object | None = None,
 ) -> SampleOutput:
     """Self-Refining Diffusion Sampling: the serial sampler's result by Parareal iterations.
@@ -182,8 +189,10 @@ def srds_sample(
         schedule: the noise schedule and sampler conventions.
         x_T: the initial noise ``[batch, *sample]``; its dtype and device are kept.
         num_steps: ``N``, the serial sampler's steps.
-        num_blocks: ``B`` (default ``round(sqrt(N))``); blocks differ in length by at most
-            one step when ``B`` does not divide ``N``.
+        num_blocks: ``B``; default ``round(sqrt(N))`` for the sweep (which minimises its
+            ``B + k (M + B)`` calls) and ``round(2 sqrt(N))`` pipelined (its ``k M + B`` calls
+            are smallest near ``B = sqrt(k N)``, with ``k ~ 3-4`` iterations; see
+            ``benchmarks/bench_partition.py``). Blocks differ in length by at most one step.
         tol: stop once the stopping rule's change is at most ``tol`` (data units; default
             ``DEFAULT_TOL[x_T.dtype]``, about float round-off of the serial sampler).
         max_iters: iteration limit (default ``B``: the serial sample exactly).
@@ -204,6 +213,8 @@ def srds_sample(
         model_kwargs, guidance_scale, uncond_kwargs: conditioning and classifier-free
             guidance, see :class:`~adapters.diffusion.model.Denoiser`.
         check_finite: check every model output for NaN/Inf.
+        coarse: the coarse jump across a block: ``"ddim"`` (one model call) or
+            ``"dpm2"`` (DPM-Solver++(2S), two sequential calls, second order).
         executor: passed to :func:`pint.parareal`.
 
     Raises:
@@ -215,7 +226,7 @@ def srds_sample(
         model_kwargs, guidance_scale, uncond_kwargs, check_finite)
     if partition is None:
         if num_blocks is None:
-            num_blocks = max(1, round(math.sqrt(N)))
+            num_blocks = min(N, max(1, round((2 if pipelined else 1) * math.sqrt(N))))
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
             raise TypeError(f"num_blocks must be an int, got {type(num_blocks).__name__}")
         if not 1 <= num_blocks <= N:
@@ -232,7 +243,9 @@ def srds_sample(
     if tol <= 0 and max_iters is None:
         raise ValueError(f"tol must be > 0 (or give max_iters), got {tol}")
     rule = _stopping_rule(stopping, float(max(tol, 0.0)), grid, edges, x_T)
-    coarse = DDIMStep(denoiser, grid, fine=False, noise=noise)
+    if coarse not in COARSE_ORDERS:
+        raise ValueError(f"coarse must be one of {sorted(COARSE_ORDERS)}, got {coarse!r}")
+    G = DDIMStep(denoiser, grid, fine=False, noise=noise, order=COARSE_ORDERS[coarse])
     fine = DDIMStep(denoiser, grid, fine=True, noise=noise)
     iterates: list[Tensor] = []
 
@@ -242,12 +255,27 @@ def srds_sample(
         if callback is not None:
             callback(info)
 
-    res = pint.parareal(problem, coarse, fine, tol=float(max(tol, 0.0)), max_iters=max_iters,
+    res = pint.parareal(problem, G, fine, tol=float(max(tol, 0.0)), max_iters=max_iters,
                         pipelined=pipelined, callback=on_iteration, partition=edges,
                         stopping=rule, executor=executor)
-    stats = SamplerStats(denoiser.calls, denoiser.rows, res.stats.depth, res.stats)
+    # on one device every model call waits for the previous one: depth = calls
+    depth = res.stats.depth if executor is not None else denoiser.calls
+    stats = SamplerStats(denoiser.calls, denoiser.rows, depth, res.stats)
     return SampleOutput(res.y, res.iterations, res.converged, res.history, stats, float(tol),
                         res.num_blocks, torch.stack(iterates) if return_iterates else None)
+
+
+def serial_floor(model: Model, schedule: VPSchedule, x_T: Tensor, num_steps: int,
+                 singles: int = 2, **kwargs: Any) -> float:
+    """How reproducible the serial sampler is in ``x_T``'s dtype: the max-abs difference
+    between sampling ``x_T`` as one batch and its first ``singles`` samples one at a time
+    (batch composition changes round-off; the ODE amplifies it). Errors of a parallel
+    sampler below this floor are noise. Costs ``(1 + singles) * num_steps`` model calls."""
+    batch = serial_sample(model, schedule, x_T, num_steps, **kwargs)
+    k = min(singles, x_T.shape[0])
+    alone = torch.cat([serial_sample(model, schedule, x_T[i:i + 1], num_steps, **kwargs)
+                       for i in range(k)])
+    return float((batch[:k] - alone).abs().max())
 
 
 class SigmaScaledChange:
