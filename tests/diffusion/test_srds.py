@@ -362,3 +362,31 @@ def test_leading_spacing_past_the_last_timestep_is_refused():
     sched = SCHED.with_conventions(timestep_spacing="leading", steps_offset=1)
     with pytest.raises(ValueError, match="outside the training range 0..999"):
         serial_sample(gmm(), sched, torch.randn(1, 8), 1000)
+
+
+def test_second_order_coarse_is_exact_and_needs_fewer_iterations():
+    m = gmm(dim=16, seed=2)
+    x = torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = serial_sample(m, SCHED, x, 400)
+    exact = srds_sample(m, SCHED, x, 400, num_blocks=8, tol=0, max_iters=8, coarse="dpm2")
+    assert torch.allclose(exact.sample, ref, atol=1e-10, rtol=0)
+    d1 = srds_sample(m, SCHED, x, 400, tol=1e-4, coarse="ddim")
+    d2 = srds_sample(m, SCHED, x, 400, tol=1e-4, coarse="dpm2")
+    assert d2.iterations < d1.iterations
+    assert (d2.sample - ref).abs().max() < 1e-4
+    # each coarse jump costs two sequential model calls
+    assert d2.stats.depth == 2 * 20 + sum(20 + 2 * (20 - k) for k in range(1, d2.iterations + 1))
+    with pytest.raises(ValueError, match="coarse must be one of"):
+        srds_sample(m, SCHED, x, 40, coarse="rk4")
+
+
+def test_pipelined_default_blocks_and_serial_floor():
+    from adapters.diffusion import serial_floor
+
+    m = gmm()
+    x = torch.randn(3, 8)
+    assert srds_sample(m, SCHED, x, 100, pipelined=True).num_blocks == 20
+    assert srds_sample(m, SCHED, x, 100).num_blocks == 10
+    floor32 = serial_floor(m, SCHED, x, 100)
+    floor64 = serial_floor(m, SCHED, x.double(), 100)
+    assert 0 <= floor64 < 1e-12 and floor32 < 1e-4
