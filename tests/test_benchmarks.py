@@ -1,0 +1,37 @@
+"""The benchmark scripts run (quick mode) and write what README and docs read."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_partition_benchmark_quick(tmp_path):
+    res = load("bench_partition").main(["--quick", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "partition.json").read_text())
+    assert data["N"] == 100 and data["runs"] == res["runs"]
+    for r in data["runs"]:
+        assert r["depth"] <= 100 * 2 + 40 and r["error"] < 1e-2
+    # with one method for coarse and fine (one batched call per tick), pipelining never
+    # lengthens the critical path; a second-order coarse needs its own calls and can
+    by = {(r["blocks"], r["p"], r["coarse"], r["pipelined"]): r["depth"] for r in data["runs"]}
+    for (B, p, c, pip), d in by.items():
+        if pip and c == "ddim":
+            assert d < by[(B, p, c, False)]
+
+
+def test_sampler_benchmark_quick(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = load("bench_samplers").main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "samplers.json").exists()
+    assert json.loads((tmp_path / "samplers.json").read_text()).keys() == report.keys()
