@@ -78,6 +78,22 @@ def schedule_from_scheduler(scheduler: Any) -> VPSchedule:
     )
 
 
+def decode_latents(vae: torch.nn.Module, latents: Tensor,
+                   scaling_factor: float | None = None) -> Tensor:
+    """Decode a latent diffusion model's final sample with its VAE (``AutoencoderKL``).
+
+    ``latents``: ``[b, c, h, w]`` as sampled; they are divided by ``scaling_factor``
+    (default ``vae.config.scaling_factor``) first, as diffusers' pipelines do. Returns images
+    ``[b, 3, H, W]`` in the VAE's output range (about ``[-1, 1]``). Decode only what you
+    show: SRDS itself holds latents, never images.
+    """
+    if not hasattr(vae, "decode"):
+        raise TypeError(f"vae must be a diffusers autoencoder with .decode, got {type(vae).__name__}")
+    sf = scaling_factor if scaling_factor is not None else getattr(vae.config, "scaling_factor", 1.0)
+    z = latents.to(dtype=next(vae.parameters()).dtype) / sf
+    return vae.decode(z, return_dict=False)[0]
+
+
 def from_diffusers(unet: torch.nn.Module, scheduler: Any) -> tuple[DiffusersModel, VPSchedule]:
     """``(model, schedule)`` for pint's samplers from a diffusers UNet and scheduler.
 

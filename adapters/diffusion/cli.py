@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iters", type=_nonneg_int, default=None)
     p.add_argument("--pipelined", action=argparse.BooleanOptionalAction, default=True,
                    help="wavefront schedule (default on)")
-    p.add_argument("--num-samples", type=_positive_int, default=16)
+    p.add_argument("--num-samples", type=_positive_int, default=9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -204,6 +204,20 @@ def main(argv: list[str] | None = None) -> int:
                           serial_floor=float((ref[:1] - alone).abs().max()),
                           floor_note="serial_floor: the serial sampler's own change when the "
                                      "first sample is drawn alone instead of in the batch")
+
+        vae_dir = Path(str(args.model)) / "vae"
+        if vae_dir.is_dir():  # a latent model: show decoded images, sample in latent space
+            from diffusers import AutoencoderKL
+
+            from adapters.diffusers import decode_latents
+
+            vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).to(args.device)
+            sample = decode_latents(vae, sample)
+            if out is not None:
+                shown = out.iterates[:, :8]
+                dec = decode_latents(vae, shown.reshape(-1, *shown.shape[2:]))
+                out.iterates = dec.reshape(*shown.shape[:2], *dec.shape[1:])
+            report["decoded_with_vae"] = str(vae_dir)
 
     args.out.mkdir(parents=True, exist_ok=True)
     save_grid(sample, args.out / "samples.png",

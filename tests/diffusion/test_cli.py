@@ -67,3 +67,25 @@ def test_bad_numbers_are_argparse_errors(args, tmp_path):
 def test_too_many_steps(tmp_path, capsys):
     assert main(["--steps", "5000", "--out", str(tmp_path)]) == 2
     assert "--steps must be <= 1000" in capsys.readouterr().err
+
+
+def test_latent_folder_is_decoded(tmp_path):
+    from diffusers import AutoencoderKL
+
+    folder = tmp_path / "latent"
+    torch.manual_seed(0)
+    UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+                ).save_pretrained(folder / "unet", safe_serialization=True)
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, sample_size=16,
+                  ).save_pretrained(folder / "vae", safe_serialization=True)
+    DDIMScheduler(clip_sample=False).save_pretrained(folder / "scheduler")
+    out = tmp_path / "o"
+    assert main(["--model", str(folder), "--steps", "12", "--num-samples", "2",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["decoded_with_vae"].endswith("vae")
+    assert (out / "convergence.png").exists()

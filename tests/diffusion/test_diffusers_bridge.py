@@ -194,3 +194,27 @@ def test_load_local_folder_and_refuse_pickles(unet, tmp_path):
     empty.mkdir()
     with pytest.raises(PretrainedNotFoundError, match="holds no UNet"):
         load_pretrained(empty)
+
+
+def test_latent_model_with_vae_decode():
+    from diffusers import AutoencoderKL
+
+    from adapters.diffusers import decode_latents
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+                        sample_size=16).eval()
+    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4).eval()
+    model, schedule = from_diffusers(unet, DDIMScheduler(clip_sample=False))
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        lat = srds_sample(model, schedule, z, 16, tol=1e-4).sample
+        img = decode_latents(vae, lat)
+        ref = vae.decode(lat / vae.config.scaling_factor).sample
+    assert img.shape == (2, 3, 16, 16) and torch.equal(img, ref)
+    with pytest.raises(TypeError, match="vae must be"):
+        decode_latents(unet.config, lat)
