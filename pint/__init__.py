@@ -11,9 +11,13 @@ from .parareal import NonFiniteStateError, parareal, serial
 from .problem import ODEProblem
 from .propagators import (
     RK4,
+    SDIRK2,
+    BackwardEuler,
     Euler,
     FixedStepPropagator,
     Heun,
+    ImplicitMidpoint,
+    NewtonConvergenceError,
     Propagator,
     SciPy,
     StepPropagator,
@@ -27,4 +31,5 @@ __all__ = [
     "ODEProblem", "parareal", "serial", "Result", "Stats", "IterationInfo",
     "NonFiniteStateError", "Propagator", "StepPropagator", "FixedStepPropagator",
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
+    "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
 ]

@@ -3,8 +3,10 @@
 from .base import FixedStepPropagator, Propagator, StepPropagator, expand_as_state
 from .explicit import RK4, Euler, Heun
 from .external import SciPy, TorchDiffEq
+from .implicit import SDIRK2, BackwardEuler, ImplicitMidpoint, NewtonConvergenceError
 
 __all__ = [
     "Propagator", "StepPropagator", "FixedStepPropagator", "expand_as_state",
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
+    "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
 ]
