@@ -346,15 +346,15 @@ def test_schedules_match_diffusers_formulas():
 def test_pipelined_srds_equals_sweep_and_is_shorter():
     m = Counting(gmm(dim=16))
     x = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    sweep = srds_sample(m, SCHED, x, 400, tol=1e-3)
+    sweep = srds_sample(m, SCHED, x, 400, num_blocks=20, tol=1e-3)
     calls_sweep = len(m.batches)
-    pipe = srds_sample(m, SCHED, x, 400, tol=1e-3, pipelined=True)
+    pipe = srds_sample(m, SCHED, x, 400, num_blocks=20, tol=1e-3, pipelined=True)
     assert pipe.iterations == sweep.iterations
     assert torch.allclose(pipe.sample, sweep.sample, atol=1e-12, rtol=0)
     assert pipe.stats.model_calls == len(m.batches) - calls_sweep == pipe.stats.depth
     M = 20
     assert pipe.stats.depth <= pipe.iterations * M + 20 < sweep.stats.depth
-    exact = srds_sample(m, SCHED, x, 400, tol=0, max_iters=20, pipelined=True)
+    exact = srds_sample(m, SCHED, x, 400, num_blocks=20, tol=0, max_iters=20, pipelined=True)
     assert torch.allclose(exact.sample, serial_sample(m, SCHED, x, 400), atol=1e-10, rtol=0)
 
 

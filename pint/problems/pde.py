@@ -1,0 +1,123 @@
+"""One-dimensional PDEs discretised in space (method of lines, second-order central
+differences); the ODE systems below are what the propagators integrate."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..problem import ODEProblem
+from ..propagators import RK4, SDIRK2, BackwardEuler
+from ._case import Case, integer, number
+
+F64 = torch.float64
+
+
+def dirichlet_laplacian(points: int, dx: float) -> Tensor:
+    """The ``[points, points]`` second-difference matrix with zero Dirichlet boundaries."""
+    L = -2 * torch.eye(points, dtype=F64) + torch.diag(torch.ones(points - 1, dtype=F64), 1)
+    L = L + torch.diag(torch.ones(points - 1, dtype=F64), -1)
+    return L / dx ** 2
+
+
+def heat(*, diffusivity: float = 1.0, length: float = 1.0, points: int = 31, mode: int = 1,
+         amplitude: float = 1.0, t_end: float = 0.5) -> Case:
+    """The heat equation ``u_t = diffusivity * u_xx`` on ``0 < x < length``, ``u = 0`` at
+    both ends, from ``u(x, 0) = amplitude * sin(mode * pi * x / length)``.
+
+    Args:
+        diffusivity: ``alpha`` in length^2 / time (>= 0), default 1.
+        length: domain length (> 0), default 1.
+        points: interior grid points (>= 3), default 31 (``dx = length / (points + 1)``).
+        mode: the sine mode of the initial condition (1 <= mode <= points), default 1.
+        amplitude: its amplitude, default 1.
+        t_end: final time (> 0), default 0.5.
+
+    :meth:`Case.exact` is the exact solution of the semi-discrete system: the grid sine
+    mode is an eigenvector of the difference Laplacian, so ``u_j(t) = amplitude *
+    exp(lambda t) sin(mode pi x_j / length)`` with ``lambda = -4 alpha / dx^2 sin^2(mode pi
+    dx / (2 length))`` (the PDE's ``-alpha (mode pi / length)^2`` up to ``O(dx^2)``).
+
+    Setup: coarse BackwardEuler(1), one step per block (``h lambda_max`` ~ -100, about 50
+    times the explicit Euler stability limit), fine RK4(50), 20 blocks, tol 1e-9.
+    """
+    alpha = number("diffusivity", diffusivity, nonneg=True)
+    length = number("length", length, positive=True)
+    points = integer("points", points, 3)
+    mode = integer("mode", mode, 1)
+    if mode > points:
+        raise ValueError(f"parameter 'mode' must be <= points ({points}), got {mode}")
+    amp, t_end = number("amplitude", amplitude), number("t_end", t_end, positive=True)
+    dx = length / (points + 1)
+    x = torch.arange(1, points + 1, dtype=F64) * dx
+    A = alpha * dirichlet_laplacian(points, dx)
+    shape = amp * torch.sin(mode * math.pi * x / length)
+    lam = -4 * alpha / dx ** 2 * math.sin(mode * math.pi * dx / (2 * length)) ** 2
+
+    def f(t: Tensor, u: Tensor) -> Tensor:
+        return A @ u
+
+    return Case(
+        "heat", ODEProblem(f, shape.clone(), (0.0, t_end)), BackwardEuler(1), RK4(50), 20, 1e-9,
+        {"diffusivity": alpha, "length": length, "points": points, "mode": mode,
+         "amplitude": amp, "t_end": t_end},
+        stiff=True, description="1-D heat equation, Dirichlet, method of lines",
+        exact_fn=lambda t: math.exp(lam * t) * shape,
+    )
+
+
+def burgers(*, viscosity: float = 0.1, points: int = 64, mean: float = 0.5, t_end: float = 1.0) -> Case:
+    """Viscous Burgers ``u_t + (u^2 / 2)_x = viscosity * u_xx`` on the periodic interval
+    ``[0, 2 pi)`` from ``u(x, 0) = mean + sin(x)`` (steepens into a front near ``t = 1``).
+
+    Args:
+        viscosity: ``nu`` in length^2 / time (>= 0), default 0.1.
+        points: grid points (>= 3), default 64 (``dx = 2 pi / points``); central
+            differences need ``nu`` >~ ``dx`` to stay free of grid oscillations.
+        mean: the mean of the initial condition (advection speed), default 0.5.
+        t_end: final time (> 0), default 1.
+
+    Setup: coarse RK4(2), fine RK4(50), 10 blocks, tol 1e-8.
+    """
+    nu = number("viscosity", viscosity, nonneg=True)
+    points = integer("points", points, 3)
+    mean, t_end = number("mean", mean), number("t_end", t_end, positive=True)
+    dx = 2 * math.pi / points
+    x = torch.arange(points, dtype=F64) * dx
+
+    def f(t: Tensor, u: Tensor) -> Tensor:
+        up, um = torch.roll(u, -1), torch.roll(u, 1)
+        return -(up ** 2 - um ** 2) / (4 * dx) + nu * (up - 2 * u + um) / dx ** 2
+
+    return Case("burgers", ODEProblem(f, mean + torch.sin(x), (0.0, t_end)), RK4(2), RK4(50), 10, 1e-8,
+                {"viscosity": nu, "points": points, "mean": mean, "t_end": t_end},
+                description="viscous Burgers, periodic, method of lines")
+
+
+def allen_cahn(*, epsilon: float = 0.03, points: int = 63, t_end: float = 10.0) -> Case:
+    """Allen-Cahn ``u_t = epsilon^2 u_xx + u - u^3`` on ``0 < x < 1``, ``u = 0`` at both
+    ends, from ``u(x, 0) = 0.5 sin(3 pi x)``: the state separates into ``+-1`` phases
+    joined by fronts of width ~``epsilon``.
+
+    Args:
+        epsilon: interface width (length, > 0), default 0.03.
+        points: interior grid points (>= 3), default 63 (``dx = 1 / (points + 1)``).
+        t_end: final time (> 0), default 10.
+
+    Setup: coarse SDIRK2(1) (nonlinear Newton), fine RK4(50), 20 blocks, tol 1e-8.
+    """
+    eps = number("epsilon", epsilon, positive=True)
+    points = integer("points", points, 3)
+    t_end = number("t_end", t_end, positive=True)
+    dx = 1 / (points + 1)
+    x = torch.arange(1, points + 1, dtype=F64) * dx
+    A = eps ** 2 * dirichlet_laplacian(points, dx)
+
+    def f(t: Tensor, u: Tensor) -> Tensor:
+        return A @ u + u - u ** 3
+
+    return Case("allen_cahn", ODEProblem(f, 0.5 * torch.sin(3 * math.pi * x), (0.0, t_end)),
+                SDIRK2(1), RK4(50), 20, 1e-8, {"epsilon": eps, "points": points, "t_end": t_end},
+                stiff=True, description="1-D Allen-Cahn, Dirichlet, method of lines")
