@@ -35,3 +35,21 @@ def test_sampler_benchmark_quick(tmp_path):
     report = load("bench_samplers").main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "samplers.json").exists()
     assert json.loads((tmp_path / "samplers.json").read_text()).keys() == report.keys()
+
+
+def test_convergence_benchmark_quick(tmp_path):
+    res = load("bench_convergence").main(["--quick", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "convergence.json").read_text())["vs_blocks"].keys() == {
+        "dahlquist", "heat", "van_der_pol"}
+    # the linear Parareal error bound holds at every iteration, and shrinks superlinearly
+    for d in res["dahlquist_bound"].values():
+        for r in d["rows"]:
+            assert r["error"] <= r["bound"] * (1 + 1e-9) + 1e-15
+        assert d["rows"][4]["error"] < 1e-3 * d["rows"][0]["error"]
+    # an explicit coarse step far beyond the heat equation's stability limit gains nothing
+    # (k = B, or a blow-up); the implicit recommended one converges in fewer iterations
+    heat = res["vs_coarse"]["heat"]
+    B = 20
+    assert heat["Euler(1)"] == B or "blow-up" in str(heat["Euler(1)"])
+    rec = [v for k, v in heat.items() if k.startswith("recommended")][0]
+    assert rec < B
