@@ -69,7 +69,9 @@ def parareal(
             ``t_span[1]``, strictly monotone, instead of equal blocks.
         stopping: a :class:`~pint.stopping.StoppingRule` replacing the ``tol``/``rtol``
             test (for example :class:`~pint.stopping.FinalStateChange`).
-        executor: where the batched work runs; ``None`` runs it in this process.
+        executor: where the batched work runs; ``None`` runs it in this process. An
+            executor is an object with a ``parareal(problem, coarse, fine, times, stopping,
+            max_iters, pipelined, callback)`` method (the multi-process one is planned).
 
     Returns:
         A :class:`Result`; ``result.stats.depth`` for the sweep schedule with ``K``
@@ -95,6 +97,11 @@ def parareal(
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     if executor is not None:
+        if not callable(getattr(executor, "parareal", None)):
+            raise TypeError(
+                "executor must provide parareal(problem, coarse, fine, times, stopping, "
+                f"max_iters, pipelined, callback); got {type(executor).__name__}"
+            )
         return executor.parareal(  # type: ignore[attr-defined]
             problem, coarse, fine, times, stopping, max_iters, pipelined, callback
         )

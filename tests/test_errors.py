@@ -53,6 +53,7 @@ def test_problem_validation(kwargs, exc, match):
         (dict(coarse=lambda f, y, a, b: y), TypeError, "coarse must be a pint.Propagator"),
         (dict(fine="rk4"), TypeError, "fine must be a pint.Propagator"),
         (dict(callback=5), TypeError, "callback must be callable"),
+        (dict(executor=object()), TypeError, "executor must provide parareal"),
         (dict(num_blocks=None), ValueError, "num_blocks is required"),
         (dict(num_blocks=None, partition=[0.0, 0.5, 2.0]), ValueError, "partition must start at"),
         (dict(num_blocks=None, partition=[0.0, 0.6, 0.5, 1.0]), ValueError, "strictly monotone"),
