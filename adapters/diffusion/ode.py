@@ -44,6 +44,7 @@ class DDIMStep(StepPropagator):
         self.order = 1 if fine else order
         self.evals_per_step = self.order
         self._uses_x = bool((grid.c_x != 0).any())
+        self._stochastic = grid.stochastic
         self._dev: dict = {}
 
     def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor:
@@ -84,7 +85,7 @@ class DDIMStep(StepPropagator):
         out = cast(c_x0) * x0 + cast(c_eps) * eps
         if self._uses_x:
             out = out + cast(c_x) * y
-        if self.grid.stochastic:
+        if self._stochastic:
             sig = torch.where(single, c["sigma"][j], torch.zeros_like(a_end))
             out = out + cast(sig) * self.noise[j].to(y.dtype)
         return out
