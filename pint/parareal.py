@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_number
 from .problem import ODEProblem
 from .propagators.base import Propagator
 from .result import IterationInfo, Result, Stats
@@ -87,8 +88,9 @@ def parareal(
     _check_propagator("fine", fine)
     times = make_partition(problem, num_blocks, partition)
     B = times.shape[0] - 1
-    tol, rtol = _check_tol("tol", tol), _check_tol("rtol", rtol)
-    max_iters = B if max_iters is None else _check_max_iters(max_iters)
+    tol = check_number("tol", tol, positive=False)
+    rtol = check_number("rtol", rtol, positive=False)
+    max_iters = B if max_iters is None else check_int("max_iters", max_iters, 0)
     max_iters = min(max_iters, B)
     if stopping is None:
         stopping = MaxAbsChange(tol, rtol)
@@ -242,13 +244,13 @@ def make_partition(
     if partition is None:
         if num_blocks is None:
             raise ValueError("num_blocks is required (an int >= 1) unless partition is given")
-        num_blocks = _check_num_blocks(num_blocks)
+        num_blocks = check_int("num_blocks", num_blocks, 1)
         return torch.linspace(problem.t_start, problem.t_end, num_blocks + 1, dtype=torch.float64
                               ).to(device=dev, dtype=dt)
     times = torch.as_tensor(partition, dtype=torch.float64).flatten().cpu()
     if times.numel() < 2 or not bool(torch.isfinite(times).all()):
         raise ValueError("partition must hold at least two finite times")
-    if num_blocks is not None and _check_num_blocks(num_blocks) != times.numel() - 1:
+    if num_blocks is not None and check_int("num_blocks", num_blocks, 1) != times.numel() - 1:
         raise ValueError(
             f"num_blocks={num_blocks} disagrees with partition of {times.numel() - 1} blocks"
         )
@@ -262,30 +264,6 @@ def make_partition(
     if not bool((d > 0).all()):
         raise ValueError("partition must be strictly monotone in the direction of t_span")
     return times.to(device=dev, dtype=dt)
-
-
-def _check_num_blocks(num_blocks: object) -> int:
-    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
-        raise TypeError(f"num_blocks must be an int >= 1, got {type(num_blocks).__name__}")
-    if num_blocks < 1:
-        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-    return num_blocks
-
-
-def _check_tol(name: str, tol: object) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
-        raise TypeError(f"{name} must be a number >= 0, got {type(tol).__name__}")
-    if not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {tol}")
-    return float(tol)
-
-
-def _check_max_iters(max_iters: object) -> int:
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int):
-        raise TypeError(f"max_iters must be an int >= 0 or None, got {type(max_iters).__name__}")
-    if max_iters < 0:
-        raise ValueError(f"max_iters must be >= 0, got {max_iters}")
-    return max_iters
 
 
 def _check_problem(problem: object) -> None:

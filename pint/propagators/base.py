@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._checks import check_int
+
 RHS = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -87,11 +89,7 @@ class FixedStepPropagator(StepPropagator):
     (``[n]``)."""
 
     def __init__(self, steps: int = 1) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise TypeError(f"steps must be an int >= 1, got {type(steps).__name__}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps = steps
+        self.steps = check_int("steps", steps, 1)
 
     def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor:
         return torch.full(t0.shape, self.steps, dtype=torch.int64)

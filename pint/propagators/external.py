@@ -14,15 +14,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_number
 from .base import RHS, Propagator, expand_as_state
 
 
-def _check_tolerances(rtol: float, atol: float) -> None:
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not (value > 0 and np.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+def _check_solver(method: object, rtol: object, atol: object) -> tuple[str, float, float]:
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    return method, check_number("rtol", rtol, positive=True), check_number("atol", atol, positive=True)
 
 
 class TorchDiffEq(Propagator):
@@ -34,10 +33,7 @@ class TorchDiffEq(Propagator):
     def __init__(
         self, method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9, **odeint_kwargs: Any
     ) -> None:
-        if not isinstance(method, str):
-            raise TypeError(f"method must be a string, got {type(method).__name__}")
-        _check_tolerances(rtol, atol)
-        self.method, self.rtol, self.atol = method, float(rtol), float(atol)
+        self.method, self.rtol, self.atol = _check_solver(method, rtol, atol)
         self.odeint_kwargs = odeint_kwargs
 
     def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
@@ -67,10 +63,7 @@ class SciPy(Propagator):
 
     def __init__(self, method: str = "DOP853", rtol: float = 1e-10, atol: float = 1e-12,
                  **solve_ivp_kwargs: Any) -> None:
-        if not isinstance(method, str):
-            raise TypeError(f"method must be a string, got {type(method).__name__}")
-        _check_tolerances(rtol, atol)
-        self.method, self.rtol, self.atol = method, float(rtol), float(atol)
+        self.method, self.rtol, self.atol = _check_solver(method, rtol, atol)
         self.solve_ivp_kwargs = solve_ivp_kwargs
 
     def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:

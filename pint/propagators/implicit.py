@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import check_int, check_number
 from .base import RHS, FixedStepPropagator, expand_as_state
 
 
@@ -29,15 +30,7 @@ class NewtonConvergenceError(RuntimeError):
 
 
 def _check_newton(newton_tol: object, max_newton: object) -> tuple[float, int]:
-    if isinstance(newton_tol, bool) or not isinstance(newton_tol, (int, float)):
-        raise TypeError(f"newton_tol must be a number > 0, got {type(newton_tol).__name__}")
-    if not (math.isfinite(newton_tol) and newton_tol > 0):
-        raise ValueError(f"newton_tol must be a finite number > 0, got {newton_tol}")
-    if isinstance(max_newton, bool) or not isinstance(max_newton, int):
-        raise TypeError(f"max_newton must be an int >= 1, got {type(max_newton).__name__}")
-    if max_newton < 1:
-        raise ValueError(f"max_newton must be >= 1, got {max_newton}")
-    return float(newton_tol), max_newton
+    return check_number("newton_tol", newton_tol, positive=True), check_int("max_newton", max_newton, 1)
 
 
 def row_jacobians(f: RHS, t: Tensor, y: Tensor) -> Tensor:

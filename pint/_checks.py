@@ -1,0 +1,25 @@
+"""Argument checks shared by the engine: each error names the argument and the expected form."""
+
+from __future__ import annotations
+
+import math
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an ``int >= minimum``; TypeError for non-ints (bools included),
+    ValueError below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_number(name: str, value: object, *, positive: bool) -> float:
+    """``value`` as a finite float, ``> 0`` if ``positive`` else ``>= 0``."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number {bound}, got {type(value).__name__}")
+    if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+    return float(value)
