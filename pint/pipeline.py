@@ -110,9 +110,7 @@ def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
     converged = False
     done_iter = -1  # last iteration whose U^k_B was checked
     final: Tensor | None = None
-    for k in range(0, K + 1):
-        U[(k, 0)] = y0
-    known(0, 0, y0)  # U^k_0 = y0 for every k; only k = 0 starts work at block 0
+    known(0, 0, y0)  # U^k_0 = y0 = exact[0] for every k; only k = 0 starts work at block 0
 
     while True:
         # --- check iterations whose last boundary is known, in order
@@ -139,8 +137,7 @@ def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
                 for i in range(B + 1):
                     G.pop((k - 1, i), None)
                     F.pop((k, i), None)
-                    if i > 0:
-                        U.pop((k - 1, i), None)
+                    U.pop((k - 1, i), None)
             if converged or k == K:
                 final = Uk
                 break

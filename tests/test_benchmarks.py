@@ -1,23 +1,12 @@
 """The benchmark scripts run (quick mode) and write what README and docs read."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_partition_benchmark_quick(tmp_path):
-    res = load("bench_partition").main(["--quick", "--out", str(tmp_path)])
+def test_partition_benchmark_quick(load_script, tmp_path):
+    res = load_script("benchmarks", "bench_partition").main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "partition.json").read_text())
     assert data["N"] == 100 and data["runs"] == res["runs"]
     for r in data["runs"]:
@@ -30,15 +19,15 @@ def test_partition_benchmark_quick(tmp_path):
             assert d < by[(B, p, c, False)]
 
 
-def test_sampler_benchmark_quick(tmp_path):
+def test_sampler_benchmark_quick(load_script, tmp_path):
     pytest.importorskip("matplotlib")
-    report = load("bench_samplers").main(["--quick", "--out", str(tmp_path)])
+    report = load_script("benchmarks", "bench_samplers").main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "samplers.json").exists()
     assert json.loads((tmp_path / "samplers.json").read_text()).keys() == report.keys()
 
 
-def test_convergence_benchmark_quick(tmp_path):
-    res = load("bench_convergence").main(["--quick", "--out", str(tmp_path)])
+def test_convergence_benchmark_quick(load_script, tmp_path):
+    res = load_script("benchmarks", "bench_convergence").main(["--quick", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "convergence.json").read_text())["vs_blocks"].keys() == {
         "dahlquist", "heat", "van_der_pol"}
     # the linear Parareal error bound holds at every iteration, and shrinks superlinearly

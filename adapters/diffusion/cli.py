@@ -76,6 +76,12 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
 
 
+def _show(ax, img) -> None:
+    """Draw one ``[H, W, C]`` image in [0, 1] (grey when ``C == 1``), pixels unsmoothed."""
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+
+
 def save_grid(x: torch.Tensor, path: Path, title: str | None = None) -> None:
     import matplotlib
 
@@ -91,9 +97,7 @@ def save_grid(x: torch.Tensor, path: Path, title: str | None = None) -> None:
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
-            img = imgs[k]
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
+            _show(ax, imgs[k])
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -124,9 +128,7 @@ def save_convergence(history: list[float], iterates: torch.Tensor, tol: float, p
     for r in range(rows):
         for c in range(show):
             a = fig.add_subplot(gs[r, 4 + c])
-            img = imgs[r, c]
-            a.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
-                     interpolation="nearest")
+            _show(a, imgs[r, c])
             a.set_xticks([])
             a.set_yticks([])
             if c == 0:

@@ -107,9 +107,9 @@ def picard_sample(
         y = traj[a:e]
         d = stepper.step(None, pos, y, ones[:n]) - y
         new = traj[a] + torch.cumsum(d, dim=0)
-        diff = (new - traj[a + 1: e + 1]).double().reshape(n, -1)
+        diff = (new - traj[a + 1: e + 1]).double().reshape(n, x_T.shape[0], -1)
         # normalised error per step, worst sample of the batch
-        err = diff.reshape(n, x_T.shape[0], -1).pow(2).sum(-1).amax(-1) / (dim * var[a:e])
+        err = diff.pow(2).sum(-1).amax(-1) / (dim * var[a:e])
         traj[a + 1: e + 1] = new
         it += 1
         bad = (err > tol2).nonzero()
