@@ -59,6 +59,7 @@ class ODEProblem:
 
     @property
     def t_span(self) -> tuple[float, float]:
+        """``(t_start, t_end)`` as Python floats, in the time unit of ``f``."""
         return (self.t_start, self.t_end)
 
     @property

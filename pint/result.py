@@ -35,6 +35,7 @@ class Stats:
     rows: int = 0
 
     def as_dict(self) -> dict[str, int]:
+        """The counters as a plain ``dict`` of ints (for JSON reports)."""
         return dict(self.__dict__)
 
 
@@ -62,6 +63,7 @@ class Result:
 
     @property
     def num_blocks(self) -> int:
+        """``B``, the number of blocks (``boundaries.shape[0] - 1``)."""
         return self.boundaries.shape[0] - 1
 
 

@@ -13,6 +13,11 @@ from torch import Tensor
 
 
 class StoppingRule(Protocol):
+    """What :func:`pint.parareal` accepts as ``stopping``: any callable
+    ``rule(new, old, index) -> (change, stop)`` with ``new``, ``old`` the boundaries that
+    may have changed (``[m, *state]``, in the state's units), ``index`` their boundary
+    indices (``[m]``, int64); ``change`` (a float) goes into ``Result.history``."""
+
     def __call__(self, new: Tensor, old: Tensor, index: Tensor) -> tuple[float, bool]: ...
 
 

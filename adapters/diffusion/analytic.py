@@ -52,6 +52,8 @@ class GaussianMixtureDenoiser(torch.nn.Module):
         return cls(means, std, schedule)
 
     def posterior_mean(self, x: Tensor, t: Tensor) -> Tensor:
+        """``E[x0 | x_t = x]`` for ``x [R, *sample]`` at integer timesteps ``t [R]``: shape
+        of ``x``, float64 (data units)."""
         xd = x.to(torch.float64).reshape(x.shape[0], -1)
         a = self.alphas_cumprod[t.long()].view(-1, 1, 1)            # [R, 1, 1]
         mu = self.means.reshape(1, self.means.shape[0], -1)         # [1, K, D]
@@ -67,6 +69,8 @@ class GaussianMixtureDenoiser(torch.nn.Module):
         return (r * post).sum(1).reshape(x.shape)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """The exact noise prediction ``eps [R, *sample]`` (unit variance) for ``x [R,
+        *sample]`` at integer timesteps ``t [R]``, in ``x``'s dtype."""
         a = self.alphas_cumprod[t.long()].view(-1, *([1] * (x.dim() - 1)))
         x0 = self.posterior_mean(x, t)
         eps = (x.to(torch.float64) - a.sqrt() * x0) / (1 - a).sqrt()

@@ -55,6 +55,7 @@ class SamplerStats:
     engine: pint.Stats = field(default_factory=pint.Stats)
 
     def as_dict(self) -> dict[str, Any]:
+        """The counters as a plain ``dict`` (``engine`` nested), for JSON reports."""
         return {"model_calls": self.model_calls, "model_rows": self.model_rows,
                 "depth": self.depth, "engine": self.engine.as_dict()}
 

@@ -117,6 +117,7 @@ class VPSchedule:
     # ------------------------------------------------------------------ grids
     @property
     def num_train_timesteps(self) -> int:
+        """``T``, the number of training timesteps (the length of ``alphas_cumprod``)."""
         return self.alphas_cumprod.numel()
 
     def timesteps(self, num_steps: int) -> Tensor:
@@ -184,15 +185,19 @@ class SamplingGrid:
 
     @property
     def num_steps(self) -> int:
+        """``N``, the sampler's steps (the length of every per-step tensor)."""
         return self.timesteps.numel()
 
     @property
     def stochastic(self) -> bool:
+        """Whether any step adds noise (``sigma > 0``: DDIM with ``eta > 0`` or DDPM)."""
         return bool((self.sigma > 0).any())
 
     @classmethod
     def build(cls, schedule: VPSchedule, num_steps: int, kind: str = "ddim",
               eta: float = 0.0) -> SamplingGrid:
+        """The grid of a ``num_steps``-step sampler on ``schedule``: ``kind="ddim"``
+        (with noise ``eta >= 0``) or ``"ddpm"``; every per-step tensor is float64 ``[N]``."""
         if kind not in ("ddim", "ddpm"):
             raise ValueError(f"kind must be 'ddim' or 'ddpm', got {kind!r}")
         if not (isinstance(eta, (int, float)) and 0.0 <= eta and math.isfinite(eta)):

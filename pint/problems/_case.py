@@ -49,6 +49,7 @@ class Case:
 
     @property
     def has_exact(self) -> bool:
+        """Whether :meth:`exact` knows a closed-form solution."""
         return self.exact_fn is not None
 
     def exact(self, t: float) -> Tensor:
