@@ -36,13 +36,17 @@ class DiffusersModel(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the UNet's parameters."""
         return next(self.unet.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the UNet's parameters."""
         return next(self.unet.parameters()).device
 
     def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        """The UNet's raw output for ``x [R, C, H, W]`` at integer timesteps ``t [R]``:
+        ``[R, C, H, W]`` (noise, x0 or v, as the scheduler's ``prediction_type`` says)."""
         return self.unet(x, t, return_dict=False, **kwargs)[0]
 
 
