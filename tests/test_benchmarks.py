@@ -42,3 +42,14 @@ def test_convergence_benchmark_quick(load_script, tmp_path):
     assert heat["Euler(1)"] == B or "blow-up" in str(heat["Euler(1)"])
     rec = [v for k, v in heat.items() if k.startswith("recommended")][0]
     assert rec < B
+
+
+def test_burgers_low_viscosity_failure_mode(load_script):
+    # the textbook hyperbolic failure: with a dissipative one-step coarse solver, the sharper
+    # the front, the more iterations; at nu = 0.01 Parareal needs (nearly) all B iterations
+    rows = load_script("benchmarks", "bench_convergence").burgers_viscosity(quick=True)
+    viscous, sharp = rows
+    assert viscous["viscosity"] > sharp["viscosity"]
+    assert viscous["iterations"] <= viscous["blocks"] // 2 + 1
+    assert sharp["iterations"] >= sharp["blocks"] - 2
+    assert max(sharp["history"][:3]) > 10 * max(viscous["history"][:3])
