@@ -48,10 +48,11 @@ def picard_sample(
 ) -> SampleOutput:
     """Sample with sliding-window Picard iteration (ParaDiGMS).
 
+    ``model``, ``schedule``, ``x_T``, ``num_steps``, ``prediction_type``, ``eta``,
+    ``generator``, ``sampler``, ``noise``, ``model_kwargs``, ``guidance_scale``,
+    ``uncond_kwargs`` and ``check_finite`` are as in :func:`~adapters.diffusion.srds_sample`.
+
     Args:
-        model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
-        model_kwargs, guidance_scale, uncond_kwargs, check_finite: as in
-            :func:`~adapters.diffusion.srds_sample`.
         window: steps ``w`` evaluated per model call (``1 <= w <= num_steps``, default
             ``min(32, num_steps)``); the batch of each call is ``w * batch`` samples.
         tol: per-step tolerance (relative to the step's noise scale, see the module doc);
