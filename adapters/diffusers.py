@@ -4,6 +4,9 @@
 spacing, steps offset, final alpha and clipping, so that ``serial_sample(model, schedule,
 x, num_steps=K)`` reproduces diffusers' own loop after ``scheduler.set_timesteps(K)``
 (``sampler="ddpm"`` for a DDPMScheduler's ancestral loop). Needs the ``diffusers`` extra.
+
+Text-to-image pipelines (StableDiffusion-class): ``srds_pipeline``, ``load_text_to_image``
+and ``TextToImageOutput`` from :mod:`adapters.text_to_image`, re-exported here.
 """
 
 from __future__ import annotations
@@ -109,3 +112,14 @@ def from_diffusers(unet: torch.nn.Module, scheduler: Any) -> tuple[DiffusersMode
     if not isinstance(unet, torch.nn.Module) or not hasattr(unet, "config"):
         raise TypeError(f"unet must be a diffusers UNet model, got {type(unet).__name__}")
     return DiffusersModel(unet), schedule_from_scheduler(scheduler)
+
+
+_TEXT_TO_IMAGE = ("srds_pipeline", "load_text_to_image", "latents_to_images", "TextToImageOutput")
+
+
+def __getattr__(name: str) -> Any:  # lazy: adapters.text_to_image imports this module
+    if name in _TEXT_TO_IMAGE:
+        from adapters import text_to_image
+
+        return getattr(text_to_image, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
