@@ -238,7 +238,9 @@ def srds_pipeline(
 
     The arguments mean what they mean for ``pipe(...)``; with ``sampler="serial"`` the
     latents equal those of ``pipe(..., output_type="latent")`` (same scheduler, generator
-    and guidance) to float round-off, and SRDS converges to them.
+    and guidance) to float round-off, and SRDS converges to them. ``negative_prompt``,
+    ``prompt_embeds``, ``negative_prompt_embeds``, ``num_images_per_prompt``, ``height``,
+    ``width``, ``cross_attention_kwargs`` and ``clip_skip`` are as for ``pipe(...)``.
 
     Args:
         pipe: a loaded ``StableDiffusionPipeline`` (or one with the same components and
@@ -253,8 +255,6 @@ def srds_pipeline(
             its per-step rule, default 1e-3). SD latents (times ``scaling_factor``) have
             about unit spread, like pixels in ``[-1, 1]``, so the defaults carry over.
         sampler: ``"srds"``, ``"serial"`` or ``"picard"``.
-        negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
-        height, width, cross_attention_kwargs, clip_skip: as for ``pipe(...)``.
         generator: draws the initial latents (and, for ``eta > 0`` or DDPM, the per-step
             noise, all up front, in the order the pipeline draws them).
         latents: initial latents ``[b * num_images_per_prompt, C, h, w]`` instead.
