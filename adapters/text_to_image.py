@@ -102,7 +102,9 @@ def load_text_to_image(folder: str | Path, device: str | torch.device | None = N
                                               and (path / c).is_dir())]
     if missing:
         raise PretrainedNotFoundError(f"{folder} lacks the component(s) {', '.join(missing)}")
-    for c in _WEIGHTED:
+    checker = cfg.get("safety_checker")
+    weighted = _WEIGHTED + (("safety_checker",) if isinstance(checker, list) and checker[0] else ())
+    for c in weighted:
         if not any((path / c).glob("*.safetensors")):
             raise PretrainedNotFoundError(
                 f"{path / c} holds no safetensors weights; pint loads safetensors only, because "
