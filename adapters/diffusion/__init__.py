@@ -3,7 +3,8 @@
 Public names::
 
     VPSchedule, SamplingGrid, Denoiser, ModelOutputError
-    srds_sample, serial_sample, picard_sample, SampleOutput, SamplerStats, DEFAULT_TOL
+    srds_sample, serial_sample, picard_sample, quasi_newton_sample, SampleOutput,
+    SamplerStats, DEFAULT_TOL
     load_pretrained, available
     GaussianMixtureDenoiser
 """
@@ -11,7 +12,7 @@ Public names::
 from .analytic import GaussianMixtureDenoiser
 from .model import Denoiser, ModelOutputError
 from .ode import DDIMStep, block_partition
-from .picard import picard_sample
+from .picard import picard_sample, quasi_newton_sample
 from .pretrained import available, load_pretrained
 from .samplers import (
     DEFAULT_TOL,
@@ -26,5 +27,6 @@ from .schedule import SamplingGrid, VPSchedule
 __all__ = [
     "VPSchedule", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
     "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
-    "DEFAULT_TOL", "serial_floor", "GaussianMixtureDenoiser", "picard_sample", "load_pretrained", "available",
+    "DEFAULT_TOL", "serial_floor", "GaussianMixtureDenoiser", "picard_sample",
+    "quasi_newton_sample", "load_pretrained", "available",
 ]

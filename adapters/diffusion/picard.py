@@ -1,13 +1,27 @@
-"""ParaDiGMS: Picard iteration over a sliding window of sampler steps (Shih et al., 2023).
+"""Sliding-window fixed-point samplers: Picard (ParaDiGMS) and pint's quasi-Newton refinement.
 
-The serial sampler is the recursion ``x_{j+1} = Phi_j(x_j)``. Picard iteration solves it
-on a window of ``w`` steps at once: one batched model call evaluates every increment
-``d_j = Phi_j(x_j) - x_j`` of the window, then ``x_{a+i+1} = x_a + sum_{l<=i} d_{a+l}``.
+The serial sampler is the recursion ``x_{j+1} = Phi_j(x_j)``. Both samplers solve it on a
+window of ``w`` steps at once: one batched model call evaluates ``Phi_j`` at every input
+of the window, then the window's states are rebuilt front to back with a model-free
+correction,
+
+    ``x'_{j+1} = Phi_j(x_j) + J_j (x'_j - x_j)``,
+
+which is Parareal on the window whose coarse propagator is the linear map ``J_j`` (no
+model call). ``J_j = I`` is ParaDiGMS's Picard update (Shih et al., 2023),
+``x'_{a+i+1} = x_a + sum_{l<=i} (Phi_{a+l}(x_{a+l}) - x_{a+l})``.
+:func:`quasi_newton_sample` takes ``J_j = r_j I`` with the secant gain
+``r_j = <dPhi_j, dx_j> / |dx_j|^2`` from the step's two latest evaluations (per sample,
+``J_j = I`` until a step has been evaluated twice): a scalar Broyden approximation of the
+step's Jacobian, so a correction of an early step is carried through the window with the
+gain the network actually has along it (a Newton step as in DEER/ParaSolver, without
+Jacobian-vector products).
+
 The window slides past every leading step whose change passed the stopping test
 ``||x_new - x_old||^2 / (dim * sigma_j^2) <= tol^2`` (ParaDiGMS's per-step rule, with
 ``sigma_j^2`` the DDPM posterior variance of step ``j``), and at least one step per
-iteration (the first step of the window is exact after one evaluation). It is the peer
-that SRDS is measured against in ``benchmarks/``.
+iteration (the first step of the window is exact after one evaluation), so ``N``
+iterations always reproduce the serial sampler.
 """
 
 from __future__ import annotations
@@ -23,6 +37,30 @@ from .model import Model
 from .ode import DDIMStep
 from .samplers import SampleOutput, SamplerStats, _setup
 from .schedule import VPSchedule
+
+_COMMON_ARGS = """
+    ``model``, ``schedule``, ``x_T``, ``num_steps``, ``prediction_type``, ``eta``,
+    ``generator``, ``sampler``, ``noise``, ``model_kwargs``, ``guidance_scale``,
+    ``uncond_kwargs`` and ``check_finite`` are as in :func:`~adapters.diffusion.srds_sample`.
+
+    Args:
+        window: steps ``w`` evaluated per model call (``1 <= w <= num_steps``, default
+            ``min(32, num_steps)``); the batch of each call is ``w * batch`` samples.
+        tol: per-step tolerance (relative to the step's noise scale, see the module doc);
+            ``0`` slides one step per iteration (the serial sampler, batched).
+        max_iters: limit on model calls (default: ``num_steps``, which always suffices).
+        callback: ``callback(iteration, window_start, max_error)`` after every iteration.
+        initial: a trajectory guess ``[num_steps + 1, *x_T.shape]`` to start from (warm
+            start, e.g. ``out.trajectory`` of a neighbouring ``x_T``); default: ``x_T``
+            everywhere.
+        return_trajectory: keep the whole trajectory ``[num_steps + 1, *x_T.shape]`` in
+            ``out.trajectory`` (for warm starts).
+
+    Returns:
+        :class:`~adapters.diffusion.SampleOutput`; ``iterations`` and ``stats.depth`` are
+        the number of sequential model calls, ``history`` the largest normalised error of
+        each iteration, ``num_blocks`` the window.
+"""
 
 
 def picard_sample(
@@ -45,28 +83,53 @@ def picard_sample(
     uncond_kwargs: Mapping[str, Any] | None = None,
     check_finite: bool = True,
     initial: Tensor | None = None,
+    return_trajectory: bool = False,
 ) -> SampleOutput:
-    """Sample with sliding-window Picard iteration (ParaDiGMS).
+    return _window_sample(**locals(), coupling="identity")
 
-    ``model``, ``schedule``, ``x_T``, ``num_steps``, ``prediction_type``, ``eta``,
-    ``generator``, ``sampler``, ``noise``, ``model_kwargs``, ``guidance_scale``,
-    ``uncond_kwargs`` and ``check_finite`` are as in :func:`~adapters.diffusion.srds_sample`.
 
-    Args:
-        window: steps ``w`` evaluated per model call (``1 <= w <= num_steps``, default
-            ``min(32, num_steps)``); the batch of each call is ``w * batch`` samples.
-        tol: per-step tolerance (relative to the step's noise scale, see the module doc);
-            ``0`` slides one step per iteration (the serial sampler, batched).
-        max_iters: limit on model calls (default: ``num_steps``, which always suffices).
-        callback: ``callback(iteration, window_start, max_error)`` after every iteration.
-        initial: a trajectory guess ``[num_steps + 1, *x_T.shape]`` to start from (warm
-            start); default: ``x_T`` everywhere.
+picard_sample.__doc__ = """Sample with sliding-window Picard iteration (ParaDiGMS), the peer
+    that pint's samplers are measured against in ``benchmarks/``.
+""" + _COMMON_ARGS
 
-    Returns:
-        :class:`~adapters.diffusion.SampleOutput`; ``iterations`` and ``stats.depth`` are
-        the number of sequential model calls, ``history`` the largest normalised error of
-        each iteration, ``num_blocks`` the window.
-    """
+
+def quasi_newton_sample(
+    model: Model,
+    schedule: VPSchedule,
+    x_T: Tensor,
+    num_steps: int,
+    window: int | None = None,
+    tol: float = 1e-3,
+    max_iters: int | None = None,
+    prediction_type: str | None = None,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, Tensor, float], None] | None = None,
+    *,
+    sampler: str = "ddim",
+    noise: Tensor | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: Mapping[str, Any] | None = None,
+    check_finite: bool = True,
+    initial: Tensor | None = None,
+    return_trajectory: bool = False,
+) -> SampleOutput:
+    return _window_sample(**locals(), coupling="secant")
+
+
+quasi_newton_sample.__doc__ = """Sample with the sliding window and a secant coarse correction
+    (``J_j = r_j I``, see the module doc): the same calls, width and stopping rule as
+    :func:`picard_sample`, fewer iterations where the steps' gains differ from 1.
+""" + _COMMON_ARGS
+
+
+@torch.no_grad()  # the trajectory would otherwise keep every call's graph
+def _window_sample(
+    model, schedule, x_T, num_steps, window, tol, max_iters, prediction_type, eta, generator,
+    callback, sampler, noise, model_kwargs, guidance_scale, uncond_kwargs, check_finite, initial,
+    return_trajectory, coupling: str,
+) -> SampleOutput:
     N, denoiser, grid, noise, _ = _setup(
         model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
         model_kwargs, guidance_scale, uncond_kwargs, check_finite)
@@ -89,15 +152,18 @@ def picard_sample(
     var = ((1 - a_out) / (1 - a_in) * (1 - a_in / a_out)).clamp(min=1e-8).to(dev)
     dim = x_T[0].numel()
 
-    if initial is None:
-        traj = x_T.unsqueeze(0).repeat(N + 1, *([1] * x_T.dim()))
-    else:
+    traj = x_T.unsqueeze(0).repeat(N + 1, *([1] * x_T.dim()))
+    guide = None
+    if initial is not None:
         if tuple(initial.shape) != (N + 1, *x_T.shape):
             raise ValueError(f"initial must have shape {(N + 1, *x_T.shape)}, "
                              f"got {tuple(initial.shape)}")
-        traj = initial.to(device=dev, dtype=x_T.dtype).clone()
-        traj[0] = x_T
+        # the guess's increments, anchored at x_T (a neighbouring run's trajectory starts
+        # elsewhere; its steps are what carries over)
+        guide = initial.to(device=dev, dtype=x_T.dtype)
+        traj[1:] = x_T + (guide[1:] - guide[0])
     ones = torch.ones(window, dtype=torch.float64, device=dev)
+    secant = _Secant(traj) if coupling == "secant" else None
     history: list[float] = []
     a, it = 0, 0
     tol2 = tol * tol
@@ -106,8 +172,17 @@ def picard_sample(
         n = e - a
         pos = torch.arange(a, e, dtype=torch.float64, device=dev)
         y = traj[a:e]
-        d = stepper.step(None, pos, y, ones[:n]) - y
-        new = traj[a] + torch.cumsum(d, dim=0)
+        phi = stepper.step(None, pos, y, ones[:n])
+        if secant is None:  # J = I: the rebuild is a cumulative sum
+            new = traj[a] + torch.cumsum(phi - y, dim=0)
+        else:
+            gain = secant.gains(a, y, phi)
+            new = torch.empty_like(phi)
+            delta = torch.zeros_like(y[0])  # x'_j - x_j, zero at the exact window start
+            for i in range(n):
+                new[i] = phi[i] + gain[i] * delta
+                if i + 1 < n:
+                    delta = new[i] - y[i + 1]
         diff = (new - traj[a + 1: e + 1]).double().reshape(n, x_T.shape[0], -1)
         # normalised error per step, worst sample of the batch
         err = diff.pow(2).sum(-1).amax(-1) / (dim * var[a:e])
@@ -122,11 +197,39 @@ def picard_sample(
                                      f"{a} (iteration {it})")
         new_a = a + stride
         new_e = min(new_a + window, N)
-        if new_e > e and initial is None:  # new steps start from the window's last value
-            traj[e + 1: new_e + 1] = traj[e]
+        if new_e > e:  # steps entering the window start from its last value (plus the
+            # guess's increments from there, with a warm start)
+            traj[e + 1: new_e + 1] = traj[e] if guide is None else (
+                traj[e] + guide[e + 1: new_e + 1] - guide[e])
         a = new_a
         if callback is not None:
             callback(it, traj[a], worst)
     converged = a >= N
     stats = SamplerStats(denoiser.calls, denoiser.rows, it)
-    return SampleOutput(traj[N].clone(), it, converged, history, stats, float(tol), window)
+    return SampleOutput(traj[N].clone(), it, converged, history, stats, float(tol), window,
+                        trajectory=traj if return_trajectory else None)
+
+
+class _Secant:
+    """Per-step, per-sample secant gains ``r_j = <dPhi, dx> / |dx|^2`` from the latest two
+    evaluations of step ``j`` (``1`` until there are two, and where ``dx`` vanishes)."""
+
+    def __init__(self, traj: Tensor) -> None:
+        n_steps, batch = traj.shape[0] - 1, traj.shape[1]
+        self.x = torch.zeros((n_steps, batch, traj[0, 0].numel()), dtype=torch.float64,
+                             device=traj.device)
+        self.phi = torch.zeros_like(self.x)
+        self.seen = torch.zeros(n_steps, dtype=torch.bool, device=traj.device)
+
+    def gains(self, a: int, y: Tensor, phi: Tensor) -> Tensor:
+        """Gains ``[n, batch, 1, ...]`` (broadcast over a sample) for steps ``a .. a+n-1``
+        evaluated at ``y`` with results ``phi`` (both ``[n, batch, ...]``); records them."""
+        n, batch = y.shape[0], y.shape[1]
+        x, f = y.reshape(n, batch, -1).double(), phi.reshape(n, batch, -1).double()
+        dx, df = x - self.x[a:a + n], f - self.phi[a:a + n]
+        den = dx.pow(2).sum(-1)
+        r = (dx * df).sum(-1) / den.clamp(min=1e-300)
+        ok = self.seen[a:a + n, None] & (den > 1e-30) & torch.isfinite(r)
+        r = torch.where(ok, r.clamp(0.0, 2.0), torch.ones_like(r))
+        self.x[a:a + n], self.phi[a:a + n], self.seen[a:a + n] = x, f, True
+        return r.to(y.dtype).view(n, batch, *([1] * (y.dim() - 2)))

@@ -74,6 +74,9 @@ class SampleOutput:
         num_blocks: blocks of the grid.
         iterates: with ``return_iterates=True``, the sample after the coarse sweep and
             after every iteration ``[iterations + 1, *x_T.shape]``; else ``None``.
+        trajectory: window samplers with ``return_trajectory=True``: the state after every
+            step ``[num_steps + 1, *x_T.shape]`` (a warm start for a neighbouring run);
+            else ``None``.
     """
 
     sample: Tensor
@@ -84,6 +87,7 @@ class SampleOutput:
     tol: float
     num_blocks: int
     iterates: Tensor | None = None
+    trajectory: Tensor | None = None
 
 
 def _check_x(x_T: object, model: Model) -> Tensor:
@@ -128,6 +132,7 @@ def _setup(model, schedule, x_T, num_steps, prediction_type, eta, generator, sam
     return N, denoiser, grid, noise, problem
 
 
+@torch.no_grad()  # sampling never needs the autograd graph
 def serial_sample(
     model: Model,
     schedule: VPSchedule,
@@ -157,6 +162,7 @@ def serial_sample(
     return pint.serial(problem, fine, num_blocks=1).y
 
 
+@torch.no_grad()  # sampling never needs the autograd graph
 def srds_sample(
     model: Model,
     schedule: VPSchedule,
