@@ -4,12 +4,14 @@ Public names::
 
     VPSchedule, SamplingGrid, Denoiser, ModelOutputError
     srds_sample, serial_sample, picard_sample, quasi_newton_sample, SampleOutput,
+    sample (sampler="auto"), choose_sampler,
     SamplerStats, DEFAULT_TOL
     load_pretrained, available
     GaussianMixtureDenoiser
 """
 
 from .analytic import GaussianMixtureDenoiser
+from .auto import choose_sampler, sample
 from .model import Denoiser, ModelOutputError
 from .ode import DDIMStep, block_partition
 from .picard import picard_sample, quasi_newton_sample
@@ -28,5 +30,5 @@ __all__ = [
     "VPSchedule", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
     "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
     "DEFAULT_TOL", "serial_floor", "GaussianMixtureDenoiser", "picard_sample",
-    "quasi_newton_sample", "load_pretrained", "available",
+    "quasi_newton_sample", "sample", "choose_sampler", "load_pretrained", "available",
 ]
