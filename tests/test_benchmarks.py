@@ -53,3 +53,14 @@ def test_burgers_low_viscosity_failure_mode(load_script):
     assert viscous["iterations"] <= viscous["blocks"] // 2 + 1
     assert sharp["iterations"] >= sharp["blocks"] - 2
     assert max(sharp["history"][:3]) > 10 * max(viscous["history"][:3])
+
+
+def test_window_variants_quick(load_script, tmp_path):
+    # the variants tried for the faster-than-Picard sampler; the kept one (quasi-Newton) is
+    # ahead of Picard and of every variant that was not kept, at both tolerances
+    rep = load_script("benchmarks", "bench_window_variants").main(["--quick", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "window_variants.json").read_text())["runs"] == rep["runs"]
+    for tol in (1e-3, 1e-4):
+        runs = {r["method"]: r for r in rep["runs"] if r["tol"] == tol}
+        qn = runs.pop("quasi_newton")
+        assert all(qn["calls"] < r["calls"] and qn["rows"] < r["rows"] for r in runs.values())
