@@ -31,7 +31,7 @@ class Propagator(ABC):
                 return y + hb * f(t + h / 2, y + hb / 2 * k1)
     """
 
-    #: how many ``f`` evaluations one step makes (``None``: measured while running)
+    #: how many ``f`` evaluations one step makes (``None`` if only known by running)
     evals_per_step: int | None = None
 
     @abstractmethod
