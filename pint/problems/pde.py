@@ -99,7 +99,7 @@ def burgers(*, viscosity: float = 0.1, points: int = 64, mean: float = 0.5, t_en
 def allen_cahn(*, epsilon: float = 0.03, points: int = 63, t_end: float = 10.0) -> Case:
     """Allen-Cahn ``u_t = epsilon^2 u_xx + u - u^3`` on ``0 < x < 1``, ``u = 0`` at both
     ends, from ``u(x, 0) = 0.5 sin(3 pi x)``: the state separates into ``+-1`` phases
-    joined by fronts of width ~``epsilon``.
+    joined by fronts of width about ``epsilon``.
 
     Args:
         epsilon: interface width (length, > 0), default 0.03.
