@@ -5,8 +5,10 @@ Public names::
     pint.ODEProblem, pint.parareal, pint.serial, pint.Result, pint.Stats
     pint.Propagator, pint.FixedStepPropagator
     pint.Euler, pint.Heun, pint.RK4, pint.TorchDiffEq, pint.SciPy
+    pint.DistributedExecutor (multi-process Parareal over torch.distributed)
 """
 
+from .executors import DistributedError, DistributedExecutor, DistributedStats
 from .parareal import NonFiniteStateError, parareal, serial
 from .problem import ODEProblem
 from .propagators import (
@@ -32,4 +34,5 @@ __all__ = [
     "NonFiniteStateError", "Propagator", "StepPropagator", "FixedStepPropagator",
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
     "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
+    "DistributedExecutor", "DistributedError", "DistributedStats",
 ]

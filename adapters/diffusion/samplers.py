@@ -77,6 +77,8 @@ class SampleOutput:
         trajectory: window samplers with ``return_trajectory=True``: the state after every
             step ``[num_steps + 1, *x_T.shape]`` (a warm start for a neighbouring run);
             else ``None``.
+        boundaries: SRDS: the state at every block edge ``[num_blocks + 1, *x_T.shape]``
+            (also a warm start); else ``None``.
     """
 
     sample: Tensor
@@ -88,6 +90,7 @@ class SampleOutput:
     num_blocks: int
     iterates: Tensor | None = None
     trajectory: Tensor | None = None
+    boundaries: Tensor | None = None
 
 
 def _check_x(x_T: object, model: Model) -> Tensor:
@@ -188,6 +191,7 @@ def srds_sample(
     check_finite: bool = True,
     coarse: str = "ddim",
     executor: object | None = None,
+    initial: Tensor | None = None,
 ) -> SampleOutput:
     """Self-Refining Diffusion Sampling: the serial sampler's result by Parareal iterations.
 
@@ -222,7 +226,16 @@ def srds_sample(
         check_finite: check every model output for NaN/Inf.
         coarse: the coarse jump across a block: ``"ddim"`` (one model call) or
             ``"dpm2"`` (DPM-Solver++(2S), two sequential calls, second order).
-        executor: passed to :func:`pint.parareal`.
+        executor: passed to :func:`pint.parareal`. With :class:`pint.DistributedExecutor`
+            (under torchrun, the model replicated on every rank) every rank returns the same
+            sample; ``stats.model_calls`` and ``model_rows`` count this rank's own calls and
+            ``stats.depth`` is the critical path across ranks. A ``callback`` or
+            ``return_iterates`` makes the ranks gather all boundaries every iteration.
+        initial: warm start from an earlier run (a neighbouring ``x_T``, the previous frame
+            of a video): its trajectory ``[N + 1, *x_T.shape]`` (``out.trajectory`` of a
+            window sampler) or block boundaries ``[B + 1, *x_T.shape]`` (``out.boundaries``
+            of SRDS with the same blocks). Its increments, anchored at ``x_T``, replace the
+            coarse sweep (one batched coarse call instead of ``B`` sequential ones).
 
     Raises:
         ValueError, TypeError: bad input, naming the argument.
@@ -255,6 +268,18 @@ def srds_sample(
     G = DDIMStep(denoiser, grid, fine=False, noise=noise, order=COARSE_ORDERS[coarse])
     fine = DDIMStep(denoiser, grid, fine=True, noise=noise)
     iterates: list[Tensor] = []
+    guess = None
+    if initial is not None:
+        B = edges.numel() - 1
+        if not isinstance(initial, Tensor) or tuple(initial.shape[1:]) != tuple(x_T.shape) \
+                or initial.shape[0] not in (N + 1, B + 1):
+            raise ValueError(f"initial must have shape {(N + 1, *x_T.shape)} (a trajectory) or "
+                             f"{(B + 1, *x_T.shape)} (block boundaries), got "
+                             f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
+        guess = initial.to(device=x_T.device, dtype=x_T.dtype)
+        if guess.shape[0] == N + 1:
+            guess = guess[edges.round().long().to(guess.device)]
+        guess = x_T + (guess - guess[0])
 
     def on_iteration(info: pint.IterationInfo) -> None:
         if return_iterates:
@@ -263,13 +288,15 @@ def srds_sample(
             callback(info)
 
     res = pint.parareal(problem, G, fine, tol=float(max(tol, 0.0)), max_iters=max_iters,
-                        pipelined=pipelined, callback=on_iteration, partition=edges,
-                        stopping=rule, executor=executor)
+                        pipelined=pipelined, partition=edges, stopping=rule, executor=executor,
+                        initial=guess,
+                        callback=on_iteration if return_iterates or callback is not None else None)
     # on one device every model call waits for the previous one: depth = calls
     depth = res.stats.depth if executor is not None else denoiser.calls
     stats = SamplerStats(denoiser.calls, denoiser.rows, depth, res.stats)
     return SampleOutput(res.y, res.iterations, res.converged, res.history, stats, float(tol),
-                        res.num_blocks, torch.stack(iterates) if return_iterates else None)
+                        res.num_blocks, torch.stack(iterates) if return_iterates else None,
+                        boundaries=res.boundaries)
 
 
 def serial_floor(model: Model, schedule: VPSchedule, x_T: Tensor, num_steps: int,
