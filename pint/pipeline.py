@@ -40,7 +40,8 @@ class _Task:
 
 
 def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
-                       stopping: StoppingRule, max_iters: int, callback) -> Result:
+                       stopping: StoppingRule, max_iters: int, callback,
+                       initial: Tensor | None = None) -> Result:
     from .parareal import Runner
 
     for name, prop in (("coarse", coarse), ("fine", fine)):
@@ -111,6 +112,9 @@ def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
     done_iter = -1  # last iteration whose U^k_B was checked
     final: Tensor | None = None
     known(0, 0, y0)  # U^k_0 = y0 = exact[0] for every k; only k = 0 starts work at block 0
+    if initial is not None:  # warm start: every U^0_i is known, all blocks start at once
+        for i in range(1, B + 1):
+            known(0, i, initial[i])
 
     while True:
         # --- check iterations whose last boundary is known, in order

@@ -213,3 +213,40 @@ def test_state_keeps_dtype_and_device():
         res = pint.parareal(prob, pint.Euler(1), pint.RK4(4), num_blocks=3, tol=1e-5)
         assert res.y.dtype == dtype and res.boundaries.shape == (4, 2, 3)
         assert res.y.device == prob.y0.device
+
+
+@settings(max_examples=15, deadline=None)
+@given(B=st.integers(2, 8), k=st.integers(0, 8), pipelined=st.booleans(),
+       noise=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1))
+def test_warm_start_keeps_exactness_and_schedules_agree(B, k, pipelined, noise, seed):
+    rng = np.random.default_rng(seed)
+    A = random_stable_matrix(rng, 3, torch.float64)
+    prob = linear_problem(A, torch.tensor(rng.standard_normal(3)), 2.0)
+    fine = pint.RK4(steps=6)
+    ref = pint.serial(prob, fine, num_blocks=B)
+    guess = ref.boundaries + noise * torch.tensor(rng.standard_normal((B + 1, 3)))
+    res = pint.parareal(prob, pint.Euler(1), fine, num_blocks=B, tol=0.0, max_iters=k,
+                        initial=guess, pipelined=pipelined)
+    k_eff = res.iterations
+    assert k_eff == min(k, B) or (res.converged and res.history[-1] == 0)
+    assert torch.allclose(res.boundaries[: k_eff + 1], ref.boundaries[: k_eff + 1], atol=1e-12)
+    if k_eff == 0:  # the guess is returned as U^0, with y0 in front
+        assert torch.equal(res.boundaries[1:], guess[1:])
+    other = pint.parareal(prob, pint.Euler(1), fine, num_blocks=B, tol=0.0, max_iters=k,
+                          initial=guess, pipelined=not pipelined)
+    assert torch.allclose(res.boundaries, other.boundaries, atol=1e-12)
+
+
+def test_warm_start_from_the_serial_solution_converges_in_one_iteration():
+    A = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=torch.float64)
+    prob = linear_problem(A, torch.tensor([1.0, 0.0], dtype=torch.float64), 4.0)
+    fine, B = pint.RK4(steps=20), 10
+    ref = pint.serial(prob, fine, num_blocks=B)
+    cold = pint.parareal(prob, pint.RK4(1), fine, num_blocks=B, tol=1e-10)
+    warm = pint.parareal(prob, pint.RK4(1), fine, num_blocks=B, tol=1e-10,
+                         initial=ref.boundaries)
+    assert warm.iterations == 1 < cold.iterations and warm.history[0] < 1e-14
+    # the coarse values of the guess are one batched call: g + (f + (B - 1) g) steps
+    assert warm.stats.depth == 1 + 20 + (B - 1) * 1  # g = 1 and f = 20 steps per block
+    with pytest.raises(ValueError, match=r"initial must be a tensor of shape \(11, 2\)"):
+        pint.parareal(prob, pint.RK4(1), fine, num_blocks=B, initial=ref.boundaries[:5])

@@ -390,3 +390,24 @@ def test_pipelined_default_blocks_and_serial_floor():
     floor32 = serial_floor(m, SCHED, x, 100)
     floor64 = serial_floor(m, SCHED, x.double(), 100)
     assert 0 <= floor64 < 1e-12 and floor32 < 1e-4
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_warm_start(pipelined):
+    m = gmm(seed=5)
+    x = torch.randn(2, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    ref = serial_sample(m, SCHED, x, 100)
+    first = srds_sample(m, SCHED, x, 100, num_blocks=10, tol=1e-9, pipelined=pipelined)
+    assert first.boundaries.shape == (11, 2, 8) and torch.equal(first.boundaries[-1], first.sample)
+    # from its own (converged) boundaries: one iteration, and B - 1 fewer coarse calls first
+    again = srds_sample(m, SCHED, x, 100, num_blocks=10, tol=1e-9, pipelined=pipelined,
+                        initial=first.boundaries)
+    assert again.iterations == 1 < first.iterations
+    assert (again.sample - ref).abs().max() < 1e-9
+    # from any guess, k = B iterations still give the serial sample exactly
+    noisy = first.boundaries + 0.3 * torch.randn_like(first.boundaries)
+    exact = srds_sample(m, SCHED, x, 100, num_blocks=10, tol=0, max_iters=10, initial=noisy,
+                        pipelined=pipelined)
+    assert torch.allclose(exact.sample, ref, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="initial must have shape"):
+        srds_sample(m, SCHED, x, 100, num_blocks=10, initial=first.boundaries[:5])
