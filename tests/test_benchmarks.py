@@ -64,3 +64,13 @@ def test_window_variants_quick(load_script, tmp_path):
         runs = {r["method"]: r for r in rep["runs"] if r["tol"] == tol}
         qn = runs.pop("quasi_newton")
         assert all(qn["calls"] < r["calls"] and qn["rows"] < r["rows"] for r in runs.values())
+
+
+def test_warm_start_benchmark_quick(load_script, tmp_path):
+    rep = load_script("benchmarks", "bench_warm_start").main(["--quick", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "warm_start.json").read_text())["runs"] == rep["runs"]
+    by = {(r["sampler"], r["theta"]): r for r in rep["runs"]}
+    # a close neighbour's trajectory saves window iterations and SRDS's coarse sweep
+    assert by[("picard_w32", 0.01)]["warm_calls"] < by[("picard_w32", 0.01)]["cold_calls"]
+    assert by[("srds_sweep", 0.01)]["warm_calls"] < by[("srds_sweep", 0.01)]["cold_calls"]
+    assert all(max(r["cold_error"], r["warm_error"]) < 1e-3 for r in rep["runs"])
