@@ -8,14 +8,18 @@ launch has a deadline, so a hang fails the test instead of blocking the suite.
 from __future__ import annotations
 
 import datetime
+import importlib
+import json
 import math
 import multiprocessing
 import os
 import pickle
 import queue as queue_mod
 import socket
+import sys
 import time
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +29,7 @@ import pint
 from pint import problems
 from pint.stopping import MaxAbsChange
 
+ROOT = Path(__file__).resolve().parents[1]
 _CTX = multiprocessing.get_context("forkserver")
 _CTX.set_forkserver_preload(["torch", "torch.distributed", "pint", "adapters.diffusion"])
 
@@ -168,7 +173,18 @@ def two_rank_worker(rank, world):
                                                              max_iters=5 + rank, executor=ex))
     # after mismatches the group still works
     out["again"] = _summary(pint.parareal(problem, coarse, fine, B, tol, max_iters=2, executor=ex))
+    # the example script, as under torchrun (it checks itself against one process)
+    out["example"] = _load("examples", "distributed").main(["--pipelined"])
     return out
+
+
+def _load(folder, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def four_rank_worker(rank, world):
@@ -310,6 +326,14 @@ def test_two_ranks_match_one_process():
             assert "rank 0" in msg and "rank 1" in msg
     assert "seed every rank" in out[0]["mismatch y0 values"][1]
 
+    # examples/distributed.py: the same answers on both ranks as in one process
+    for r, o in out.items():
+        ex = o["example"]
+        assert ex["rank"] == r and ex["world"] == 2
+        for part in ("lorenz", "srds"):
+            assert ex[part]["iterations"] == ex[part]["iterations_single"]
+            assert ex[part]["max_difference"] < 1e-10
+
 
 def test_four_ranks_uneven_shards_and_a_failing_rank():
     out = launch(four_rank_worker, 4)
@@ -384,3 +408,27 @@ def test_rule_kinds():
     assert _rule_kind(MaxAbsChange(1e-3)) == "rows"
     assert _rule_kind(FinalStateChange(1e-3)) == "final"
     assert _rule_kind(RowwiseRule()) is None
+
+
+def test_benchmark_quick(tmp_path, monkeypatch):
+    # the benchmark's rank processes import it by name
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    try:
+        bench = importlib.import_module("bench_distributed")
+        data = bench.main(["--quick", "--out", str(tmp_path)])
+    finally:
+        sys.modules.pop("bench_distributed", None)
+    saved = json.loads((tmp_path / "distributed.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(data["runs"]))
+    by = {(r["ranks"], r["schedule"]): r for r in data["runs"]}
+    assert set(by) == {(0, "serial"), (1, "sweep"), (2, "sweep"), (2, "pipelined")}
+    for r in data["runs"]:
+        assert r["wall_s"] > 0
+        if r["ranks"]:
+            assert r["iterations"] == data["iterations"] and r["error_vs_serial"] < 1e-7
+    assert "T_r^j" in saved["cost_model"] and saved["calibration"]["lam_s"] > 0
+    # the model in steps is the executor's own depth: F(w) = 100 steps, G = 4, no latency
+    for R, pip in ((2, False), (2, True)):
+        steps = bench.predict(4, R, data["iterations"], {1: 100, 2: 100, 4: 100}, 4, 0, 0, pip)
+        assert steps == by[(R, "pipelined" if pip else "sweep")]["depth"]
+    assert bench.predict(4, 1, 4, {1: 100, 2: 100, 4: 100}, 4, 0, 0, False) == by[(1, "sweep")]["depth"]

@@ -1,0 +1,314 @@
+"""CPU multi-process scaling of distributed Parareal (``pint.DistributedExecutor``), and a cost
+model for R devices, up to one device per block.
+
+    python benchmarks/bench_distributed.py                  # 2 ranks (one per core)
+    python benchmarks/bench_distributed.py --ranks 2 4 8    # on a machine with 8 free cores
+    python benchmarks/bench_distributed.py --quick            # a small ensemble (smoke test)
+
+Problem: the Lorenz system of ``pint.problems`` (coarse RK4(4), fine RK4(100), tol 1e-8,
+t in [0, 2]) for an ensemble of E = 8192 initial states near (1, 1, 1), held as one state
+``[3, E]``, on B = 16 blocks: one ``f`` evaluation costs in proportion to E, as a large
+model does, so a batched fine solve of ``w`` blocks costs about ``w`` times one block (a
+saturated device: a CPU core, a GPU at full batch). Ranks are gloo processes on this machine
+(one thread each, started like torchrun). Rank 0 of each launch also times the serial solve
+and the one-process sweep while the other ranks wait, interleaved with the distributed runs
+(a change of the machine's load hits all alike); every configuration runs ``--repeats``
+times and the best wall-clock counts (the time until the last rank holds the result).
+Writes ``benchmarks/results/distributed.json``.
+
+Cost model (the schedule of ``pint/executors.py`` in seconds instead of steps). ``F(w)``: one
+fine solve of ``w`` blocks batched on one device; ``G``: one coarse block solve; ``lam``: one
+boundary message between neighbouring ranks; ``d``: a decision through the store. Rank ``r``
+owns blocks ``a_r .. b_r - 1`` (contiguous, ``n = B / R`` each); its clock after iteration
+``j``::
+
+    T_r^0 = T_{r-1}^0 + lam + (b_r - a_r) G                                 (coarse relay)
+    T_r^j = max(E_r^j, D_{j-1}, T_{r-1}^j + lam [while a_r >= j]) + (b_r - max(a_r, j)) G
+    E_r^j = (T_r^{j-1} if pipelined else max(T_r^{j-1}, D_{j-1})) + F(b_r - max(a_r, j - 1))
+    D_{j-1} = T_{R-1}^{j-1} + d (0 for j = 1);  the run ends at max_r T_r^{min(K, b_r)} + gather.
+
+With ``F(w) = w F_1`` (saturated) and small ``lam``, ``d`` this gives, for K iterations::
+
+    serial                    B F_1
+    one device (sweep)        B G + sum_{k=1..K} [(B - k + 1) F_1 + (B - k) G]
+    R devices, sweep          ~ B G + sum_{k=1..K} [(B / R) F_1 + (B - k) G + R lam]
+    R devices, pipelined      ~ B G + K [(B / R) (F_1 + G)] + (R - 1) (B / R) G
+    B devices, pipelined      ~ B G + K (F_1 + G) + B lam   -> speedup over serial ~ B / K
+
+(pipelined: a rank's next fine solve overlaps the later ranks' correction; the coarse relay
+then costs ``n G`` per iteration instead of ``B G``). The depth reported in
+``result.stats.depth`` is the same recurrence in propagator steps with ``lam = d = 0`` and
+``F(w) = f`` (a batch costs as much as one block: a device below saturation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import pickle
+import platform
+import queue as queue_mod
+import socket
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import pint
+from pint import problems
+from pint.parareal import Runner
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def setup(members: int, blocks: int):
+    """The Lorenz ensemble: problem, coarse, fine, blocks, tol."""
+    case = problems.get("lorenz")
+    g = torch.Generator().manual_seed(0)
+    y0 = case.problem.y0[:, None] + 0.01 * torch.randn(3, members, dtype=torch.float64, generator=g)
+    return pint.ODEProblem(case.problem.f, y0, case.problem.t_span), case.coarse, case.fine, blocks, case.tol
+
+
+def best_of(fn, repeats: int):
+    """(best CPU seconds, last value) of ``repeats`` calls of ``fn``: CPU time, so that other
+    jobs on a shared machine do not inflate the calibration."""
+    times, value = [], None
+    for _ in range(repeats):
+        t = time.process_time()
+        value = fn()
+        times.append(time.process_time() - t)
+    return min(times), value
+
+
+def calibrate(problem, coarse, fine, B: int, repeats: int) -> dict:
+    """CPU seconds of one fine solve of w blocks (w = 1, 2, 4, .., B) and of one coarse block."""
+    run = Runner(problem)
+    times = torch.linspace(*problem.t_span, B + 1, dtype=torch.float64)
+    F = {}
+    w = 1
+    while w <= B:
+        y = problem.y0.expand(w, *problem.y0.shape).clone()
+        F[w] = best_of(lambda y=y, w=w: fine(run.rhs, y, times[:w], times[1:w + 1]), repeats)[0]
+        w *= 2
+    y = problem.y0[None].clone()
+    G = best_of(lambda: coarse(run.rhs, y, times[:1], times[1:2]), max(repeats, 5))[0]
+    return {"F": F, "G": G}
+
+
+def fine_cost(F: dict, w: int) -> float:
+    """F(w) from the calibration: linear between the measured widths."""
+    if w <= 0:
+        return 0.0
+    ws = sorted(F)
+    if w in F:
+        return F[w]
+    lo = max([v for v in ws if v < w], default=ws[0])
+    hi = min([v for v in ws if v > w], default=ws[-1])
+    if hi == lo:
+        return F[lo] * w / lo
+    return F[lo] + (F[hi] - F[lo]) * (w - lo) / (hi - lo)
+
+
+def predict(B: int, R: int, K: int, F: dict, G: float, lam: float, d: float, pipelined: bool) -> float:
+    """Seconds the schedule takes by the cost model of the module docstring."""
+    R = min(R, B)
+    q, m = divmod(B, R)
+    starts = [r * q + min(r, m) for r in range(R + 1)]
+    T = [dict() for _ in range(R)]
+    for r in range(R):
+        T[r][0] = (T[r - 1][0] + lam if r else 0.0) + (starts[r + 1] - starts[r]) * G
+    for j in range(1, K + 1):
+        D = T[R - 1][j - 1] + d if j > 1 else 0.0
+        for r in range(R):
+            a, b = starts[r], starts[r + 1]
+            if j > b:
+                continue
+            ready = T[r][j - 1] if pipelined else max(T[r][j - 1], D)
+            end_fine = ready + fine_cost(F, b - max(a, j - 1))
+            inc = T[r - 1][j] + lam if r and j <= a else 0.0
+            T[r][j] = max(end_fine, D, inc) + (b - max(a, j)) * G
+    return max(T[r][min(K, starts[r + 1])] for r in range(R))
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_main(rank, world, port, members, blocks, repeats, results):
+    """One rank of a launch. Rank 0 also calibrates and times the one-process baselines
+    (serial, local sweep) while the others wait, interleaved with the distributed runs, so
+    that a change in the machine's load hits all of them alike; rank 0 reports."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=1800))
+    problem, coarse, fine, B, tol = setup(members, blocks)
+    ex = pint.DistributedExecutor(timeout=1800)
+    pint.parareal(problem, coarse, fine, B, tol, max_iters=1, executor=ex)  # warm-up
+    # one boundary message (ping-pong between ranks 0 and 1), and one decision (store round trip)
+    buf, n = problem.y0.clone(), 20
+    dist.barrier()
+    t = time.perf_counter()
+    for _ in range(n):
+        if rank == 0:
+            dist.send(buf, 1)
+            dist.recv(buf, 1)
+        elif rank == 1:
+            dist.recv(buf, 0)
+            dist.send(buf, 0)
+    out = {"lam": (time.perf_counter() - t) / (2 * n)}
+    store = dist.distributed_c10d._get_default_store()
+    t = time.perf_counter()
+    for i in range(n):
+        store.set(f"bench/{rank}/{i}", "x")
+        store.wait([f"bench/{rank}/{i}"])
+        store.get(f"bench/{rank}/{i}")
+    out["d"] = (time.perf_counter() - t) / n
+    if rank == 0:
+        out["calibration"] = calibrate(problem, coarse, fine, B, repeats)
+    timed: dict[str, list] = {}
+
+    def clock(name, fn, everywhere):
+        dist.barrier()
+        t, c = time.perf_counter(), time.process_time()
+        res = fn() if everywhere or rank == 0 else None
+        wall = torch.tensor([time.perf_counter() - t], dtype=torch.float64)
+        cpu = time.process_time() - c
+        dist.all_reduce(wall, op=dist.ReduceOp.MAX)
+        cpus = [None] * world
+        dist.all_gather_object(cpus, cpu)
+        timed.setdefault(name, []).append((float(wall), cpus if everywhere else cpus[:1], res))
+
+    for _ in range(repeats):
+        clock("serial", lambda: pint.serial(problem, fine, B), False)
+        clock("sweep 1", lambda: pint.parareal(problem, coarse, fine, B, tol), False)
+        for pip in (False, True):
+            clock(f"{'pipelined' if pip else 'sweep'} {world}", lambda pip=pip: pint.parareal(
+                problem, coarse, fine, B, tol, pipelined=pip, executor=ex), True)
+    if rank == 0:
+        ref = timed["serial"][0][2].y
+        out["runs"] = []
+        for name, rows in timed.items():
+            wall, cpus, res = min(rows, key=lambda row: row[0])
+            sched, ranks = name.split() if name != "serial" else ("serial", "0")
+            stats = res.stats
+            out["runs"].append({
+                "ranks": int(ranks), "schedule": sched, "wall_s": wall, "wall_s_all": [r[0] for r in rows],
+                "cpu_s_per_rank": cpus, "iterations": res.iterations, "depth": stats.depth,
+                "fine_steps_per_rank": [p["fine_steps"] for p in getattr(stats, "per_rank", [])],
+                "error_vs_serial": float((res.y - ref).abs().max()),
+            })
+        results.put(pickle.dumps(out))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run_ranks(world: int, members: int, blocks: int, repeats: int, timeout: float = 1800) -> dict:
+    ctx = multiprocessing.get_context("forkserver")  # torch is imported once, then forked
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "pint"])
+    results, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=rank_main, args=(r, world, port, members, blocks, repeats, results))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    try:
+        out = pickle.loads(results.get(timeout=timeout))
+    except queue_mod.Empty:
+        raise RuntimeError(f"the {world}-rank run did not report within {timeout} s") from None
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="64 members, 4 blocks, one repeat")
+    ap.add_argument("--ranks", type=int, nargs="+", default=[2], help="rank counts to measure (>= 2)")
+    ap.add_argument("--members", type=int, default=8192, help="ensemble size E")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if min(args.ranks) < 2:
+        ap.error("--ranks: every launch has at least 2 ranks (one-process baselines run on rank 0)")
+    members, blocks, repeats = (64, 4, 1) if args.quick else (args.members, 16, args.repeats)
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    problem, coarse, fine, B, tol = setup(members, blocks)
+    load_before = os.getloadavg()[0]
+
+    runs, cal, lam, d = [], None, 0.0, 0.0
+    for R in args.ranks:
+        out = run_ranks(R, members, blocks, repeats)
+        cal, lam, d = cal or out["calibration"], out["lam"], out["d"]
+        runs += [r for r in out["runs"] if r["ranks"] == R or not runs]
+    t_serial = next(r["wall_s"] for r in runs if r["schedule"] == "serial")
+    one = next(r["wall_s"] for r in runs if r["ranks"] == 1)
+    K = next(r["iterations"] for r in runs if r["ranks"] == 1)
+    for r in runs:
+        if r["ranks"] >= 1:
+            m = r["ranks"] > 1
+            r["predicted_s"] = predict(B, r["ranks"], r["iterations"], cal["F"], cal["G"],
+                                       lam * m, d * m, r["schedule"] == "pipelined")
+        r["speedup_vs_serial"] = t_serial / r["wall_s"]
+        r["speedup_vs_one_process_parareal"] = one / r["wall_s"]
+    model = []
+    for R in sorted(r for r in {1, 2, 4, 8, B} if r <= B):
+        for sched in ("sweep", "pipelined") if R > 1 else ("sweep",):
+            t = predict(B, R, K, cal["F"], cal["G"], lam * (R > 1), d * (R > 1), sched == "pipelined")
+            model.append({"devices": R, "schedule": sched, "predicted_s": t,
+                          "predicted_speedup_vs_serial": B * cal["F"][1] / t})
+    data = {
+        "problem": f"lorenz ensemble, E = {members} states as one [3, E] state, t in [0, 2]",
+        "blocks": B, "coarse": repr(coarse), "fine": repr(fine), "tol": tol, "iterations": K,
+        "repeats": repeats,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_before_after": [load_before, os.getloadavg()[0]],
+                    "torch": torch.__version__, "backend": "gloo, one thread per rank"},
+        "calibration": {"F_w_s": {str(k): v for k, v in cal["F"].items()}, "G_s": cal["G"],
+                        "lam_s": lam, "d_s": d},
+        "runs": runs,
+        "model": model,
+        "cost_model": __doc__.split("Cost model")[1].strip(),
+        "note": "wall_s: best of repeats (wall_s_all: each), until the last rank holds the result; "
+                "cpu_s_per_rank: CPU seconds each rank spent in that run (a rank waiting for a "
+                "message or a core spends none); predicted_s: the cost model with F(w), G "
+                "calibrated in CPU seconds and the measured lam, d: the wall-clock with each rank "
+                "on its own core; model rows beyond the measured rank counts are predictions only",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "distributed.json").write_text(json.dumps(data, indent=1))
+
+    print(f"{data['problem']}, B = {B}, {coarse!r} / {fine!r}, K = {K}; load average "
+          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"calibration: F(w) = {', '.join(f'{k}: {v:.3f}' for k, v in cal['F'].items())} s, "
+          f"G = {cal['G'] * 1e3:.2f} ms, message {lam * 1e3:.3f} ms, decision {d * 1e3:.3f} ms")
+    print(f"{'ranks':>5} {'schedule':>10} {'wall s':>8} {'model s':>8} {'vs serial':>9} "
+          f"{'vs 1 proc':>9} {'K':>3} {'depth':>6}  CPU s per rank")
+    for r in runs:
+        print(f"{r['ranks']:>5} {r['schedule']:>10} {r['wall_s']:>8.3f} "
+              f"{r.get('predicted_s', float('nan')):>8.3f} {r['speedup_vs_serial']:>9.2f} "
+              f"{r['speedup_vs_one_process_parareal']:>9.2f} {r['iterations']:>3} {r['depth']:>6}  "
+              f"{[round(c, 2) for c in r['cpu_s_per_rank']]}")
+    print("model for more devices (each on its own core or GPU):")
+    for m in model:
+        print(f"  {m['devices']:>3} devices {m['schedule']:>10}: {m['predicted_s']:.3f} s, "
+              f"{m['predicted_speedup_vs_serial']:.2f}x serial")
+    return data
+
+
+if __name__ == "__main__":
+    main()
