@@ -25,6 +25,7 @@ import pint.problems
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--t-end", type=float, default=2.0, help="Lorenz horizon")
+    ap.add_argument("--steps", type=int, default=200, help="SRDS sampling steps")
     ap.add_argument("--pipelined", action="store_true", help="overlap the ranks' iterations")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds any one wait may last")
     args = ap.parse_args(argv)
@@ -66,9 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     # every rank must start from the same noise: seed the generator identically
     x_T = torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
-        out = srds_sample(model, schedule, x_T, 200, tol=1e-6, pipelined=args.pipelined,
+        out = srds_sample(model, schedule, x_T, args.steps, tol=1e-6, pipelined=args.pipelined,
                           executor=executor)
-        one = srds_sample(model, schedule, x_T, 200, tol=1e-6, pipelined=args.pipelined)
+        one = srds_sample(model, schedule, x_T, args.steps, tol=1e-6, pipelined=args.pipelined)
     srds = {
         "iterations": out.iterations,
         "iterations_single": one.iterations,

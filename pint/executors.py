@@ -146,6 +146,8 @@ class DistributedExecutor:
 
             return parareal(problem, coarse, fine, partition=times, stopping=stopping,
                             max_iters=max_iters, pipelined=pipelined, callback=callback)
+        # first agree on the arguments (a rank that raised alone would leave the others waiting)
+        _agree(link, problem, coarse, fine, times, stopping, max_iters, pipelined, callback)
         if pipelined:
             for name, prop in (("coarse", coarse), ("fine", fine)):
                 if not isinstance(prop, StepPropagator):
@@ -153,7 +155,6 @@ class DistributedExecutor:
                         f"pipelined=True needs step-by-step propagators (pint.StepPropagator); "
                         f"{name} is {prop!r}. Use pipelined=False, or a fixed-step method such as "
                         "pint.RK4")
-        _agree(link, problem, coarse, fine, times, stopping, max_iters, pipelined, callback)
         try:
             return _Relay(link, problem, coarse, fine, times, stopping, max_iters, pipelined,
                           callback).run()

@@ -174,7 +174,7 @@ def two_rank_worker(rank, world):
     # after mismatches the group still works
     out["again"] = _summary(pint.parareal(problem, coarse, fine, B, tol, max_iters=2, executor=ex))
     # the example script, as under torchrun (it checks itself against one process)
-    out["example"] = _load("examples", "distributed").main(["--pipelined"])
+    out["example"] = _load("examples", "distributed").main(["--pipelined", "--steps", "100"])
     return out
 
 
@@ -201,6 +201,9 @@ def four_rank_worker(rank, world):
         "idle": _summary(pint.parareal(problem, pint.RK4(8), fine, 3, tol, pipelined=True,
                                        executor=ex)),  # 3 blocks: rank 3 has none
     }
+
+    out["not stepwise"] = _error(lambda: pint.parareal(problem, coarse, pint.TorchDiffEq(), B, tol,
+                                                       pipelined=True, executor=ex))
 
     # a rank whose fine solve fails: it raises its own error, every other rank a
     # DistributedError naming it
@@ -353,6 +356,7 @@ def test_four_ranks_uneven_shards_and_a_failing_rank():
         assert o["sweep"]["stats"]["depth"] == _sweep_depth(B, 4, 2, 40, ref.iterations, False)
         assert o["pipelined"]["stats"]["depth"] == _sweep_depth(B, 4, 2, 40, ref.iterations, True)
         assert [p["fine_steps"] > 0 for p in o["idle"]["stats"]["per_rank"]] == [True] * 3 + [False]
+        assert o["not stepwise"][0] == "ValueError" and "step-by-step" in o["not stepwise"][1]
     kind, msg = out[2]["failure"]
     assert kind == "NonFiniteStateError" and "block" in msg
     for r in (0, 1, 3):
