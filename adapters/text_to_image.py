@@ -324,7 +324,8 @@ def srds_pipeline(
     cfg = guidance_scale > 1
     cond, uncond = pipe.encode_prompt(
         prompt, device, num_images_per_prompt, cfg, negative_prompt, prompt_embeds=prompt_embeds,
-        negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip,
+        lora_scale=(cross_attention_kwargs or {}).get("scale"))
     x_T = pipe.prepare_latents(n, ucfg.in_channels, height, width, cond.dtype, device, generator,
                                latents)
     noise = None

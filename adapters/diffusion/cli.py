@@ -308,7 +308,6 @@ def _main_text_to_image(args) -> int:
     latents.safetensors (final and initial latents)."""
     from safetensors.torch import save_file
 
-    from adapters.diffusion.pretrained import PretrainedNotFoundError
     from adapters.text_to_image import latents_to_images, load_text_to_image, srds_pipeline
 
     if args.prompt is None:
@@ -321,7 +320,7 @@ def _main_text_to_image(args) -> int:
     try:
         pipe = load_text_to_image(args.model, device=args.device, dtype=dtype,
                                   scheduler=args.scheduler)
-    except PretrainedNotFoundError as err:
+    except (ValueError, TypeError) as err:  # PretrainedNotFoundError, unmappable scheduler
         return _error(str(err))
     pipe.set_progress_bar_config(disable=True)
     steps = args.steps or 50
