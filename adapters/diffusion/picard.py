@@ -193,7 +193,7 @@ def _window_sample(
         worst = math.sqrt(float(err.max()))
         history.append(worst)
         if check_finite and not bool(torch.isfinite(new).all()):
-            raise FloatingPointError(f"non-finite state in the Picard window starting at step "
+            raise FloatingPointError(f"non-finite state in the sampler window starting at step "
                                      f"{a} (iteration {it})")
         new_a = a + stride
         new_e = min(new_a + window, N)
