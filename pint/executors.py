@@ -1,5 +1,5 @@
 """Where Parareal's work runs: :class:`DistributedExecutor` spreads the blocks over the ranks
-of a ``torch.distributed`` process group (one process per device, started by ``torchrun``).
+of a ``torch.distributed`` process group (one process per device, started by ``torchrun``)::
 
     # torchrun --nproc-per-node 2 script.py
     torch.distributed.init_process_group("gloo")     # "nccl" with one GPU per rank
@@ -294,9 +294,12 @@ class _Link:
             return
         deadline = time.monotonic() + self.timeout
         if self.poll:
+            look = time.monotonic() + 0.02
             while not all(w.is_completed() for w in works):
-                self._tick(deadline, what)
                 time.sleep(1e-4)
+                if time.monotonic() > look:  # the store at most every 20 ms
+                    self._tick(deadline, what)
+                    look = time.monotonic() + 0.02
             for w in works:
                 w.wait()
             return
