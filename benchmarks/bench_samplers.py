@@ -95,14 +95,19 @@ SRDS_TOLS = {
 }
 #: SRDS iteration cap per (model, N) (default: B, the serial sample exactly). Each digits
 #: iteration at N = 1000 costs about one serial run's rows on a CPU.
-SRDS_CAP = {("digits", 1000): 8}
+SRDS_CAP = {("digits", 1000): 6}
 #: Sliding-window samplers: Picard (ParaDiGMS, the peer) and pint's quasi-Newton variant,
 #: with their tolerances (per-step, relative to the step's noise scale) and windows.
 WINDOW_SAMPLERS = {"picard": picard_sample, "qn": quasi_newton_sample}
 PICARD_TOLS = (1e-1, 1e-2, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 PICARD_WINDOWS = (32, 64)
 #: Picard tolerances per (model, N) where the full grid is too slow on a CPU.
-PICARD_TOLS_AT: dict[tuple[str, int], tuple[float, ...]] = {}
+PICARD_TOLS_AT: dict[tuple[str, int], tuple[float, ...]] = {
+    ("digits", 1000): (1e-3, 1e-4, 3e-5, 1e-5)}
+#: windows per (model, N) where both are too slow on a CPU
+PICARD_WINDOWS_AT: dict[tuple[str, int], tuple[int, ...]] = {("digits", 1000): (32,)}
+#: SRDS variants per (model, N) where all of them are too slow on a CPU
+SRDS_VARIANTS_AT: dict[tuple[str, int], tuple[str, ...]] = {("digits", 1000): ("srds",)}
 
 BATCH = 16
 FLOOR_SAMPLES = 4
@@ -354,6 +359,8 @@ def bench_model(name: str, model, schedule, dtype, steps, variants, results_repl
         cap = SRDS_CAP.get((name, N))
         tols = SRDS_TOLS.get(name, SRDS_TOLS["digits"])
         for vname, vkw in variants.items():
+            if vname not in SRDS_VARIANTS_AT.get((name, N), (vname,)):
+                continue
             for pipelined in (False, True):
                 sched = "pipelined" if pipelined else "sweep"
                 method = f"{vname}_{sched}"
@@ -372,7 +379,7 @@ def bench_model(name: str, model, schedule, dtype, steps, variants, results_repl
                 if N == min(steps):
                     results_replay += replay_check(cm, schedule, x, N, ref, snaps, out, tols,
                                                    name, method, pipelined, cap, vkw)
-        windows = sorted({min(w, N) for w in PICARD_WINDOWS})
+        windows = sorted({min(w, N) for w in PICARD_WINDOWS_AT.get((name, N), PICARD_WINDOWS)})
         for kind in WINDOW_SAMPLERS:
             for w in windows:
                 for tol in PICARD_TOLS_AT.get((name, N), PICARD_TOLS):
@@ -516,14 +523,14 @@ def make_table(results: dict) -> tuple[list[dict], str]:
             floor = entry["floor"]["value"]
             # the loose target, and the float32 serial floor (the issue-9 target); a
             # float64 model is held to the bundled float32 model's floor at N = 1000
+            # (and twice it: a float32 sampler that adds in another order lands about
+            # there; float32 and float64 serial differ by ~2x the floor on the digits model)
             tight = floor if entry["floor"]["dtype"] == "float32" else FLOOR_TARGET
-            targets = [("1e-3", TARGET)]
-            if tight < TARGET:
-                what = "float32 floor" if entry["floor"]["dtype"] == "float32" else \
-                    "digits' float32 floor"
-                targets.append((f"{tight:.0e} ({what})", tight))
-            else:
-                targets = [(f"{tight:.0e} (float32 floor)", tight)]
+            what = "float32 floor" if entry["floor"]["dtype"] == "float32" else \
+                "digits' float32 floor"
+            targets = [(f"{v:.1e} ({label})", v) for v, label in
+                       ((TARGET, "loose"), (2 * tight, "2x " + what), (tight, what))
+                       if v <= TARGET]
             for tname, thr in targets:
                 s = entry["serial"]
                 rows.append({"model": model, "N": int(n_str), "target": tname,
@@ -694,6 +701,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "picard_tols": list(PICARD_TOLS),
                    "picard_tols_at": {f"{m}@{n}": list(t) for (m, n), t in
                                       PICARD_TOLS_AT.items() if m in models and n in steps},
+                   "picard_windows_at": {f"{m}@{n}": list(t) for (m, n), t in
+                                         PICARD_WINDOWS_AT.items() if m in models and n in steps},
+                   "srds_variants_at": {f"{m}@{n}": list(t) for (m, n), t in
+                                        SRDS_VARIANTS_AT.items() if m in models and n in steps},
                    "floor_samples": FLOOR_SAMPLES},
         "models": {}, "results": {}, "replay_check": [],
     }
