@@ -27,6 +27,7 @@ from adapters.diffusers import SUPPORTED_SCHEDULERS, DiffusersModel, decode_late
 from adapters.diffusion.picard import picard_sample
 from adapters.diffusion.pretrained import PretrainedNotFoundError
 from adapters.diffusion.samplers import SampleOutput, SamplerStats, serial_sample, srds_sample
+from adapters.diffusion.schedule import SamplingGrid
 
 #: pipeline classes whose folders :func:`load_text_to_image` loads
 TEXT_TO_IMAGE_PIPELINES = ("StableDiffusionPipeline",)
@@ -318,7 +319,7 @@ def srds_pipeline(
     run, extra = _sampler_call(sampler, num_blocks, pipelined, max_iters, tol, callback,
                                return_iterates, sampler_kwargs)
     N = num_inference_steps
-    schedule.timesteps(N)  # checks N against the training timesteps and the spacing
+    SamplingGrid.build(schedule, N, kind, eta)  # checks N (and its spacing) and eta up front
 
     device = pipe._execution_device
     cfg = guidance_scale > 1

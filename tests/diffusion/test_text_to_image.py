@@ -228,6 +228,7 @@ def no_model_calls(pipe):
     (dict(prompt="a cat", sampler="picard", pipelined=False, stopping="final"), TypeError,
      "picard_sample takes no argument"),
     (dict(prompt="a cat", height=20), ValueError, "divisible by 8"),
+    (dict(prompt="a cat", eta=-1.0), ValueError, "eta must be a finite number >= 0"),
 ])
 def test_bad_input_is_refused_before_any_model_call(pipe, no_model_calls, kwargs, err, match):
     with pytest.raises(err, match=match):
