@@ -63,7 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="digits",
                    help="bundled model name (digits), a local diffusers UNet folder, or a local "
                         "text-to-image pipeline folder (with --prompt)")
-    p.add_argument("--sampler", choices=["srds", "serial"], default="srds")
+    p.add_argument("--sampler", choices=["srds", "serial", "quasi_newton", "picard", "auto"],
+                   default="srds",
+                   help="srds (Parareal), serial, the sliding-window samplers quasi_newton / "
+                        "picard, or auto (the widest quasi-Newton window --max-batch allows); "
+                        "window samplers: unconditional models only")
+    p.add_argument("--window", type=_positive_int, default=None,
+                   help="steps per call of the window samplers (default 32)")
+    p.add_argument("--max-batch", type=_positive_int, default=None,
+                   help="network rows per call for --sampler auto")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="sampler steps N (default 1000; 50 for a text-to-image pipeline)")
     p.add_argument("--blocks", type=_positive_int, default=None,
@@ -132,17 +140,20 @@ def save_grid(x: torch.Tensor, path: Path, title: str | None = None) -> None:
     plt.close(fig)
 
 
-def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray, tol: float,
-                     path: Path, show: int = 8,
+def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray | None,
+                     tol: float, path: Path, show: int = 8,
                      ylabel: str = "max |change| of the final sample") -> None:
     """The change per iteration and the first ``show`` samples after every iteration:
-    ``iterates`` ``[rows, n, C, H, W]`` in [-1, 1] or numpy ``[rows, n, H, W, C]`` in [0, 1]."""
+    ``iterates`` ``[rows, n, C, H, W]`` in [-1, 1] or numpy ``[rows, n, H, W, C]`` in [0, 1]
+    (``None``: the curve only)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = iterates.shape[0]
+    if iterates is None:
+        iterates = np.zeros((0, 0, 1, 1, 1))
+    rows = max(1, iterates.shape[0])
     show = min(show, iterates.shape[1])
     fig = plt.figure(figsize=(4 + show * 0.8, max(3.0, rows * 0.8)))
     gs = fig.add_gridspec(rows, show + 4)
@@ -151,14 +162,16 @@ def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray, 
         ax.semilogy(range(1, len(history) + 1), history, "o-", label="change of the sample")
         ax.axhline(tol, color="gray", ls="--", label=f"tol = {tol:g}")
         ax.legend(fontsize=7)
-    ax.set(xlabel="Parareal iteration", ylabel=ylabel,
-           title="SRDS convergence")
+    window = iterates.shape[0] == 0
+    ax.set(xlabel="model call (window iteration)" if window else "Parareal iteration",
+           ylabel="worst per-step change / noise scale" if window else ylabel,
+           title="window sampler convergence" if window else "SRDS convergence")
     if isinstance(iterates, np.ndarray):
         imgs = iterates
     else:
         imgs = to_images(iterates.reshape(-1, *iterates.shape[2:]))
         imgs = imgs.reshape(rows, iterates.shape[1], *imgs.shape[1:])
-    for r in range(rows):
+    for r in range(iterates.shape[0]):
         for c in range(show):
             a = fig.add_subplot(gs[r, 4 + c])
             _show(a, imgs[r, c])
@@ -265,6 +278,25 @@ def main(argv: list[str] | None = None) -> int:
             sample = serial_sample(model, schedule, x_T, steps)
             report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
             out = None
+        elif args.sampler != "srds":
+            from adapters.diffusion import sample as sample_with
+
+            kw: dict[str, Any] = {"tol": args.tol if args.tol is not None else 1e-4}
+            if args.sampler == "auto":
+                kw["max_batch"] = args.max_batch
+            else:
+                kw["window"] = min(args.window or 32, steps)
+            if args.max_iters is not None:
+                kw["max_iters"] = args.max_iters
+            out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, **kw)
+            sample = out.sample
+            report.update(wall_s=time.perf_counter() - t0, window=out.num_blocks, tol=out.tol,
+                          iterations=out.iterations, converged=out.converged,
+                          history=out.history, model_calls=out.stats.model_calls,
+                          model_rows=out.stats.model_rows, depth=out.stats.depth,
+                          speedup_in_sequential_calls=steps / max(1, out.stats.depth),
+                          tol_note="window samplers: per-step tolerance relative to the step's "
+                                   "noise scale (ParaDiGMS's rule)")
         else:
             bar, progress = _progress_bar()
             out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
@@ -312,6 +344,9 @@ def _main_text_to_image(args) -> int:
 
     if args.prompt is None:
         return _error(f"{args.model} is a text-to-image pipeline: give --prompt")
+    if args.sampler not in ("srds", "serial"):
+        return _error(f"--sampler {args.sampler} is for unconditional models; a text-to-image "
+                      "pipeline samples with srds or serial")
     guidance = 7.5 if args.guidance_scale is None else args.guidance_scale
     if args.negative_prompt is not None and guidance <= 1:
         return _error(f"--negative-prompt needs --guidance-scale > 1 (classifier-free guidance), "

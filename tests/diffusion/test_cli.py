@@ -48,6 +48,20 @@ def test_serial_sampler_and_bundled_model(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["depth"] == 10
 
 
+@pytest.mark.parametrize("extra", [["--sampler", "quasi_newton", "--window", "16"],
+                                   ["--sampler", "picard"],
+                                   ["--sampler", "auto", "--max-batch", "40"]])
+def test_window_samplers(tiny_folder, tmp_path, extra):
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_folder), "--steps", "64", "--num-samples", "4",
+                 "--compare-serial", "--out", str(out), *extra]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["window"] == {"--window": 16, "--max-batch": 10}.get(extra[-2], 32)
+    assert report["depth"] == report["iterations"] == len(report["history"]) < 64
+    assert report["max_abs_diff_vs_serial"] < 1e-3
+    assert (out / "convergence.png").stat().st_size > 2000
+
+
 def test_unknown_model_lists_what_exists(tmp_path, capsys):
     rc = main(["--model", "nosuchmodel", "--out", str(tmp_path / "o")])
     assert rc != 0
