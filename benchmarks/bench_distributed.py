@@ -1,20 +1,29 @@
-"""CPU multi-process scaling of distributed Parareal (``pint.DistributedExecutor``), and a cost
-model for R devices, up to one device per block.
+"""Multi-process scaling of distributed Parareal (``pint.DistributedExecutor``) on this
+machine's CPU cores and on simulated devices, and a cost model for R devices, up to one
+device per block.
 
-    python benchmarks/bench_distributed.py                  # 2 ranks (one per core)
+    python benchmarks/bench_distributed.py                  # CPU: 2 ranks; simulated: 2, 4, 8
     python benchmarks/bench_distributed.py --ranks 2 4 8    # on a machine with 8 free cores
-    python benchmarks/bench_distributed.py --quick            # a small ensemble (smoke test)
+    python benchmarks/bench_distributed.py --quick          # small and short (smoke test)
 
 Problem: the Lorenz system of ``pint.problems`` (coarse RK4(4), fine RK4(100), tol 1e-8,
-t in [0, 2]) for an ensemble of E = 8192 initial states near (1, 1, 1), held as one state
-``[3, E]``, on B = 16 blocks: one ``f`` evaluation costs in proportion to E, as a large
-model does, so a batched fine solve of ``w`` blocks costs about ``w`` times one block (a
-saturated device: a CPU core, a GPU at full batch). Ranks are gloo processes on this machine
-(one thread each, started like torchrun). Rank 0 of each launch also times the serial solve
-and the one-process sweep while the other ranks wait, interleaved with the distributed runs
-(a change of the machine's load hits all alike); every configuration runs ``--repeats``
-times and the best wall-clock counts (the time until the last rank holds the result).
-Writes ``benchmarks/results/distributed.json``.
+t in [0, 2], K = 4 iterations) on B = 16 blocks, in two parts:
+
+* ``cpu``: an ensemble of E = 8192 initial states near (1, 1, 1), held as one state
+  ``[3, E]``: one ``f`` evaluation costs in proportion to E, as a large model does, so a
+  batched fine solve of ``w`` blocks costs several times one block (a busy device: a CPU
+  core, a GPU at full batch). One rank per core.
+* ``simulated``: one trajectory whose propagators sleep ``--sleep`` seconds per block row
+  after every step: saturated devices (a batch costs in proportion to its rows) that leave
+  the CPU free, so 4 or 8 ranks can share 2 cores and the wall-clock shows the schedule
+  itself: message and decision latency, the relay, the pipelined overlap.
+
+Ranks are gloo processes on this machine (one thread each, started like torchrun). Rank 0
+of the first launch of a part also calibrates and times the serial solve and the
+one-process sweep while the other ranks wait, interleaved with the distributed runs (a
+change of the machine's load hits all alike); every configuration runs ``--repeats`` times
+and the best wall-clock counts (the time until the last rank holds the result). Writes
+``benchmarks/results/distributed.json``.
 
 Cost model (the schedule of ``pint/executors.py`` in seconds instead of steps). ``F(w)``: one
 fine solve of ``w`` blocks batched on one device; ``G``: one coarse block solve; ``lam``: one
@@ -65,37 +74,62 @@ from pint.parareal import Runner
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def setup(members: int, blocks: int):
-    """The Lorenz ensemble: problem, coarse, fine, blocks, tol."""
+class Sleepy(pint.StepPropagator):
+    """``inner``'s steps, each followed by a sleep of ``per_row`` seconds per block row: a
+    saturated device (a batch costs in proportion to its rows) that leaves this machine's
+    CPU to the other ranks."""
+
+    def __init__(self, inner: pint.StepPropagator, per_row: float) -> None:
+        self.inner, self.per_row = inner, per_row
+
+    def step(self, f, t, y, h):
+        out = self.inner.step(f, t, y, h)
+        time.sleep(self.per_row * y.shape[0])
+        return out
+
+    def steps_per_block(self, t0, t1):
+        return self.inner.steps_per_block(t0, t1)
+
+    def __repr__(self) -> str:
+        return f"Sleepy({self.inner!r}, {self.per_row:g} s per row and step)"
+
+
+def setup(members: int, blocks: int, sleep: float = 0.0):
+    """The Lorenz ensemble (``sleep > 0``: one trajectory on simulated devices that take
+    ``sleep`` seconds per row and step): problem, coarse, fine, blocks, tol."""
     case = problems.get("lorenz")
     g = torch.Generator().manual_seed(0)
     y0 = case.problem.y0[:, None] + 0.01 * torch.randn(3, members, dtype=torch.float64, generator=g)
-    return pint.ODEProblem(case.problem.f, y0, case.problem.t_span), case.coarse, case.fine, blocks, case.tol
+    coarse, fine = case.coarse, case.fine
+    if sleep:
+        coarse, fine = Sleepy(coarse, sleep), Sleepy(fine, sleep)
+    return pint.ODEProblem(case.problem.f, y0, case.problem.t_span), coarse, fine, blocks, case.tol
 
 
-def best_of(fn, repeats: int):
-    """(best CPU seconds, last value) of ``repeats`` calls of ``fn``: CPU time, so that other
-    jobs on a shared machine do not inflate the calibration."""
+def best_of(fn, repeats: int, timer=time.process_time):
+    """(best seconds, last value) of ``repeats`` calls of ``fn``; CPU time by default, so that
+    other jobs on a shared machine do not inflate the calibration."""
     times, value = [], None
     for _ in range(repeats):
-        t = time.process_time()
+        t = timer()
         value = fn()
-        times.append(time.process_time() - t)
+        times.append(timer() - t)
     return min(times), value
 
 
-def calibrate(problem, coarse, fine, B: int, repeats: int) -> dict:
-    """CPU seconds of one fine solve of w blocks (w = 1, 2, 4, .., B) and of one coarse block."""
+def calibrate(problem, coarse, fine, B: int, repeats: int, timer=time.process_time) -> dict:
+    """Seconds of one fine solve of w blocks (w = 1, 2, 4, .., B) and of one coarse block."""
     run = Runner(problem)
     times = torch.linspace(*problem.t_span, B + 1, dtype=torch.float64)
     F = {}
     w = 1
     while w <= B:
         y = problem.y0.expand(w, *problem.y0.shape).clone()
-        F[w] = best_of(lambda y=y, w=w: fine(run.rhs, y, times[:w], times[1:w + 1]), repeats)[0]
+        F[w] = best_of(lambda y=y, w=w: fine(run.rhs, y, times[:w], times[1:w + 1]), repeats,
+                       timer)[0]
         w *= 2
     y = problem.y0[None].clone()
-    G = best_of(lambda: coarse(run.rhs, y, times[:1], times[1:2]), max(repeats, 5))[0]
+    G = best_of(lambda: coarse(run.rhs, y, times[:1], times[1:2]), max(repeats, 5), timer)[0]
     return {"F": F, "G": G}
 
 
@@ -143,14 +177,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def rank_main(rank, world, port, members, blocks, repeats, results):
+def rank_main(rank, world, port, members, blocks, repeats, sleep, baselines, results):
     """One rank of a launch. Rank 0 also calibrates and times the one-process baselines
     (serial, local sweep) while the others wait, interleaved with the distributed runs, so
     that a change in the machine's load hits all of them alike; rank 0 reports."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=1800))
-    problem, coarse, fine, B, tol = setup(members, blocks)
+    problem, coarse, fine, B, tol = setup(members, blocks, sleep)
     ex = pint.DistributedExecutor(timeout=1800)
     pint.parareal(problem, coarse, fine, B, tol, max_iters=1, executor=ex)  # warm-up
     # one boundary message (ping-pong between ranks 0 and 1), and one decision (store round trip)
@@ -172,8 +206,9 @@ def rank_main(rank, world, port, members, blocks, repeats, results):
         store.wait([f"bench/{rank}/{i}"])
         store.get(f"bench/{rank}/{i}")
     out["d"] = (time.perf_counter() - t) / n
-    if rank == 0:
-        out["calibration"] = calibrate(problem, coarse, fine, B, repeats)
+    if rank == 0 and baselines:
+        out["calibration"] = calibrate(problem, coarse, fine, B, repeats,
+                                       time.perf_counter if sleep else time.process_time)
     timed: dict[str, list] = {}
 
     def clock(name, fn, everywhere):
@@ -188,13 +223,13 @@ def rank_main(rank, world, port, members, blocks, repeats, results):
         timed.setdefault(name, []).append((float(wall), cpus if everywhere else cpus[:1], res))
 
     for _ in range(repeats):
-        clock("serial", lambda: pint.serial(problem, fine, B), False)
-        clock("sweep 1", lambda: pint.parareal(problem, coarse, fine, B, tol), False)
+        if baselines:
+            clock("serial", lambda: pint.serial(problem, fine, B), False)
+            clock("sweep 1", lambda: pint.parareal(problem, coarse, fine, B, tol), False)
         for pip in (False, True):
             clock(f"{'pipelined' if pip else 'sweep'} {world}", lambda pip=pip: pint.parareal(
                 problem, coarse, fine, B, tol, pipelined=pip, executor=ex), True)
     if rank == 0:
-        ref = timed["serial"][0][2].y
         out["runs"] = []
         for name, rows in timed.items():
             wall, cpus, res = min(rows, key=lambda row: row[0])
@@ -204,18 +239,20 @@ def rank_main(rank, world, port, members, blocks, repeats, results):
                 "ranks": int(ranks), "schedule": sched, "wall_s": wall, "wall_s_all": [r[0] for r in rows],
                 "cpu_s_per_rank": cpus, "iterations": res.iterations, "depth": stats.depth,
                 "fine_steps_per_rank": [p["fine_steps"] for p in getattr(stats, "per_rank", [])],
-                "error_vs_serial": float((res.y - ref).abs().max()),
+                "y": res.y,
             })
         results.put(pickle.dumps(out))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def run_ranks(world: int, members: int, blocks: int, repeats: int, timeout: float = 1800) -> dict:
+def run_ranks(world: int, members: int, blocks: int, repeats: int, sleep: float = 0.0,
+              baselines: bool = True, timeout: float = 1800) -> dict:
     ctx = multiprocessing.get_context("forkserver")  # torch is imported once, then forked
     ctx.set_forkserver_preload(["torch", "torch.distributed", "pint"])
     results, port = ctx.Queue(), _free_port()
-    procs = [ctx.Process(target=rank_main, args=(r, world, port, members, blocks, repeats, results))
+    procs = [ctx.Process(target=rank_main,
+                         args=(r, world, port, members, blocks, repeats, sleep, baselines, results))
              for r in range(world)]
     for p in procs:
         p.start()
@@ -234,66 +271,46 @@ def run_ranks(world: int, members: int, blocks: int, repeats: int, timeout: floa
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="64 members, 4 blocks, one repeat")
-    ap.add_argument("--ranks", type=int, nargs="+", default=[2], help="rank counts to measure (>= 2)")
-    ap.add_argument("--members", type=int, default=8192, help="ensemble size E")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args(argv)
-    if min(args.ranks) < 2:
-        ap.error("--ranks: every launch has at least 2 ranks (one-process baselines run on rank 0)")
-    members, blocks, repeats = (64, 4, 1) if args.quick else (args.members, 16, args.repeats)
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    problem, coarse, fine, B, tol = setup(members, blocks)
-    load_before = os.getloadavg()[0]
-
+def measure(label: str, ranks: list[int], members: int, blocks: int, repeats: int,
+            sleep: float) -> dict:
+    """One part of the benchmark: launches of each rank count, the one-process baselines,
+    the cost model with the calibration of the first launch."""
     runs, cal, lam, d = [], None, 0.0, 0.0
-    for R in args.ranks:
-        out = run_ranks(R, members, blocks, repeats)
+    load_before = os.getloadavg()[0]
+    for R in ranks:
+        out = run_ranks(R, members, blocks, repeats, sleep, baselines=not runs)
         cal, lam, d = cal or out["calibration"], out["lam"], out["d"]
         runs += [r for r in out["runs"] if r["ranks"] == R or not runs]
+    ref = next(r["y"] for r in runs if r["schedule"] == "serial")
+    for r in runs:
+        r["error_vs_serial"] = float((r.pop("y") - ref).abs().max())
     t_serial = next(r["wall_s"] for r in runs if r["schedule"] == "serial")
     one = next(r["wall_s"] for r in runs if r["ranks"] == 1)
     K = next(r["iterations"] for r in runs if r["ranks"] == 1)
     for r in runs:
         if r["ranks"] >= 1:
             m = r["ranks"] > 1
-            r["predicted_s"] = predict(B, r["ranks"], r["iterations"], cal["F"], cal["G"],
+            r["predicted_s"] = predict(blocks, r["ranks"], r["iterations"], cal["F"], cal["G"],
                                        lam * m, d * m, r["schedule"] == "pipelined")
         r["speedup_vs_serial"] = t_serial / r["wall_s"]
         r["speedup_vs_one_process_parareal"] = one / r["wall_s"]
     model = []
-    for R in sorted(r for r in {1, 2, 4, 8, B} if r <= B):
+    for R in sorted(r for r in {1, 2, 4, 8, blocks} if r <= blocks):
         for sched in ("sweep", "pipelined") if R > 1 else ("sweep",):
-            t = predict(B, R, K, cal["F"], cal["G"], lam * (R > 1), d * (R > 1), sched == "pipelined")
+            t = predict(blocks, R, K, cal["F"], cal["G"], lam * (R > 1), d * (R > 1),
+                        sched == "pipelined")
             model.append({"devices": R, "schedule": sched, "predicted_s": t,
-                          "predicted_speedup_vs_serial": B * cal["F"][1] / t})
-    data = {
-        "problem": f"lorenz ensemble, E = {members} states as one [3, E] state, t in [0, 2]",
-        "blocks": B, "coarse": repr(coarse), "fine": repr(fine), "tol": tol, "iterations": K,
-        "repeats": repeats,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_average_before_after": [load_before, os.getloadavg()[0]],
-                    "torch": torch.__version__, "backend": "gloo, one thread per rank"},
+                          "predicted_speedup_vs_serial": blocks * cal["F"][1] / t})
+    part = {
+        "label": label, "members": members, "blocks": blocks, "sleep_per_row_step_s": sleep,
+        "iterations": K, "repeats": repeats,
+        "load_average_before_after": [load_before, os.getloadavg()[0]],
         "calibration": {"F_w_s": {str(k): v for k, v in cal["F"].items()}, "G_s": cal["G"],
                         "lam_s": lam, "d_s": d},
-        "runs": runs,
-        "model": model,
-        "cost_model": __doc__.split("Cost model")[1].strip(),
-        "note": "wall_s: best of repeats (wall_s_all: each), until the last rank holds the result; "
-                "cpu_s_per_rank: CPU seconds each rank spent in that run (a rank waiting for a "
-                "message or a core spends none); predicted_s: the cost model with F(w), G "
-                "calibrated in CPU seconds and the measured lam, d: the wall-clock with each rank "
-                "on its own core; model rows beyond the measured rank counts are predictions only",
+        "runs": runs, "model": model,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "distributed.json").write_text(json.dumps(data, indent=1))
-
-    print(f"{data['problem']}, B = {B}, {coarse!r} / {fine!r}, K = {K}; load average "
-          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{label}: B = {blocks}, K = {K}; load average {load_before:.1f} -> "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"calibration: F(w) = {', '.join(f'{k}: {v:.3f}' for k, v in cal['F'].items())} s, "
           f"G = {cal['G'] * 1e3:.2f} ms, message {lam * 1e3:.3f} ms, decision {d * 1e3:.3f} ms")
     print(f"{'ranks':>5} {'schedule':>10} {'wall s':>8} {'model s':>8} {'vs serial':>9} "
@@ -303,10 +320,52 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r.get('predicted_s', float('nan')):>8.3f} {r['speedup_vs_serial']:>9.2f} "
               f"{r['speedup_vs_one_process_parareal']:>9.2f} {r['iterations']:>3} {r['depth']:>6}  "
               f"{[round(c, 2) for c in r['cpu_s_per_rank']]}")
-    print("model for more devices (each on its own core or GPU):")
-    for m in model:
-        print(f"  {m['devices']:>3} devices {m['schedule']:>10}: {m['predicted_s']:.3f} s, "
-              f"{m['predicted_speedup_vs_serial']:.2f}x serial")
+    print("model:", "; ".join(f"{m['devices']} {m['schedule']} {m['predicted_s']:.3f} s "
+                              f"({m['predicted_speedup_vs_serial']:.2f}x serial)" for m in model))
+    return part
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small problems, 2 ranks, one repeat")
+    ap.add_argument("--ranks", type=int, nargs="+", default=[2],
+                    help="rank counts for the CPU part (>= 2; one per free core)")
+    ap.add_argument("--simulated-ranks", type=int, nargs="+", default=[2, 4, 8],
+                    help="rank counts for the simulated devices (they sleep: cores may be shared)")
+    ap.add_argument("--members", type=int, default=8192, help="ensemble size E of the CPU part")
+    ap.add_argument("--sleep", type=float, default=2e-3, help="simulated seconds per row and step")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if min(args.ranks + args.simulated_ranks) < 2:
+        ap.error("every launch has at least 2 ranks (the one-process baselines run on rank 0)")
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.quick:
+        parts = [("cpu", [2], 64, 4, 1, 0.0), ("simulated", [2], 1, 4, 1, 2e-4)]
+    else:
+        parts = [("cpu", args.ranks, args.members, 16, args.repeats, 0.0),
+                 ("simulated", args.simulated_ranks, 1, 16, args.repeats, args.sleep)]
+    problem, coarse, fine, _, tol = setup(1, 1)
+    data = {
+        "problem": "lorenz (pint.problems), t in [0, 2]; cpu: an ensemble of E states as one "
+                   "[3, E] state; simulated: one trajectory, every propagator step sleeps "
+                   "sleep_per_row_step_s per block row (a saturated device)",
+        "coarse": repr(coarse), "fine": repr(fine), "tol": tol,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "backend": "gloo, one thread per rank"},
+        "cost_model": __doc__.split("Cost model")[1].strip(),
+        "note": "wall_s: best of repeats (wall_s_all: each), until the last rank holds the result; "
+                "cpu_s_per_rank: CPU seconds each rank spent in that run (a rank waiting for a "
+                "message or a core spends none); predicted_s: the cost model with F(w), G "
+                "calibrated on rank 0 (cpu: CPU seconds, i.e. each rank on its own core; "
+                "simulated: wall-clock) and the measured lam, d; model rows beyond the measured "
+                "rank counts are predictions only",
+    }
+    for label, ranks, members, blocks, repeats, sleep in parts:
+        data[label] = measure(label, ranks, members, blocks, repeats, sleep)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "distributed.json").write_text(json.dumps(data, indent=1))
     return data
 
 

@@ -423,16 +423,19 @@ def test_benchmark_quick(tmp_path, monkeypatch):
     finally:
         sys.modules.pop("bench_distributed", None)
     saved = json.loads((tmp_path / "distributed.json").read_text())
-    assert saved["runs"] == json.loads(json.dumps(data["runs"]))
-    by = {(r["ranks"], r["schedule"]): r for r in data["runs"]}
-    assert set(by) == {(0, "serial"), (1, "sweep"), (2, "sweep"), (2, "pipelined")}
-    for r in data["runs"]:
-        assert r["wall_s"] > 0
-        if r["ranks"]:
-            assert r["iterations"] == data["iterations"] and r["error_vs_serial"] < 1e-7
-    assert "T_r^j" in saved["cost_model"] and saved["calibration"]["lam_s"] > 0
-    # the model in steps is the executor's own depth: F(w) = 100 steps, G = 4, no latency
-    for R, pip in ((2, False), (2, True)):
-        steps = bench.predict(4, R, data["iterations"], {1: 100, 2: 100, 4: 100}, 4, 0, 0, pip)
-        assert steps == by[(R, "pipelined" if pip else "sweep")]["depth"]
-    assert bench.predict(4, 1, 4, {1: 100, 2: 100, 4: 100}, 4, 0, 0, False) == by[(1, "sweep")]["depth"]
+    assert "T_r^j" in saved["cost_model"]
+    for label in ("cpu", "simulated"):
+        part = data[label]
+        assert saved[label]["runs"] == json.loads(json.dumps(part["runs"]))
+        by = {(r["ranks"], r["schedule"]): r for r in part["runs"]}
+        assert set(by) == {(0, "serial"), (1, "sweep"), (2, "sweep"), (2, "pipelined")}
+        for r in part["runs"]:
+            assert r["wall_s"] > 0 and r["error_vs_serial"] < 1e-7
+            if r["ranks"]:
+                assert r["iterations"] == part["iterations"] and r["predicted_s"] > 0
+        assert part["calibration"]["lam_s"] > 0
+        # the model in steps is the executor's own depth: F(w) = 100 steps, G = 4, no latency
+        F = {1: 100, 2: 100, 4: 100}
+        K = part["iterations"]
+        for R, sched in ((1, "sweep"), (2, "sweep"), (2, "pipelined")):
+            assert bench.predict(4, R, K, F, 4, 0, 0, sched == "pipelined") == by[(R, sched)]["depth"]
