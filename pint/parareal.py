@@ -73,7 +73,8 @@ def parareal(
             test (for example :class:`~pint.stopping.FinalStateChange`).
         executor: where the batched work runs; ``None`` runs it in this process. An
             executor is an object with a ``parareal(problem, coarse, fine, times, stopping,
-            max_iters, pipelined, callback)`` method (the multi-process one is planned).
+            max_iters, pipelined, callback)`` method, e.g. :class:`pint.DistributedExecutor`
+            (several processes under ``torchrun``).
         initial: a guess of the boundary states ``[B + 1, *y0.shape]`` (warm start, e.g.
             ``boundaries`` of a neighbouring run) replacing the coarse sweep: the coarse
             values ``G(U^0_i)`` are then one batched call instead of ``B`` sequential

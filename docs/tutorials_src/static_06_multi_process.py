@@ -40,10 +40,13 @@ from pint import problems
 if torch.cuda.is_available():
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+    else torch.device("cpu")
 executor = pint.DistributedExecutor(timeout=120.0)   # seconds any one wait may last
 
-case = problems.get("lorenz", t_end=2.0)
-res = pint.parareal(case.problem, case.coarse, case.fine, case.num_blocks, case.tol,
+case = problems.get("lorenz", t_end=2.0)              # states on this rank's device:
+problem = pint.ODEProblem(case.problem.f, case.problem.y0.to(device), case.problem.t_span)
+res = pint.parareal(problem, case.coarse, case.fine, case.num_blocks, case.tol,
                     executor=executor)
 print(dist.get_rank(), res.iterations, res.y)        # the same on every rank
 
@@ -56,8 +59,8 @@ print(dist.get_rank(), res.iterations, res.y)        # the same on every rank
 
 from adapters.diffusion import load_pretrained, srds_sample  # noqa: E402
 
-model, schedule = load_pretrained("digits")
-x_T = torch.randn(16, *model.sample_shape, generator=torch.Generator().manual_seed(0))
+model, schedule = load_pretrained("digits", device=device)   # the same seed on every rank:
+x_T = torch.randn(16, *model.sample_shape, generator=torch.Generator().manual_seed(0)).to(device)
 out = srds_sample(model, schedule, x_T, 1000, executor=executor)
 
 # %%
