@@ -74,3 +74,14 @@ def test_warm_start_benchmark_quick(load_script, tmp_path):
     assert by[("picard_w32", 0.01)]["warm_calls"] < by[("picard_w32", 0.01)]["cold_calls"]
     assert by[("srds_sweep", 0.01)]["warm_calls"] < by[("srds_sweep", 0.01)]["cold_calls"]
     assert all(max(r["cold_error"], r["warm_error"]) < 1e-3 for r in rep["runs"])
+
+
+def test_gpu_wallclock_script_runs_tiny_on_cpu(load_script, tmp_path):
+    # the script prepared for a GPU session, on a tiny UNet in eager mode
+    pytest.importorskip("diffusers")
+    rep = load_script("benchmarks", "bench_gpu_wallclock").main(
+        ["--tiny", "--device", "cpu", "--steps", "20", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "gpu_wallclock.json").read_text())["modes"]["eager"]
+    assert rows == rep["modes"]["eager"] and rows["serial"]["depth"] == 20
+    for name in ("srds_pipelined", "picard_w32", "qn_w32"):
+        assert rows[name]["depth"] < 20 and rows[name]["error_vs_serial"] < 1e-2

@@ -1,0 +1,164 @@
+"""Wall-clock of the samplers on one accelerator, eager and with CUDA graphs, in one run.
+
+    python benchmarks/bench_gpu_wallclock.py                    # CUDA: 35.7M UNet, fp16, N = 1000
+    python benchmarks/bench_gpu_wallclock.py --graphs           # also torch.compile(reduce-overhead)
+    python benchmarks/bench_gpu_wallclock.py --tiny --device cpu --steps 20   # smoke test
+
+The model is a randomly initialised diffusers ``UNet2DModel`` in the DDPM-CIFAR10 layout
+(32x32x3, block_out_channels (128, 256, 256, 256), attention at 16x16: 35.7M parameters;
+``--tiny``: 2 small blocks) on a linear 1000-step schedule. For each mode (eager, and with
+``--graphs`` the same model under ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs,
+applied to serial and parallel samplers alike so that the baseline is as fast as it can be)
+it times, after one warm-up run each: serial DDIM, SRDS pipelined, Picard (window 32) and
+quasi-Newton (window 32), with the error of each sample against the serial one, the
+sequential model calls and the rows. CUDA graphs need fixed shapes: every call is padded
+to the next power-of-two batch (``--graphs`` only), so a sampler replays a handful of graphs.
+
+Writes ``gpu_wallclock.json`` (``--out``; modes ``eager`` and ``compiled``, the latter being
+CUDA graphs on a GPU and inductor's C++ code on a CPU). Ratios are serial time / method time, measured in
+the same process and mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from adapters.diffusion import (  # noqa: E402
+    VPSchedule,
+    picard_sample,
+    quasi_newton_sample,
+    serial_sample,
+    srds_sample,
+)
+
+
+class PaddedModel(torch.nn.Module):
+    """Pads every call to the next power-of-two batch (at least ``min_rows``) so that a
+    compiled / CUDA-graph model sees few distinct shapes; returns the unpadded rows."""
+
+    def __init__(self, model: torch.nn.Module, min_rows: int = 1) -> None:
+        super().__init__()
+        self.model, self.min_rows = model, min_rows
+        self.sample_shape = model.sample_shape
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        rows = max(self.min_rows, 1 << (n - 1).bit_length())
+        if rows > n:
+            x = torch.cat([x, x[-1:].expand(rows - n, *x.shape[1:])])
+            t = torch.cat([t, t[-1:].expand(rows - n)])
+        return self.model(x, t)[:n].clone()
+
+
+def make_model(tiny: bool, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import UNet2DModel
+
+    from adapters.diffusers import DiffusersModel
+
+    torch.manual_seed(0)
+    if tiny:
+        unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                           block_out_channels=(16, 32), norm_num_groups=8,
+                           down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    else:
+        unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                           block_out_channels=(128, 256, 256, 256),
+                           down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
+                                             "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D",
+                                           "UpBlock2D"))
+    return DiffusersModel(unet.to(device=device, dtype=dtype).eval())
+
+
+def timed(fn, device: torch.device) -> tuple[Any, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def run_mode(model, schedule, x, N: int, device: torch.device) -> dict[str, Any]:
+    methods = {
+        "serial": lambda: serial_sample(model, schedule, x, N),
+        "srds_pipelined": lambda: srds_sample(model, schedule, x, N, pipelined=True),
+        "picard_w32": lambda: picard_sample(model, schedule, x, N, window=min(32, N), tol=1e-3),
+        "qn_w32": lambda: quasi_newton_sample(model, schedule, x, N, window=min(32, N), tol=1e-3),
+    }
+    rows: dict[str, Any] = {}
+    ref = None
+    for name, fn in methods.items():
+        fn()  # warm-up (compilation, graph capture, allocator)
+        out, wall = timed(fn, device)
+        sample = out if name == "serial" else out.sample
+        if ref is None:
+            ref = sample
+        rows[name] = {"wall_s": wall,
+                      "error_vs_serial": float((sample.double() - ref.double()).abs().max()),
+                      "depth": N if name == "serial" else out.stats.depth,
+                      "rows": N * x.shape[0] if name == "serial" else out.stats.model_rows}
+    for r in rows.values():
+        r["serial_over_method"] = rows["serial"]["wall_s"] / r["wall_s"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=("float16", "float32"), default=None,
+                    help="default float16 on CUDA, float32 elsewhere")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--tiny", action="store_true", help="a small UNet (CPU smoke test)")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time torch.compile(mode='reduce-overhead') (CUDA graphs)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
+    schedule = VPSchedule.linear(1000)
+    model = make_model(args.tiny, device, dtype)
+    x = torch.randn(args.batch, *model.sample_shape, generator=torch.Generator().manual_seed(0)
+                    ).to(device=device, dtype=dtype)
+    report: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                    else platform.processor() or "cpu"},
+        "config": {"steps": args.steps, "batch": args.batch, "dtype": str(dtype),
+                   "tiny": args.tiny,
+                   "parameters": sum(p.numel() for p in model.parameters())},
+        "modes": {},
+    }
+    with torch.inference_mode():
+        report["modes"]["eager"] = run_mode(model, schedule, x, args.steps, device)
+        if args.graphs:
+            compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+            padded = PaddedModel(compiled, min_rows=args.batch)
+            report["modes"]["compiled"] = run_mode(padded, schedule, x, args.steps, device)
+    for mode, rows in report["modes"].items():
+        for name, r in rows.items():
+            print(f"{mode:12s} {name:15s} {r['wall_s']:8.3f} s  serial/method "
+                  f"{r['serial_over_method']:5.2f}  calls {r['depth']:5d}  "
+                  f"error {r['error_vs_serial']:.1e}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_wallclock.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
