@@ -163,7 +163,7 @@ def _window_sample(
         guide = initial.to(device=dev, dtype=x_T.dtype)
         traj[1:] = x_T + (guide[1:] - guide[0])
     ones = torch.ones(window, dtype=torch.float64, device=dev)
-    secant = _Secant(traj) if coupling == "secant" else None
+    secant = _Secant(traj, window) if coupling == "secant" else None
     history: list[float] = []
     a, it = 0, 0
     tol2 = tol * tol
@@ -212,24 +212,31 @@ def _window_sample(
 
 class _Secant:
     """Per-step, per-sample secant gains ``r_j = <dPhi, dx> / |dx|^2`` from the latest two
-    evaluations of step ``j`` (``1`` until there are two, and where ``dx`` vanishes)."""
+    evaluations of step ``j`` (``1`` until there are two, and where ``dx`` vanishes).
 
-    def __init__(self, traj: Tensor) -> None:
-        n_steps, batch = traj.shape[0] - 1, traj.shape[1]
-        self.x = torch.zeros((n_steps, batch, traj[0, 0].numel()), dtype=torch.float64,
+    Only the steps of the current window are ever looked up, and they are ``window``
+    consecutive steps, so step ``j`` is kept in slot ``j % window`` (with ``owner`` saying
+    which step a slot holds): memory of one window, not of the whole trajectory."""
+
+    def __init__(self, traj: Tensor, window: int) -> None:
+        batch = traj.shape[1]
+        self.window = window
+        self.x = torch.zeros((window, batch, traj[0, 0].numel()), dtype=torch.float64,
                              device=traj.device)
         self.phi = torch.zeros_like(self.x)
-        self.seen = torch.zeros(n_steps, dtype=torch.bool, device=traj.device)
+        self.owner = torch.full((window,), -1, dtype=torch.int64, device=traj.device)
 
     def gains(self, a: int, y: Tensor, phi: Tensor) -> Tensor:
         """Gains ``[n, batch, 1, ...]`` (broadcast over a sample) for steps ``a .. a+n-1``
         evaluated at ``y`` with results ``phi`` (both ``[n, batch, ...]``); records them."""
         n, batch = y.shape[0], y.shape[1]
+        steps = torch.arange(a, a + n, device=self.owner.device)
+        slots = steps % self.window
         x, f = y.reshape(n, batch, -1).double(), phi.reshape(n, batch, -1).double()
-        dx, df = x - self.x[a:a + n], f - self.phi[a:a + n]
+        dx, df = x - self.x[slots], f - self.phi[slots]
         den = dx.pow(2).sum(-1)
         r = (dx * df).sum(-1) / den.clamp(min=1e-300)
-        ok = self.seen[a:a + n, None] & (den > 1e-30) & torch.isfinite(r)
+        ok = (self.owner[slots] == steps)[:, None] & (den > 1e-30) & torch.isfinite(r)
         r = torch.where(ok, r.clamp(0.0, 2.0), torch.ones_like(r))
-        self.x[a:a + n], self.phi[a:a + n], self.seen[a:a + n] = x, f, True
+        self.x[slots], self.phi[slots], self.owner[slots] = x, f, steps
         return r.to(y.dtype).view(n, batch, *([1] * (y.dim() - 2)))
