@@ -326,7 +326,7 @@ def run_srds_direct(cm, schedule, x, N, ref, *, pipelined, tol, max_iters, varia
                  "width": cm.width, "error": _err(out.sample, ref), "wall_s": wall}
 
 
-def run_picard(cm, schedule, x, N, ref, window, tol, kind: str = "picard") -> dict[str, Any]:
+def run_window(cm, schedule, x, N, ref, window, tol, kind: str = "picard") -> dict[str, Any]:
     cm.reset()
     t0 = time.perf_counter()
     out = WINDOW_SAMPLERS[kind](cm, schedule, x, N, window=window, tol=tol)
@@ -383,7 +383,7 @@ def bench_model(name: str, model, schedule, dtype, steps, variants, results_repl
         for kind in WINDOW_SAMPLERS:
             for w in windows:
                 for tol in PICARD_TOLS_AT.get((name, N), PICARD_TOLS):
-                    row = run_picard(cm, schedule, x, N, ref, w, tol, kind)
+                    row = run_window(cm, schedule, x, N, ref, w, tol, kind)
                     entry["runs"].append(row)
                     _log(f"{name} N={N}: {kind} w={w} tol={tol:g}: depth {row['depth']}, "
                          f"err {row['error']:.1e}, {row['wall_s']:.2f}s")
@@ -424,7 +424,7 @@ def bench_wall_clock(model, schedule, N: int) -> dict[str, Any]:
         _log(f"wall-clock: srds pipelined={pipelined}: {d['wall_s']:.1f}s, "
              f"{d['iterations']} its")
     w, tol = WALL_PICARD
-    p = run_picard(cm, schedule, x, N, ref, min(w, N), tol)
+    p = run_window(cm, schedule, x, N, ref, min(w, N), tol)
     runs[p["method"]] = {k: p[k] for k in ("wall_s", "iterations", "converged", "depth",
                                            "model_calls", "rows", "width", "error", "tol")}
     st = runs["serial"]["wall_s"]
