@@ -35,7 +35,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from adapters.diffusion import (  # noqa: E402
-    DDIMStep,
     GaussianMixtureDenoiser,
     VPSchedule,
     picard_sample,
@@ -52,8 +51,8 @@ def window_variant(model, schedule, x_T, N: int, window: int, tol: float, memory
     extrapolated entry. Returns ``(sample, sequential calls, model rows)``."""
     N, den, grid, noise, _ = _setup(model, schedule, x_T, N, None, 0.0, None, "ddim", None,
                                     None, None, None, True)
-    step = DDIMStep(den, grid, fine=True)
-    c = step._coeffs(x_T.device)
+    c = {k: getattr(grid, k).to(x_T.device)
+         for k in ("timesteps", "alpha_in", "alpha_out", "c_x0", "c_eps", "c_x")}
     var = ((1 - grid.alpha_out) / (1 - grid.alpha_in) * (1 - grid.alpha_in / grid.alpha_out)
            ).clamp(min=1e-8)
     batch, dim = x_T.shape[0], x_T[0].numel()

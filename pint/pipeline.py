@@ -32,7 +32,6 @@ class _Task:
     kind: str  # "coarse" or "fine"
     k: int  # coarse: G(U^k_i); fine: F^k_i = F(U^{k-1}_i)
     i: int
-    slot: int
     t0: float
     h: float
     n: int
@@ -57,42 +56,45 @@ def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
     rhs = run.rhs
     merged = coarse.batches_with(fine)
     y0 = problem.y0
-    state = tuple(y0.shape)
-    t_cpu = times.detach().cpu().double()
+    # the schedule's bookkeeping lives in Python numbers: a tick costs one host->device copy
+    t_host = times.detach().cpu().double().tolist()
     n_coarse = coarse.steps_per_block(times[:-1], times[1:]).cpu().tolist()
     n_fine = fine.steps_per_block(times[:-1], times[1:]).cpu().tolist()
 
-    capacity = 2 * B + 2
-    work = y0.new_empty((capacity, *state))
-    free = list(range(capacity - 1, -1, -1))
-    tasks: list[_Task] = []
+    # The running solves, one batch per batched call: ``states`` holds the rows of
+    # ``tasks`` in order; solves started since the last tick wait in ``fresh``.
+    groups = {"all": _Group()} if merged else {"coarse": _Group(), "fine": _Group()}
+    # Every value is dropped as soon as its last reader ran (see ``resolve``): G^k_i lives
+    # until U^{k+1}_{i+1} is formed, F^k_i until U^k_{i+1} is, U^k until iteration k + 1
+    # is tested. Peak: the boundaries of the iterations in flight, about one coarse value
+    # and one running solve per block (measured in benchmarks/bench_overhead.py).
     U: dict[tuple[int, int], Tensor] = {}
     G: dict[tuple[int, int], Tensor] = {}
     F: dict[tuple[int, int], Tensor] = {}
     exact: dict[int, Tensor] = {}  # U_i once it equals the serial solution (from iteration i)
 
     def start(kind: str, k: int, i: int, y: Tensor) -> None:
-        nonlocal work
-        if not free:  # grow the work buffer (rare: only with very uneven costs)
-            extra = work.shape[0]
-            work = torch.cat([work, work.new_empty((extra, *state))])
-            free.extend(range(2 * extra - 1, extra - 1, -1))
-        slot = free.pop()
-        work[slot] = y
         n = (n_coarse if kind == "coarse" else n_fine)[i]
-        a, b = t_cpu[i].item(), t_cpu[i + 1].item()
-        tasks.append(_Task(kind, k, i, slot, a, (b - a) / n, n))
+        a, b = t_host[i], t_host[i + 1]
+        group = groups["all" if merged else kind]
+        group.tasks.append(_Task(kind, k, i, a, (b - a) / n, n))
+        group.fresh.append(y)
 
     def known(k: int, i: int, value: Tensor) -> None:
         """Record ``U^k_i`` and start the work that waits for it."""
         U[(k, i)] = value
         if i == k:
             exact[i] = value
-        if i < B:
-            if i >= k:
-                start("coarse", k, i, value)
-            if k + 1 <= K and i >= k:
+        if k <= i < B:
+            start("coarse", k, i, value)
+            if k + 1 <= K:
                 start("fine", k + 1, i, value)
+
+    def keep_coarse(k: int, i: int) -> None:
+        """``G^k_i`` was used for ``U^k_{i+1}``; iteration ``k + 1`` reads it again as its
+        old coarse value only for blocks ``i >= k + 1``."""
+        if not (i >= k + 1 and k + 1 <= K):
+            G.pop((k, i), None)
 
     def resolve(k: int, i: int) -> None:
         """Try to compute ``U^k_{i+1}`` after ``G^k_i`` or ``F^k_i`` finished."""
@@ -101,11 +103,14 @@ def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
         if k == 0:
             if (0, i) in G:
                 known(0, i + 1, G[(0, i)])
+                keep_coarse(0, i)
         elif i + 1 == k:
             if (k, i) in F:
-                known(k, k, F[(k, i)])
+                known(k, k, F.pop((k, i)))
         elif (k, i) in G and (k, i) in F and (k - 1, i) in G:
-            known(k, i + 1, G[(k, i)] + F[(k, i)] - G[(k - 1, i)])
+            value = F.pop((k, i)).add_(G[(k, i)]).sub_(G.pop((k - 1, i)))
+            keep_coarse(k, i)
+            known(k, i + 1, value)
 
     history: list[float] = []
     converged = False
@@ -137,53 +142,80 @@ def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
                     callback(IterationInfo(k, Uk, change, k, run.stats))
                 if passed or k == B:
                     converged = True
-                # free what no later iteration needs
-                for i in range(B + 1):
-                    G.pop((k - 1, i), None)
-                    F.pop((k, i), None)
+                for i in range(k - 1, B + 1):  # iteration k - 1 is no longer a candidate
                     U.pop((k - 1, i), None)
+                del old
             if converged or k == K:
                 final = Uk
                 break
+            del Uk  # the stacks are rebuilt for each test; hold nothing between ticks
         if final is not None:
             break
-        if not tasks:
+        if not any(g.tasks for g in groups.values()):
             raise RuntimeError("pipelined schedule stalled (internal error)")
 
-        # --- one tick: advance every running solve by one step
-        groups = [("all", tasks)] if merged else [
-            ("coarse", [t for t in tasks if t.kind == "coarse"]),
-            ("fine", [t for t in tasks if t.kind == "fine"]),
-        ]
-        for kind, group in groups:
-            if not group:
+        # --- one tick: advance every running solve by one step, one call per group
+        finished: list[tuple[_Task, Tensor]] = []
+        for kind, group in groups.items():
+            if not group.tasks:
                 continue
-            prop = fine if kind in ("all", "fine") else coarse
-            slots = torch.tensor([t.slot for t in group], device=work.device)
-            tt = torch.tensor([t.t0 + t.j * t.h for t in group], dtype=times.dtype,
-                              device=times.device)
-            hh = torch.tensor([t.h for t in group], dtype=times.dtype, device=times.device)
-            work[slots] = prop.step(rhs, tt, work[slots], hh)
+            prop = coarse if kind == "coarse" else fine
+            group.admit()
+            tasks = group.tasks
+            # time and step size of every row: one host->device copy, no sync
+            th = _to_device([(t.t0 + t.j * t.h, t.h) for t in tasks], times.dtype, times.device)
+            group.states = prop.step(rhs, th[:, 0], group.states, th[:, 1])
             run.stats.depth += 1
-            run.stats.rows += len(group)
-            nc = sum(t.kind == "coarse" for t in group)
+            run.stats.rows += len(tasks)
+            nc = sum(t.kind == "coarse" for t in tasks)
             run.stats.coarse_steps += nc
-            run.stats.fine_steps += len(group) - nc
-        finished = []
-        for t in tasks:
-            t.j += 1
-            if t.j == t.n:
-                finished.append(t)
-        if finished:
-            tasks = [t for t in tasks if t.j < t.n]
-            for t in finished:
-                out = work[t.slot].clone()
-                free.append(t.slot)
-                (G if t.kind == "coarse" else F)[(t.k, t.i)] = out
-            for t in finished:
-                resolve(t.k, t.i)
-                if t.kind == "coarse" and t.k + 1 <= K:  # G^k_i is also G_old of k + 1
-                    resolve(t.k + 1, t.i)
+            run.stats.fine_steps += len(tasks) - nc
+            finished.extend(group.retire())
+        for t, out in finished:
+            (G if t.kind == "coarse" else F)[(t.k, t.i)] = out
+        for t, _ in finished:
+            resolve(t.k, t.i)
+            if t.kind == "coarse" and t.k + 1 <= K:  # G^k_i is also G_old of k + 1
+                resolve(t.k + 1, t.i)
 
     k = done_iter
     return Result(final[-1].clone(), final, times, k, converged, history, run.stats)
+
+
+class _Group:
+    """Running solves advanced by one batched call: ``states[r]`` is ``tasks[r]``'s state."""
+
+    def __init__(self) -> None:
+        self.tasks: list[_Task] = []
+        self.states: Tensor | None = None
+        self.fresh: list[Tensor] = []  # start values of the last len(fresh) tasks
+
+    def admit(self) -> None:
+        """Append the start values of the solves started since the last tick."""
+        if self.fresh:
+            new = torch.stack(self.fresh)
+            self.states = new if self.states is None else torch.cat([self.states, new])
+            self.fresh = []
+
+    def retire(self) -> list[tuple[_Task, Tensor]]:
+        """Count the step just taken; remove the solves that are done and return them
+        with their end states (copies)."""
+        done, keep = [], []
+        for r, t in enumerate(self.tasks):
+            t.j += 1
+            (done if t.j == t.n else keep).append(r)
+        if not done:
+            return []
+        assert self.states is not None
+        # each end state gets its own storage: it may outlive the batch by many ticks
+        ends = [(self.tasks[r], self.states[r].clone()) for r in done]
+        index = _to_device(keep, torch.int64, self.states.device)
+        self.states = self.states[index] if keep else None
+        self.tasks = [self.tasks[r] for r in keep]
+        return ends
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Host numbers as a tensor on ``device``, copied without a stream sync (the source
+    is a fresh host tensor that nothing else writes)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)

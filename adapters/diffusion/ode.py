@@ -57,11 +57,19 @@ class DDIMStep(StepPropagator):
                 and other.grid is self.grid and other.order == self.order)
 
     def _coeffs(self, device: torch.device) -> dict[str, Tensor]:
+        """The grid's per-step tables on ``device`` (float64, built once per device).
+        ``single[j]`` holds the coefficients ``(c_x0, c_eps, c_x, sigma)`` of grid step
+        ``j``; ``jump[e]`` those of a deterministic DDIM jump ending after step ``e``."""
         if device not in self._dev:
             g = self.grid
-            self._dev[device] = {k: getattr(g, k).to(device) for k in
-                                 ("timesteps", "alpha_in", "alpha_out", "c_x0", "c_eps", "c_x",
-                                  "sigma")}
+            zero = torch.zeros_like(g.alpha_out)
+            self._dev[device] = {
+                "timesteps": g.timesteps.to(device), "alpha_in": g.alpha_in.to(device),
+                "alpha_out": g.alpha_out.to(device),
+                "single": torch.stack([g.c_x0, g.c_eps, g.c_x, g.sigma], 1).to(device),
+                "jump": torch.stack([g.alpha_out.sqrt(), (1 - g.alpha_out).sqrt(), zero, zero],
+                                    1).to(device),
+            }
         return self._dev[device]
 
     def step(self, f, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
@@ -70,24 +78,15 @@ class DDIMStep(StepPropagator):
         c = self._coeffs(y.device)
         j = t.round().to(torch.int64)
         hs = h.round().to(torch.int64)
-        last = j + hs - 1
         x0, eps = self.denoiser.predict(y, c["timesteps"][j], c["alpha_in"][j])
-        single = hs == 1
-        a_end = c["alpha_out"][last]
-        c_x0 = torch.where(single, c["c_x0"][j], a_end.sqrt())
-        c_eps = torch.where(single, c["c_eps"][j], (1 - a_end).sqrt())
-        c_x = torch.where(single, c["c_x"][j], torch.zeros_like(a_end))
-        shape = (-1,) + (1,) * (y.dim() - 1)
-
-        def cast(v: Tensor) -> Tensor:
-            return v.to(y.dtype).view(shape)
-
-        out = cast(c_x0) * x0 + cast(c_eps) * eps
+        # one row of coefficients per block: a grid step where h = 1, a jump otherwise
+        coef = torch.where((hs == 1).unsqueeze(1), c["single"][j], c["jump"][j + hs - 1])
+        coef = coef.to(y.dtype).view(coef.shape[0], 4, *((1,) * (y.dim() - 1)))
+        out = coef[:, 0] * x0 + coef[:, 1] * eps
         if self._uses_x:
-            out = out + cast(c_x) * y
+            out = out + coef[:, 2] * y
         if self._stochastic:
-            sig = torch.where(single, c["sigma"][j], torch.zeros_like(a_end))
-            out = out + cast(sig) * self.noise[j].to(y.dtype)
+            out = out + coef[:, 3] * self.noise[j].to(y.dtype)
         return out
 
     def _step_2s(self, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
