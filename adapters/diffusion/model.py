@@ -35,7 +35,10 @@ class Denoiser:
         uncond_kwargs: the unconditional counterpart of ``model_kwargs`` (required with
             ``guidance_scale``).
         check_finite: raise :class:`ModelOutputError` naming the timestep when the model
-            returns NaN/Inf (costs one device synchronisation per call).
+            returns NaN/Inf (costs one device synchronisation per call, unless deferred).
+        defer_check: with ``check_finite``, keep each call's per-row finiteness on the
+            device and raise at the next :meth:`check` instead (no synchronisation per
+            call; the samplers check once per iteration or window call and at the end).
 
     Attributes:
         calls: model invocations so far. rows: samples evaluated so far (guidance counts 2).
@@ -51,6 +54,7 @@ class Denoiser:
         guidance_scale: float | None = None,
         uncond_kwargs: Mapping[str, Any] | None = None,
         check_finite: bool = True,
+        defer_check: bool = False,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable model(x, t), got {type(model).__name__}")
@@ -69,6 +73,8 @@ class Denoiser:
         self.guidance_scale = guidance_scale
         self.uncond_kwargs = dict(uncond_kwargs or {})
         self.check_finite = check_finite
+        self.defer_check = defer_check
+        self._unchecked: list[tuple[Tensor, Tensor, int]] = []  # (row finite [R], t [n], b)
         self.calls = 0
         self.rows = 0
 
@@ -91,16 +97,29 @@ class Denoiser:
                 f"model returned {getattr(out, 'shape', type(out).__name__)} at timestep "
                 f"{int(t[0])}, expected the input's shape {tuple(xf.shape)}"
             )
-        if self.check_finite and not bool(torch.isfinite(out).all()):
-            bad = ~torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
-            row = int(bad.nonzero()[0]) % (n * b)
-            raise ModelOutputError(
-                f"model returned NaN/Inf at timestep {int(t[row // b])} (block row {row // b})"
-            )
+        if self.check_finite:
+            finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
+            self._unchecked.append((finite, t, b))
+            if not self.defer_check:
+                self.check()
         if self.guidance_scale is not None:
             cond, unc = out.chunk(2)
             out = unc + self.guidance_scale * (cond - unc)
         return out.to(x.dtype).reshape(x.shape)
+
+    def check(self) -> None:
+        """Raise :class:`ModelOutputError` for the first model output since the last check
+        that held NaN/Inf (one host read of all pending flags)."""
+        if not self._unchecked:
+            return
+        pending, self._unchecked = self._unchecked, []
+        if bool(torch.cat([f for f, _, _ in pending]).all()):
+            return
+        for finite, t, b in pending:
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0]) % (t.shape[0] * b)
+                raise ModelOutputError(f"model returned NaN/Inf at timestep {int(t[row // b])} "
+                                       f"(block row {row // b})")
 
     def predict(self, x: Tensor, t: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
         """``(x0, eps)`` for ``x [n, b, *sample]`` at timesteps ``t [n]`` with

@@ -175,24 +175,27 @@ def _window_sample(
         phi = stepper.step(None, pos, y, ones[:n])
         if secant is None:  # J = I: the rebuild is a cumulative sum
             new = traj[a] + torch.cumsum(phi - y, dim=0)
-        else:
+        else:  # new_j = phi_j + r_j d_j with d_j = new_{j-1} - y_j, d_0 = 0 (exact start):
+            # d_{j+1} = r_j d_j + (phi_j - y_{j+1}) is an affine recurrence, scanned
             gain = secant.gains(a, y, phi)
-            new = torch.empty_like(phi)
-            delta = torch.zeros_like(y[0])  # x'_j - x_j, zero at the exact window start
-            for i in range(n):
-                new[i] = phi[i] + gain[i] * delta
-                if i + 1 < n:
-                    delta = new[i] - y[i + 1]
+            d = torch.cat([torch.zeros_like(y[:1]), _affine_scan(gain[:-1], phi[:-1] - y[1:])])
+            new = phi + gain * d
         diff = (new - traj[a + 1: e + 1]).double().reshape(n, x_T.shape[0], -1)
         # normalised error per step, worst sample of the batch
         err = diff.pow(2).sum(-1).amax(-1) / (dim * var[a:e])
         traj[a + 1: e + 1] = new
         it += 1
-        bad = (err > tol2).nonzero()
-        stride = n if bad.numel() == 0 else max(1, int(bad[0]))
-        worst = math.sqrt(float(err.max()))
+        # everything the host needs from this call in one read (one sync on a GPU):
+        # the first step that failed the test (n if none), the worst error, finiteness
+        first_bad = torch.where(err > tol2, torch.arange(n, device=dev), n).min()
+        finite = torch.isfinite(new).all() if check_finite else torch.ones((), device=dev)
+        first_bad, worst, finite = torch.stack([first_bad.double(), err.max(),
+                                                finite.double()]).tolist()
+        stride = max(1, int(first_bad))
+        worst = math.sqrt(worst)
         history.append(worst)
-        if check_finite and not bool(torch.isfinite(new).all()):
+        if not finite:
+            denoiser.check()  # a NaN/Inf from the model is named by its timestep
             raise FloatingPointError(f"non-finite state in the sampler window starting at step "
                                      f"{a} (iteration {it})")
         new_a = a + stride
@@ -204,10 +207,24 @@ def _window_sample(
         a = new_a
         if callback is not None:
             callback(it, traj[a], worst)
+    denoiser.check()
     converged = a >= N
     stats = SamplerStats(denoiser.calls, denoiser.rows, it)
     return SampleOutput(traj[N].clone(), it, converged, history, stats, float(tol), window,
                         trajectory=traj if return_trajectory else None)
+
+
+def _affine_scan(A: Tensor, B: Tensor) -> Tensor:
+    """``[d_1 .. d_m]`` of ``d_{i+1} = A_i d_i + B_i``, ``d_0 = 0`` (``A``, ``B``: ``[m, ...]``,
+    broadcasting): log2(m) batched rounds composing the affine maps (Hillis-Steele)
+    instead of m sequential steps; products of the ``A`` only, no division, so gains
+    near 0 are harmless."""
+    s, m = 1, B.shape[0]
+    while s < m:
+        B = torch.cat([B[:s], A[s:] * B[:-s] + B[s:]])
+        A = torch.cat([A[:s], A[s:] * A[:-s]])
+        s *= 2
+    return B
 
 
 class _Secant:

@@ -111,6 +111,19 @@ def _check_x(x_T: object, model: Model) -> Tensor:
     return x_T
 
 
+def _checked(denoiser: Denoiser, solve: Callable[[], pint.Result]) -> pint.Result:
+    """Run ``solve`` and then the denoiser's deferred NaN/Inf check, which also runs first
+    when the engine finds a non-finite state, so that a bad model output is reported by
+    its timestep (:class:`ModelOutputError`) rather than as the state it spoiled."""
+    try:
+        res = solve()
+    except pint.NonFiniteStateError:
+        denoiser.check()
+        raise
+    denoiser.check()
+    return res
+
+
 def _setup(model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
            model_kwargs, guidance_scale, uncond_kwargs, check_finite):
     if not isinstance(schedule, VPSchedule):
@@ -120,6 +133,7 @@ def _setup(model, schedule, x_T, num_steps, prediction_type, eta, generator, sam
     denoiser = Denoiser(
         model, prediction_type or schedule.prediction_type, schedule.clip_sample,
         schedule.clip_sample_range, model_kwargs, guidance_scale, uncond_kwargs, check_finite,
+        defer_check=True,
     )
     grid = SamplingGrid.build(schedule, N, sampler, eta)
     if grid.stochastic:
@@ -150,19 +164,21 @@ def serial_sample(
     model_kwargs: Mapping[str, Any] | None = None,
     guidance_scale: float | None = None,
     uncond_kwargs: Mapping[str, Any] | None = None,
+    check_finite: bool = True,
 ) -> Tensor:
     """The plain serial sampler: ``num_steps`` model calls one after another.
 
     ``sampler="ddim"`` with ``eta`` (0: deterministic DDIM) or ``"ddpm"`` (ancestral, as
     diffusers' DDPMScheduler). Stochastic samplers draw their noise ``[N, *x_T.shape]``
-    step by step from ``generator`` (or take ``noise``). Returns the sample, shape and
-    dtype of ``x_T`` (``[batch, *sample]``).
+    step by step from ``generator`` (or take ``noise``). ``check_finite`` checks every
+    model output for NaN/Inf (on a GPU a host sync per call; ``False`` for timing runs).
+    Returns the sample, shape and dtype of ``x_T`` (``[batch, *sample]``).
     """
     _, denoiser, grid, noise, problem = _setup(
         model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
-        model_kwargs, guidance_scale, uncond_kwargs, True)
+        model_kwargs, guidance_scale, uncond_kwargs, check_finite)
     fine = DDIMStep(denoiser, grid, fine=True, noise=noise)
-    return pint.serial(problem, fine, num_blocks=1).y
+    return _checked(denoiser, lambda: pint.serial(problem, fine, num_blocks=1)).y
 
 
 @torch.no_grad()  # sampling never needs the autograd graph
@@ -287,10 +303,10 @@ def srds_sample(
         if callback is not None:
             callback(info)
 
-    res = pint.parareal(problem, G, fine, tol=float(max(tol, 0.0)), max_iters=max_iters,
-                        pipelined=pipelined, partition=edges, stopping=rule, executor=executor,
-                        initial=guess,
-                        callback=on_iteration if return_iterates or callback is not None else None)
+    res = _checked(denoiser, lambda: pint.parareal(
+        problem, G, fine, tol=float(max(tol, 0.0)), max_iters=max_iters, pipelined=pipelined,
+        partition=edges, stopping=rule, executor=executor, initial=guess,
+        callback=on_iteration if return_iterates or callback is not None else None))
     # on one device every model call waits for the previous one: depth = calls
     depth = res.stats.depth if executor is not None else denoiser.calls
     stats = SamplerStats(denoiser.calls, denoiser.rows, depth, res.stats)

@@ -68,8 +68,9 @@ class StepPropagator(Propagator):
         return type(self) is type(other)
 
     def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
-        n = self.steps_per_block(t0, t1).to(t0.device)
-        h = (t1 - t0) / n.to(t0.dtype)
+        steps = self.steps_per_block(t0, t1)
+        n = steps.cpu()  # the loop is planned on the host (no sync for host-made counts)
+        h = (t1 - t0) / steps.to(t0.device, t0.dtype, non_blocking=True)
         n_max = int(n.max())
         if bool((n == n_max).all()):
             for j in range(n_max):
@@ -77,7 +78,7 @@ class StepPropagator(Propagator):
             return y
         y = y.clone()
         for j in range(n_max):
-            rows = (n > j).nonzero().squeeze(1)
+            rows = (n > j).nonzero().squeeze(1).to(y.device, non_blocking=True)
             y[rows] = self.step(f, t0[rows] + j * h[rows], y[rows], h[rows])
         return y
 
