@@ -14,6 +14,11 @@ quasi-Newton (window 32), with the error of each sample against the serial one, 
 sequential model calls and the rows. CUDA graphs need fixed shapes: every call is padded
 to the next power-of-two batch (``--graphs`` only), so a sampler replays a handful of graphs.
 
+Per sampler it also records ``engine_share`` (the same sampler with a model that returns
+zeros, over the real run: the engine's time if nothing overlapped) and, on CUDA, the stream
+synchronisations of one run (``torch.cuda.set_sync_debug_mode``, counted) and its peak
+allocated memory.
+
 Writes ``gpu_wallclock.json`` (``--out``; modes ``eager`` and ``compiled``, the latter being
 CUDA graphs on a GPU and inductor's C++ code on a CPU). Ratios are serial time / method time, measured in
 the same process and mode.
@@ -93,25 +98,71 @@ def timed(fn, device: torch.device) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def run_mode(model, schedule, x, N: int, device: torch.device) -> dict[str, Any]:
-    methods = {
+class ZeroModel(torch.nn.Module):
+    """Costs (almost) nothing: the samplers' time with it is the engine's own."""
+
+    def __init__(self, sample_shape) -> None:
+        super().__init__()
+        self.sample_shape = tuple(sample_shape)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def methods(model, schedule, x, N: int) -> dict[str, Any]:
+    return {
         "serial": lambda: serial_sample(model, schedule, x, N),
         "srds_pipelined": lambda: srds_sample(model, schedule, x, N, pipelined=True),
         "picard_w32": lambda: picard_sample(model, schedule, x, N, window=min(32, N), tol=1e-3),
         "qn_w32": lambda: quasi_newton_sample(model, schedule, x, N, window=min(32, N), tol=1e-3),
     }
+
+
+def syncs_and_peak(fn, device: torch.device) -> tuple[int | None, float | None]:
+    """Stream synchronisations (CUDA's sync debug mode, counted) and peak allocated MiB
+    of one run; ``(None, None)`` off CUDA."""
+    if device.type != "cuda":
+        return None, None
+    import warnings
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    return syncs, torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def run_mode(model, schedule, x, N: int, device: torch.device) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     ref = None
-    for name, fn in methods.items():
+    zero = methods(ZeroModel(model.sample_shape), schedule, x, N)
+    for name, fn in methods(model, schedule, x, N).items():
         fn()  # warm-up (compilation, graph capture, allocator)
         out, wall = timed(fn, device)
         sample = out if name == "serial" else out.sample
         if ref is None:
             ref = sample
+        zero[name]()
+        _, wall_zero = timed(zero[name], device)
+        syncs, peak = syncs_and_peak(fn, device)
+        calls = N if name == "serial" else out.stats.depth
         rows[name] = {"wall_s": wall,
                       "error_vs_serial": float((sample.double() - ref.double()).abs().max()),
-                      "depth": N if name == "serial" else out.stats.depth,
-                      "rows": N * x.shape[0] if name == "serial" else out.stats.model_rows}
+                      "depth": calls,
+                      "rows": N * x.shape[0] if name == "serial" else out.stats.model_rows,
+                      # the same sampler with a free model: the engine's share, if nothing
+                      # overlapped (an upper bound; the zero model's calls may differ for
+                      # the window samplers, which stop on the model's output)
+                      "wall_zero_model_s": wall_zero,
+                      "engine_share": wall_zero / wall,
+                      "syncs": syncs, "syncs_per_call": None if syncs is None else syncs / calls,
+                      "peak_mib": peak}
     for r in rows.values():
         r["serial_over_method"] = rows["serial"]["wall_s"] / r["wall_s"]
     return rows
@@ -154,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, r in rows.items():
             print(f"{mode:12s} {name:15s} {r['wall_s']:8.3f} s  serial/method "
                   f"{r['serial_over_method']:5.2f}  calls {r['depth']:5d}  "
-                  f"error {r['error_vs_serial']:.1e}")
+                  f"error {r['error_vs_serial']:.1e}  engine share {r['engine_share']:.3f}  "
+                  f"syncs {r['syncs']}  peak MiB {r['peak_mib']}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_wallclock.json").write_text(json.dumps(report, indent=1))
     return report

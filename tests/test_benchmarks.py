@@ -85,3 +85,20 @@ def test_gpu_wallclock_script_runs_tiny_on_cpu(load_script, tmp_path):
     assert rows == rep["modes"]["eager"] and rows["serial"]["depth"] == 20
     for name in ("srds_pipelined", "picard_w32", "qn_w32"):
         assert rows[name]["depth"] < 20 and rows[name]["error_vs_serial"] < 1e-2
+
+
+def test_overhead_benchmark_quick(load_script, tmp_path):
+    """No host sync per model call where none is needed, and the pipelined schedule drops
+    what it no longer needs (it held 14.5 batches per block at B = 63 before)."""
+    rows = load_script("benchmarks", "bench_overhead").main(
+        ["--quick", "--out", str(tmp_path)])["results"]
+    assert json.loads((tmp_path / "overhead.json").read_text())["results"].keys() == rows.keys()
+    for name, r in rows.items():
+        if name.startswith(("serial", "srds")):  # reads only at iteration ends
+            assert r["host_reads_per_call"] < 0.5, name
+        else:  # the window's slide is data-dependent: one read per call, no more
+            assert r["host_reads_per_call"] < 1.3, name
+        if name.startswith("srds_pipelined"):
+            assert r["held_per_block"] <= 5, name
+            assert r["width_rows"] <= 2 * r["blocks"], name
+    assert rows["serial"]["held_states"] <= 3

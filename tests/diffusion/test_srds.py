@@ -1,6 +1,7 @@
 """SRDS and the serial sampler on analytic denoisers: references, exactness, costs, errors."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -8,10 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.diffusion import (
+    Denoiser,
     GaussianMixtureDenoiser,
     ModelOutputError,
     VPSchedule,
     block_partition,
+    picard_sample,
+    quasi_newton_sample,
     serial_sample,
     srds_sample,
 )
@@ -264,11 +268,33 @@ class NaNModel(torch.nn.Module):
         return out
 
 
-def test_nan_model_names_timestep():
-    with pytest.raises(ModelOutputError, match=r"NaN/Inf at timestep \d+"):
-        serial_sample(NaNModel(), SCHED, torch.randn(1, 8), 20)
-    with pytest.raises(ModelOutputError, match="timestep"):
-        srds_sample(NaNModel(), SCHED, torch.randn(1, 8), 20)
+@pytest.mark.parametrize("run", [
+    lambda x: serial_sample(NaNModel(), SCHED, x, 20),
+    lambda x: srds_sample(NaNModel(), SCHED, x, 20),
+    lambda x: srds_sample(NaNModel(), SCHED, x, 20, pipelined=True),
+    lambda x: picard_sample(NaNModel(), SCHED, x, 20, window=4),
+    lambda x: quasi_newton_sample(NaNModel(), SCHED, x, 20, window=4),
+], ids=["serial", "sweep", "pipelined", "picard", "quasi_newton"])
+def test_nan_model_names_timestep(run):
+    """The samplers check model outputs without a host sync per call (deferred to their
+    per-iteration reads), yet a NaN is still reported by a timestep where it happened."""
+    with pytest.raises(ModelOutputError, match=r"NaN/Inf at timestep (\d+)") as err:
+        run(torch.randn(2, 8))
+    t = int(re.search(r"timestep (\d+)", str(err.value)).group(1))
+    assert t < 500  # NaNModel fails below 500 only
+
+
+def test_deferred_check_raises_at_check_only():
+    den = Denoiser(NaNModel(), defer_check=True)
+    x = torch.zeros(1, 2, 8)
+    den.raw(x, torch.tensor([900]))
+    den.raw(x, torch.tensor([300]))  # bad, not raised yet
+    den.raw(x, torch.tensor([100]))
+    with pytest.raises(ModelOutputError, match="timestep 300"):
+        den.check()
+    den.check()  # the flags were consumed
+    with pytest.raises(ModelOutputError, match="timestep 200"):
+        Denoiser(NaNModel()).raw(x, torch.tensor([200]))  # immediate by default
 
 
 def test_wrong_shape_model():
