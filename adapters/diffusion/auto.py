@@ -6,9 +6,9 @@ the serial sample, digits UNet and Gaussian-mixture denoiser, N in {25, 100, 100
 
 * the sliding-window samplers need fewer sequential calls than SRDS (sweep or pipelined,
   DDIM or DPM-Solver++(2S) coarse) wherever both reach the error target, and fewer rows;
-  only at the float32 floor itself (digits model, N = 1000, 3.2e-6) does SRDS alone get
-  there (sweep, 337 calls): its fine solves are the serial steps, while a window's float32
-  sums stop near 4e-6 (use ``sampler="srds"`` for that);
+  at the float32 floor itself (digits model, N = 1000, 3.2e-6) the quasi-Newton window
+  gets there (102 calls) and so does the SRDS sweep (337), while Picard's float32 sums stop
+  near 4e-6;
 * :func:`~adapters.diffusion.quasi_newton_sample` needs no more calls or rows than
   :func:`~adapters.diffusion.picard_sample` at the same window and error;
 * a wider window cuts calls nearly in proportion (quasi-Newton, Gaussian mixture,
