@@ -31,14 +31,18 @@ import json
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from bench_samplers import ZeroModel  # noqa: E402
 
 from adapters.diffusion import (  # noqa: E402
     VPSchedule,
@@ -98,17 +102,6 @@ def timed(fn, device: torch.device) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-class ZeroModel(torch.nn.Module):
-    """Costs (almost) nothing: the samplers' time with it is the engine's own."""
-
-    def __init__(self, sample_shape) -> None:
-        super().__init__()
-        self.sample_shape = tuple(sample_shape)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x)
-
-
 def methods(model, schedule, x, N: int) -> dict[str, Any]:
     return {
         "serial": lambda: serial_sample(model, schedule, x, N),
@@ -123,8 +116,6 @@ def syncs_and_peak(fn, device: torch.device) -> tuple[int | None, float | None]:
     of one run; ``(None, None)`` off CUDA."""
     if device.type != "cuda":
         return None, None
-    import warnings
-
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     with warnings.catch_warnings(record=True) as caught:

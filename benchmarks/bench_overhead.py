@@ -142,32 +142,32 @@ class ZeroModel(torch.nn.Module):
         return out
 
 
-def samplers(N: int) -> dict[str, Callable]:
-    """name -> run(model, schedule, x_T) for every sampler measured."""
+def samplers(N: int, srds: dict[str, Any]) -> dict[str, Callable]:
+    """name -> run(model, schedule, x_T) for every sampler measured; ``srds``: the SRDS
+    runs' stopping arguments."""
     B = round(math.sqrt(N))
     w = min(32, N)
     return {
         "serial": lambda m, s, x: serial_sample(m, s, x, N),
-        f"srds_sweep_B{B}": lambda m, s, x, **kw: srds_sample(m, s, x, N, num_blocks=B, **kw),
-        f"srds_pipelined_B{B}": lambda m, s, x, **kw: srds_sample(
-            m, s, x, N, num_blocks=B, pipelined=True, **kw),
-        f"srds_pipelined_B{2 * B}": lambda m, s, x, **kw: srds_sample(
-            m, s, x, N, num_blocks=2 * B, pipelined=True, **kw),
-        f"picard_w{w}": lambda m, s, x, **kw: picard_sample(m, s, x, N, window=w, tol=1e-3),
-        f"quasi_newton_w{w}": lambda m, s, x, **kw: quasi_newton_sample(
+        f"srds_sweep_B{B}": lambda m, s, x: srds_sample(m, s, x, N, num_blocks=B, **srds),
+        f"srds_pipelined_B{B}": lambda m, s, x: srds_sample(
+            m, s, x, N, num_blocks=B, pipelined=True, **srds),
+        f"srds_pipelined_B{2 * B}": lambda m, s, x: srds_sample(
+            m, s, x, N, num_blocks=2 * B, pipelined=True, **srds),
+        f"picard_w{w}": lambda m, s, x: picard_sample(m, s, x, N, window=w, tol=1e-3),
+        f"quasi_newton_w{w}": lambda m, s, x: quasi_newton_sample(
             m, s, x, N, window=w, tol=1e-3),
     }
 
 
-def count_ops(name: str, run: Callable, schedule: VPSchedule) -> dict[str, Any]:
+def count_ops(run: Callable, schedule: VPSchedule) -> dict[str, Any]:
     shape = (1, 8, 8)
     model = ZeroModel(shape)
-    kw = {} if name == "serial" or "_w" in name else {"tol": 0.0, "max_iters": 4}
     x = torch.randn((16, *shape), generator=torch.Generator().manual_seed(0))
     walls = []
     for _ in range(3):
         t0 = time.perf_counter()
-        run(model, schedule, x, **kw)
+        run(model, schedule, x)
         walls.append(time.perf_counter() - t0)
     model.calls = 0
     probe = model.probe = OpProbe()
@@ -182,7 +182,7 @@ def count_ops(name: str, run: Callable, schedule: VPSchedule) -> dict[str, Any]:
     torch.Tensor.tolist = counted_tolist  # type: ignore[method-assign]
     try:
         with probe:
-            run(model, schedule, x, **kw)
+            run(model, schedule, x)
     finally:
         torch.Tensor.tolist = tolist  # type: ignore[method-assign]
     calls = model.calls
@@ -237,15 +237,14 @@ class MemoryProbe(torch.nn.Module):
         return self.model(x, t)
 
 
-def measure_memory(name: str, run: Callable, schedule: VPSchedule, batch: int = 16
-                   ) -> dict[str, Any]:
+def measure_memory(run: Callable, schedule: VPSchedule, batch: int = 16) -> dict[str, Any]:
     gmm = GaussianMixtureDenoiser.random(schedule, dim=16, components=8, seed=0)
     x = torch.randn(batch, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     probe = MemoryProbe(gmm, (16,))
     probe.start()
-    kw = {} if name == "serial" or "_w" in name else {"tol": 1e-3}
-    out = run(probe, schedule, x, **kw)
-    B = int(name.rsplit("_B", 1)[1]) if "_B" in name else None
+    out = run(probe, schedule, x)
+    boundaries = getattr(out, "boundaries", None)  # SRDS only
+    B = boundaries.shape[0] - 1 if boundaries is not None else None
     held = probe.peak_states / x.nbytes
     return {"held_states": held, "held_per_block": held / B if B else None,
             "held_other_bytes": probe.peak_other, "blocks": B,
@@ -263,9 +262,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     schedule = VPSchedule.linear(1000)
     t_start = time.perf_counter()
     rows = {}
-    for name, run in samplers(N).items():
-        r = count_ops(name, run, schedule)
-        r.update(measure_memory(name, run, schedule))
+    to_count = samplers(N, {"tol": 0.0, "max_iters": 4})
+    for name, run in samplers(N, {"tol": 1e-3}).items():
+        r = count_ops(to_count[name], schedule)
+        r.update(measure_memory(run, schedule))
         rows[name] = r
         per_b = f"{r['held_per_block']:.2f}" if r["held_per_block"] else "-"
         print(f"{name:24s} calls {r['model_calls']:5d}  kernels/call {r['kernels_per_call']:6.1f}"

@@ -209,8 +209,8 @@ class _Group:
         assert self.states is not None
         # each end state gets its own storage: it may outlive the batch by many ticks
         ends = [(self.tasks[r], self.states[r].clone()) for r in done]
-        index = _to_device(keep, torch.int64, self.states.device)
-        self.states = self.states[index] if keep else None
+        self.states = self.states[_to_device(keep, torch.int64, self.states.device)] \
+            if keep else None
         self.tasks = [self.tasks[r] for r in keep]
         return ends
 
