@@ -9,6 +9,7 @@ Public names::
 """
 
 from .executors import DistributedError, DistributedExecutor, DistributedStats
+from .grid import TimeResolutionWarning
 from .parareal import NonFiniteStateError, parareal, serial
 from .problem import ODEProblem
 from .propagators import (
@@ -34,5 +35,5 @@ __all__ = [
     "NonFiniteStateError", "Propagator", "StepPropagator", "FixedStepPropagator",
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
     "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
-    "DistributedExecutor", "DistributedError", "DistributedStats",
+    "DistributedExecutor", "DistributedError", "DistributedStats", "TimeResolutionWarning",
 ]

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_int, check_number
+from .grid import make_partition
 from .problem import ODEProblem
 from .propagators.base import Propagator
 from .result import IterationInfo, Result, Stats
@@ -110,8 +111,7 @@ def parareal(
         if not isinstance(initial, Tensor) or tuple(initial.shape) != expected:
             raise ValueError(f"initial must be a tensor of shape {expected} (the boundary "
                              f"states), got {tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
-        initial = initial.to(device=problem.y0.device, dtype=problem.y0.dtype).clone()
-        initial[0] = problem.y0
+        initial = initial.to(device=problem.y0.device, dtype=problem.y0.dtype)
         if executor is not None:
             raise ValueError("initial is not supported with an executor yet")
     if executor is not None:
@@ -131,16 +131,20 @@ def parareal(
 
     run = Runner(problem)
     t0, t1 = times[:-1], times[1:]
+    # Buffers are only written, never read while written: the propagators get the fresh
+    # value tensors, so gradients with respect to f's parameters flow through the sweep.
     U = problem.y0.new_empty((B + 1, *problem.y0.shape))
-    G_old = problem.y0.new_empty((B, *problem.y0.shape))
     U[0] = problem.y0
+    G_old: list[Tensor] = []
     if initial is None:
+        y = problem.y0
         for i in range(B):
-            G_old[i] = run(coarse, U[i : i + 1], t0[i : i + 1], t1[i : i + 1], "coarse")[0]
-            U[i + 1] = G_old[i]
+            y = run(coarse, y.unsqueeze(0), t0[i : i + 1], t1[i : i + 1], "coarse")[0]
+            G_old.append(y)
+            U[i + 1] = y
     else:  # warm start: every block's coarse value in one batched call
-        U[:] = initial
-        G_old[:] = run(coarse, U[:B], t0, t1, "coarse")
+        U[1:] = initial[1:]
+        G_old = list(run(coarse, U[:B], t0, t1, "coarse").unbind(0))
     run.check_finite(U[1:], 0, first_block=0, what="coarse sweep")
     if callback is not None:
         callback(IterationInfo(0, U, math.nan, 0, run.stats))
@@ -154,14 +158,16 @@ def parareal(
         F = run(fine, U[a:B], t0[a:B], t1[a:B], "fine")
         run.check_finite(F, k, first_block=a, what="fine solve")
         U_new = U.clone()
-        U_new[k] = F[0]
+        y = F[0]
+        U_new[k] = y
         for i in range(k, B):
-            g = run(coarse, U_new[i : i + 1], t0[i : i + 1], t1[i : i + 1], "coarse")[0]
-            U_new[i + 1] = g + F[i - a] - G_old[i]
+            g = run(coarse, y.unsqueeze(0), t0[i : i + 1], t1[i : i + 1], "coarse")[0]
+            y = g + F[i - a] - G_old[i]
             G_old[i] = g
+            U_new[i + 1] = y
         run.check_finite(U_new[k:], k, first_block=k - 1, what="coarse correction")
         index = torch.arange(k, B + 1, device=U.device)
-        change, passed = stopping(U_new[k:], U[k:], index)
+        change, passed = stopping(U_new[k:].detach(), U[k:].detach(), index)
         U = U_new
         history.append(change)
         if callback is not None:
@@ -190,9 +196,10 @@ def serial(
     B = times.shape[0] - 1
     run = Runner(problem)
     U = problem.y0.new_empty((B + 1, *problem.y0.shape))
-    U[0] = problem.y0
-    for i in range(B):
-        U[i + 1] = run(fine, U[i : i + 1], times[i : i + 1], times[i + 1 : i + 2], "fine")[0]
+    U[0] = y = problem.y0
+    for i in range(B):  # U is only written: gradients flow through the fresh values y
+        y = run(fine, y.unsqueeze(0), times[i : i + 1], times[i + 1 : i + 2], "fine")[0]
+        U[i + 1] = y
     run.check_finite(U[1:], 0, first_block=0, what="serial fine solve")
     return Result(U[-1].clone(), U, times, 0, True, [], run.stats)
 
@@ -253,38 +260,6 @@ class Runner:
 def _missing_rhs(t: Tensor, y: Tensor) -> Tensor:
     raise TypeError("this ODEProblem has f=None, so only propagators with their own "
                     "dynamics can solve it")
-
-
-def make_partition(
-    problem: ODEProblem,
-    num_blocks: int | None,
-    partition: Sequence[float] | Tensor | None,
-) -> Tensor:
-    """Block boundary times ``[B + 1]`` on ``y0``'s device in ``problem.time_dtype``."""
-    dev, dt = problem.y0.device, problem.time_dtype
-    if partition is None:
-        if num_blocks is None:
-            raise ValueError("num_blocks is required (an int >= 1) unless partition is given")
-        num_blocks = check_int("num_blocks", num_blocks, 1)
-        return torch.linspace(problem.t_start, problem.t_end, num_blocks + 1, dtype=torch.float64
-                              ).to(device=dev, dtype=dt)
-    times = torch.as_tensor(partition, dtype=torch.float64).flatten().cpu()
-    if times.numel() < 2 or not bool(torch.isfinite(times).all()):
-        raise ValueError("partition must hold at least two finite times")
-    if num_blocks is not None and check_int("num_blocks", num_blocks, 1) != times.numel() - 1:
-        raise ValueError(
-            f"num_blocks={num_blocks} disagrees with partition of {times.numel() - 1} blocks"
-        )
-    if not (math.isclose(times[0].item(), problem.t_start, rel_tol=1e-12, abs_tol=1e-12)
-            and math.isclose(times[-1].item(), problem.t_end, rel_tol=1e-12, abs_tol=1e-12)):
-        raise ValueError(
-            f"partition must start at t_span[0]={problem.t_start} and end at "
-            f"t_span[1]={problem.t_end}, got {times[0].item()} .. {times[-1].item()}"
-        )
-    d = torch.diff(times) * math.copysign(1.0, problem.t_end - problem.t_start)
-    if not bool((d > 0).all()):
-        raise ValueError("partition must be strictly monotone in the direction of t_span")
-    return times.to(device=dev, dtype=dt)
 
 
 def _check_problem(problem: object) -> None:

@@ -136,7 +136,7 @@ def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
                 old = torch.stack([exact[k - 1] if i == k - 1 else U[(k - 1, i)]
                                    for i in range(k, B + 1)])
                 index = torch.arange(k, B + 1, device=Uk.device)
-                change, passed = stopping(Uk[k:], old, index)
+                change, passed = stopping(Uk[k:].detach(), old.detach(), index)
                 history.append(change)
                 if callback is not None:
                     callback(IterationInfo(k, Uk, change, k, run.stats))

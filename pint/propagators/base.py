@@ -18,15 +18,18 @@ class Propagator(ABC):
 
     Subclasses implement :meth:`__call__`. ``f`` is the batched right-hand side
     ``f(t [n], y [n, *state]) -> [n, *state]``; ``y`` has shape ``[n, *state]`` and
-    ``t0``, ``t1`` (shape ``[n]``) are each block's start and end time. The return value
-    is the state at ``t1``, same shape, dtype and device as ``y``. All rows are solved
-    together: one batched ``f`` call serves every block.
+    ``t0``, ``t1`` (shape ``[n]``) are each block's start and end time, in float64 (also
+    for float32 states, so that times far from 0 keep their step size; ``f`` accepts
+    times in any real dtype). Cast time differences to ``y``'s dtype before they touch
+    the state (:func:`expand_as_state`). The return value is the state at ``t1``, same
+    shape, dtype and device as ``y``. All rows are solved together: one batched ``f``
+    call serves every block.
 
     Example, explicit midpoint with a fixed number of steps::
 
         class Midpoint(pint.FixedStepPropagator):
             def step(self, f, t, y, h):
-                hb = h.view(-1, *[1] * (y.dim() - 1))
+                hb = pint.propagators.expand_as_state(h, y)
                 k1 = f(t, y)
                 return y + hb * f(t + h / 2, y + hb / 2 * k1)
     """

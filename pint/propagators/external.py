@@ -57,8 +57,11 @@ class TorchDiffEq(Propagator):
 class SciPy(Propagator):
     """``scipy.integrate.solve_ivp`` over all blocks at once (float64 on the CPU).
 
-    The state is copied to a float64 numpy vector for SciPy and back to ``y``'s dtype and
-    device afterwards; meant for CPU users and for trusted references.
+    The state is copied to a float64 (complex128 for complex states) numpy vector for
+    SciPy and back to ``y``'s dtype and device afterwards; meant for CPU users and for
+    trusted references. Complex states need a method that SciPy integrates in the complex
+    domain (``RK23``, ``RK45``, ``DOP853``, ``BDF``); ``Radau`` and ``LSODA`` raise a
+    TypeError for them.
     """
 
     def __init__(self, method: str = "DOP853", rtol: float = 1e-10, atol: float = 1e-12,
@@ -72,15 +75,25 @@ class SciPy(Propagator):
         shape = y.shape
         dt = t1 - t0
         dtb = expand_as_state(dt, y)
+        wide = torch.complex128 if y.is_complex() else torch.float64
 
         def g(s: float, Y: np.ndarray) -> np.ndarray:
             Yt = torch.from_numpy(Y).to(device=y.device, dtype=y.dtype).reshape(shape)
             dY = dtb * f(t0 + s * dt, Yt)
-            return dY.detach().cpu().double().numpy().ravel()
+            return dY.detach().cpu().to(wide).numpy().ravel()
 
-        y_np = y.detach().cpu().double().numpy().ravel()
-        sol = solve_ivp(g, (0.0, 1.0), y_np, method=self.method, rtol=self.rtol,
-                        atol=self.atol, **self.solve_ivp_kwargs)
+        y_np = y.detach().cpu().to(wide).numpy().ravel()
+        try:
+            sol = solve_ivp(g, (0.0, 1.0), y_np, method=self.method, rtol=self.rtol,
+                            atol=self.atol, **self.solve_ivp_kwargs)
+        except ValueError as err:
+            if y.is_complex() and "complex" in str(err):
+                raise TypeError(
+                    f"y0 is complex ({y.dtype}), which {self!r} cannot integrate: SciPy's "
+                    f"{self.method} supports real states only. Use SciPy(method='DOP853'), "
+                    "'RK45' or 'BDF', or split y0 into real and imaginary parts"
+                ) from err
+            raise
         if not sol.success:
             raise RuntimeError(f"scipy solve_ivp ({self.method}) failed: {sol.message}")
         return torch.from_numpy(sol.y[:, -1]).to(device=y.device, dtype=y.dtype).reshape(shape)

@@ -5,6 +5,7 @@ are solved together: the per-row Jacobians ``df/dy`` come from
 ``torch.func.vmap(torch.func.jacfwd(...))`` on the flattened state and the Newton systems
 ``(I - a J) dZ = -F(Z)`` are solved with one batched :func:`torch.linalg.solve`. For a
 linear ``f`` the first Newton step is exact (the second iteration only confirms it).
+Complex states are solved in real form (real and imaginary parts as separate unknowns).
 """
 
 from __future__ import annotations
@@ -35,13 +36,35 @@ def _check_newton(newton_tol: object, max_newton: object) -> tuple[float, int]:
 
 def row_jacobians(f: RHS, t: Tensor, y: Tensor) -> Tensor:
     """Per-row Jacobians ``d f(t_i, y_i) / d y_i`` of the batched ``f``: ``[n, d, d]`` with
-    ``d = y[0].numel()``."""
+    ``d = y[0].numel()``; for complex states, of the real form (:func:`as_real`),
+    ``[n, 2d, 2d]``, which also covers an ``f`` that is not holomorphic."""
     n, shape = y.shape[0], y.shape[1:]
+    if y.is_complex():
+        def one_row(ti: Tensor, xi: Tensor) -> Tensor:
+            z = torch.complex(xi[0::2], xi[1::2]).reshape(1, *shape)
+            return as_real(f(ti.unsqueeze(0), z))[0]
+
+        return torch.func.vmap(torch.func.jacfwd(one_row, argnums=1))(t, as_real(y))
 
     def one_row(ti: Tensor, yi: Tensor) -> Tensor:
         return f(ti.unsqueeze(0), yi.reshape(1, *shape)).reshape(-1)
 
     return torch.func.vmap(torch.func.jacfwd(one_row, argnums=1))(t, y.reshape(n, -1))
+
+
+def as_real(z: Tensor) -> Tensor:
+    """``[n, *state]`` as ``[n, d]`` real rows, complex entries as (real, imag) pairs."""
+    n = z.shape[0]
+    if not z.is_complex():
+        return z.reshape(n, -1)
+    return torch.stack([z.real, z.imag], dim=-1).reshape(n, -1)
+
+
+def from_real(x: Tensor, like: Tensor) -> Tensor:
+    """The inverse of :func:`as_real`, shaped and typed like ``like``."""
+    if not like.is_complex():
+        return x.reshape(like.shape)
+    return torch.complex(x[:, 0::2], x[:, 1::2]).reshape(like.shape)
 
 
 class ImplicitPropagator(FixedStepPropagator):
@@ -67,17 +90,19 @@ class ImplicitPropagator(FixedStepPropagator):
         n = b.shape[0]
         ab = expand_as_state(a, b)
         scale = 1.0 + b.reshape(n, -1).abs().amax(dim=1)
-        eye = torch.eye(b[0].numel(), dtype=b.dtype, device=b.device)
+        real = b.real.dtype if b.is_complex() else b.dtype
+        d = b[0].numel() * (2 if b.is_complex() else 1)
+        eye = torch.eye(d, dtype=real, device=b.device)
         Z = guess
         for _ in range(self.max_newton):
             F = Z - b - ab * f(ts, Z)
             res = F.reshape(n, -1).abs().amax(dim=1)
             if bool((res <= self.newton_tol * scale).all()):
                 return Z
-            J = row_jacobians(f, ts, Z)
-            M = eye - a.to(b.dtype).view(-1, 1, 1) * J
-            dZ = torch.linalg.solve(M, F.reshape(n, -1, 1))
-            Z = Z - dZ.reshape(Z.shape)
+            J = row_jacobians(f, ts, Z)  # complex states: in real form (a is real)
+            M = eye - a.to(real).view(-1, 1, 1) * J
+            dZ = torch.linalg.solve(M, as_real(F).unsqueeze(-1))
+            Z = Z - from_real(dZ.squeeze(-1), Z)
         F = Z - b - ab * f(ts, Z)
         res = F.reshape(n, -1).abs().amax(dim=1)
         bad = ~(res <= self.newton_tol * scale)
