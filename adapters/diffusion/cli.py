@@ -7,16 +7,29 @@ sample grid, a convergence figure and a JSON report.
 A local text-to-image pipeline folder (``model_index.json`` of a StableDiffusionPipeline)
 is sampled through :func:`adapters.text_to_image.srds_pipeline` (prompt, guidance,
 latents, VAE decode); it also writes every image and the latents.
+
+Every argument and the output folder are checked before a model is loaded. The outputs are
+written under temporary names in ``--out`` and moved into place at the end (``report.json``
+last), replacing the files of a previous run there; an interrupted run leaves the previous
+outputs as they were.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import platform
+import re
+import secrets
+import signal
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,42 +68,69 @@ def _finite_float(s: str) -> float:
     return v
 
 
+WINDOW_SAMPLERS = ("quasi_newton", "picard")
+# what pint-sample writes into --out; nothing else there is ever deleted
+OUTPUT_FILES = ("samples.png", "convergence.png", "report.json", "latents.safetensors")
+IMAGES_DIR = "images"
+IMAGE_NAME = re.compile(r"\d{3,}\.png")
+TMP_PREFIX = ".pint-tmp-"
+OS_METADATA = (".DS_Store", "Thumbs.db", "desktop.ini")  # tolerated in --out, left alone
+
+EPILOG = f"""\
+outputs: --out holds one run: samples.png, convergence.png (iterative samplers),
+report.json, and for a pipeline images/NNN.png and latents.safetensors. They are written
+under temporary names and moved into place at the end (report.json last); files of a
+previous run that this run does not write (e.g. images/003.png, convergence.png) are
+removed. --out must be new, empty, or hold only these names (and {", ".join(OS_METADATA)}):
+a folder with other files is refused, never cleaned. Ctrl-C leaves the previous outputs
+as they were (exit 130). All arguments and --out are checked before the model loads.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pint-sample",
         description="Sample a diffusion model with SRDS (Parareal) or the serial DDIM sampler.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="digits",
-                   help="bundled model name (digits), a local diffusers UNet folder, or a local "
-                        "text-to-image pipeline folder (with --prompt)")
+                   help="a bundled model name (digits; always the bundled model, even where "
+                        "a folder of that name exists: give ./digits for the folder), a local "
+                        "diffusers UNet folder, or a local text-to-image pipeline folder "
+                        "(with --prompt)")
     p.add_argument("--sampler", choices=["srds", "serial", "quasi_newton", "picard", "auto"],
                    default="srds",
                    help="srds (Parareal), serial, the sliding-window samplers quasi_newton / "
                         "picard, or auto (the widest quasi-Newton window --max-batch allows); "
                         "window samplers: unconditional models only")
     p.add_argument("--window", type=_positive_int, default=None,
-                   help="steps per call of the window samplers (default 32)")
+                   help="steps per call of --sampler quasi_newton / picard (default 32)")
     p.add_argument("--max-batch", type=_positive_int, default=None,
-                   help="network rows per call for --sampler auto")
+                   help="network rows per call, --sampler auto only")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="sampler steps N (default 1000; 50 for a text-to-image pipeline)")
     p.add_argument("--blocks", type=_positive_int, default=None,
-                   help="Parareal blocks (default round(2 sqrt(N)) pipelined, round(sqrt(N)) "
-                        "for the sweep)")
+                   help="Parareal blocks, --sampler srds only, <= --steps (default "
+                        "round(2 sqrt(N)) pipelined, round(sqrt(N)) for the sweep)")
     p.add_argument("--tol", type=_positive_float, default=None,
                    help="stop when the final sample moves less than this in one iteration "
-                        "(default 2e-3 in float32, 1e-6 in float64)")
-    p.add_argument("--max-iters", type=_nonneg_int, default=None)
-    p.add_argument("--pipelined", action=argparse.BooleanOptionalAction, default=True,
-                   help="wavefront schedule (default on)")
+                        "(default 2e-3 in float32, 1e-6 in float64; window samplers: 1e-4 per "
+                        "step); not for --sampler serial")
+    p.add_argument("--max-iters", type=_nonneg_int, default=None,
+                   help="iteration limit (>= 1 for the window samplers); not for serial")
+    p.add_argument("--pipelined", action=argparse.BooleanOptionalAction, default=None,
+                   help="wavefront schedule, --sampler srds only (default on)")
     p.add_argument("--num-samples", type=_positive_int, default=9)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N, mps or xpu (checked before loading; default cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--compare-serial", action="store_true",
                    help="also run the serial sampler: wall-clock ratio, max difference, and "
                         "the serial sampler's own round-off floor")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new, empty, or a previous pint-sample output (its "
+                        "files are replaced; see below)")
     t2i = p.add_argument_group("text-to-image pipelines (StableDiffusion-class folders)")
     t2i.add_argument("--prompt", default=None, help="the text prompt (required for a pipeline)")
     t2i.add_argument("--negative-prompt", default=None,
@@ -185,7 +225,9 @@ def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray |
 
 
 def _error(msg: str) -> int:
-    print(f"pint-sample: error: {msg}", file=sys.stderr)
+    """Print ``msg`` as one ``pint-sample: error:`` line; the exit status 2."""
+    line = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+    print(f"pint-sample: error: {line}", file=sys.stderr)
     return 2
 
 
@@ -209,40 +251,300 @@ def _srds_report(out, steps: int, pipelined: bool, t0: float, units: str) -> dic
         pipelined=pipelined, iterations=out.iterations, converged=out.converged,
         history=out.history, model_calls=out.stats.model_calls,
         model_rows=out.stats.model_rows, depth=out.stats.depth,
-        speedup_in_sequential_calls=steps / out.stats.depth,
+        sequential_model_calls_ratio_vs_serial=steps / out.stats.depth,
         tol_note=f"tol is compared with the change of the final sample in one iteration "
                  f"(max-abs, {units}); the error against the serial sample is typically far "
                  "below it (--compare-serial measures it)",
+        ratio_note="sequential_model_calls_ratio_vs_serial counts model calls on the critical "
+                   "path, not time; --compare-serial measures wall_clock_ratio_vs_serial_measured",
     )
 
 
+def _serial_comparison(serial_s: float, wall_s: float) -> dict[str, float]:
+    return {"serial_wall_s": serial_s, "wall_clock_ratio_vs_serial_measured": serial_s / wall_s}
+
+
+# ---- checks before anything loads -----------------------------------------------------------
+
+def _check_device(device: str) -> str | None:
+    """Why ``--device`` can't be used here, or ``None``."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"--device: expected cpu, cuda, cuda:N, mps or xpu, got {device!r}"
+    if dev.type == "cpu":
+        return None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch was built without CUDA" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            return f"--device {device}: CUDA is not available ({why}); use --device cpu"
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            return f"--device {device}: there are only {n} CUDA device(s) (cuda:0 .. cuda:{n - 1})"
+        return None
+    if dev.type == "mps":
+        return None if torch.backends.mps.is_available() else \
+            f"--device {device}: MPS is not available on this machine; use --device cpu"
+    if dev.type == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        return None if xpu is not None and xpu.is_available() else \
+            f"--device {device}: XPU is not available on this machine; use --device cpu"
+    return f"--device: expected cpu, cuda, cuda:N, mps or xpu, got {device!r}"
+
+
+def _check_sampler_flags(args) -> str | None:
+    """Flags the chosen sampler would ignore, and limits that don't depend on the model."""
+    s = args.sampler
+    if args.window is not None and s not in WINDOW_SAMPLERS:
+        hint = "; it sizes the window from --max-batch" if s == "auto" else ""
+        return (f"--window is for --sampler quasi_newton or picard, not --sampler {s}{hint}")
+    if args.max_batch is not None and s != "auto":
+        return f"--max-batch is for --sampler auto, not --sampler {s}"
+    if args.blocks is not None and s != "srds":
+        return f"--blocks (Parareal blocks) is for --sampler srds, not --sampler {s}"
+    if args.pipelined is not None and s != "srds":
+        flag = "--pipelined" if args.pipelined else "--no-pipelined"
+        return f"{flag} is for --sampler srds, not --sampler {s}"
+    if s == "serial":
+        given = [f for f, v in (("--tol", args.tol), ("--max-iters", args.max_iters))
+                 if v is not None]
+        if given:
+            return f"{', '.join(given)}: --sampler serial does not iterate; drop the flag"
+    if args.max_iters == 0 and s in (*WINDOW_SAMPLERS, "auto"):
+        return f"--max-iters must be >= 1 with --sampler {s}, got 0"
+    if args.blocks is not None and args.steps is not None and args.blocks > args.steps:
+        return f"--blocks must be <= --steps, got --blocks {args.blocks} and --steps {args.steps}"
+    return None
+
+
+def _pint_owned(rel: str) -> bool:
+    """Whether ``rel`` (a path in --out, with ``/``) is a name pint-sample writes."""
+    parts = rel.split("/")
+    if parts[-1].startswith(TMP_PREFIX):
+        return len(parts) == 1 or (len(parts) == 2 and parts[0] == IMAGES_DIR)
+    if len(parts) == 1:
+        return rel in OUTPUT_FILES
+    return len(parts) == 2 and parts[0] == IMAGES_DIR and bool(IMAGE_NAME.fullmatch(parts[1]))
+
+
+def _scan_out(out: Path) -> tuple[list[Path], list[str]]:
+    """``(pint's files, foreign entries)`` in an existing output folder."""
+    owned: list[Path] = []
+    foreign: list[str] = []
+    for entry in sorted(out.iterdir()):
+        if entry.name in OS_METADATA:
+            continue
+        if entry.name == IMAGES_DIR and entry.is_dir() and not entry.is_symlink():
+            for sub in sorted(entry.iterdir()):
+                rel = f"{IMAGES_DIR}/{sub.name}"
+                if sub.name in OS_METADATA:
+                    continue
+                if _pint_owned(rel) and sub.is_file() and not sub.is_symlink():
+                    owned.append(sub)
+                else:
+                    foreign.append(rel)
+        elif _pint_owned(entry.name) and entry.is_file() and not entry.is_symlink():
+            owned.append(entry)
+        else:
+            foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    return owned, foreign
+
+
+def _check_out(out: Path) -> str | None:
+    """Why ``--out`` can't take this run's outputs, or ``None``; creates nothing."""
+    try:
+        if out.exists() and not out.is_dir():
+            return f"--out {out} is an existing file; give a folder"
+        if out.is_dir():
+            _, foreign = _scan_out(out)
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                                 if len(foreign) > 3 else "")
+                return (f"--out {out} holds files pint-sample did not write ({shown}); give a "
+                        "new or empty folder, or one a previous pint-sample run wrote")
+            with tempfile.NamedTemporaryFile(dir=out, prefix=TMP_PREFIX + "probe-"):
+                pass
+            return None
+        parent = out.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"--out {out}: {parent} is a file, so the folder cannot be created"
+        with tempfile.TemporaryDirectory(dir=parent, prefix=TMP_PREFIX + "probe-"):
+            pass
+    except OSError as err:
+        return f"--out {out} is not writable: {err.strerror or err}"
+    return None
+
+
 def _is_text_to_image(model: str) -> bool:
+    """Whether ``model`` is a local text-to-image pipeline folder (never a bundled name)."""
+    from adapters.diffusion.pretrained import BUNDLED
     from adapters.text_to_image import TEXT_TO_IMAGE_PIPELINES
 
+    if model in BUNDLED:
+        return False
     index = Path(model).expanduser() / "model_index.json"
     try:
         return json.loads(index.read_text()).get("_class_name") in TEXT_TO_IMAGE_PIPELINES
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
 
 
-def _write_outputs(args, report: dict[str, Any], grid, title: str, out, iterates,
-                   ylabel: str) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_grid(grid, args.out / "samples.png", title)
-    if out is not None:
-        save_convergence(out.history, iterates, out.tol, args.out / "convergence.png",
-                         ylabel=ylabel)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    summary = {k: report[k] for k in ("iterations", "depth", "speedup_in_sequential_calls",
-                                      "wall_s", "max_abs_diff_vs_serial") if k in report}
-    print(json.dumps(summary, indent=None))
-    print(f"wrote {args.out / 'samples.png'}, "
-          f"{'convergence.png, ' if out is not None else ''}report.json")
+def _pipeline_train_timesteps(model: str) -> int | None:
+    cfg = Path(model).expanduser() / "scheduler" / "scheduler_config.json"
+    try:
+        v = json.loads(cfg.read_text()).get("num_train_timesteps", 1000)
+    except (OSError, ValueError, AttributeError):
+        return None  # load_text_to_image says what is wrong
+    return v if isinstance(v, int) else None
 
+
+def _check_steps(args, steps: int, train_timesteps: int | None) -> str | None:
+    if train_timesteps is not None and steps > train_timesteps:
+        return f"--steps must be <= {train_timesteps}, the model's training timesteps, got {steps}"
+    if args.blocks is not None and args.blocks > steps:
+        return f"--blocks must be <= --steps ({steps}), got --blocks {args.blocks}"
+    return None
+
+
+# ---- writing the outputs --------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while the outputs are moved into place; raise it afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+class _OutputWriter:
+    """Stages a run's outputs under temporary names in ``out``, then moves them into place.
+
+    ``path(name)`` gives the temporary path to write output ``name`` to; ``commit()`` removes
+    the previous run's files that this run does not replace and ``os.replace``-s every staged
+    file into place, ``report.json`` last; leaving the ``with`` block without a commit
+    deletes the temporaries (and the folders it created).
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.token = secrets.token_hex(4)
+        self.staged: dict[Path, Path] = {}
+        self.created: list[Path] = []
+        self.committed = False
+
+    def _mkdir(self, d: Path) -> None:
+        missing = [p for p in (d, *d.parents) if not p.exists()]
+        d.mkdir(parents=True, exist_ok=True)
+        self.created.extend(missing)  # innermost first
+
+    def path(self, name: str) -> Path:
+        final = self.out / name
+        self._mkdir(final.parent)
+        tmp = final.parent / f"{TMP_PREFIX}{self.token}-{final.name}"
+        self.staged[final] = tmp
+        return tmp
+
+    def commit(self) -> None:
+        report = self.out / "report.json"
+        with _sigint_deferred():
+            owned, _ = _scan_out(self.out)
+            ours = set(self.staged.values())
+            # no report while the folder is mixed, so a crash here can't pair old and new
+            report.unlink(missing_ok=True)
+            for f in owned:
+                if f not in self.staged and f not in ours:
+                    f.unlink(missing_ok=True)
+            for final in sorted(self.staged, key=lambda f: f == report):
+                os.replace(self.staged[final], final)
+            images = self.out / IMAGES_DIR
+            if images.is_dir() and not any(images.iterdir()):
+                images.rmdir()
+            self.committed = True
+
+    def __enter__(self) -> _OutputWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.committed:
+            return
+        for tmp in self.staged.values():
+            tmp.unlink(missing_ok=True)
+        for d in self.created:
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when empty
+
+
+def _write_outputs(args, report: dict[str, Any], grid, title: str, out, iterates,
+                   ylabel: str, images: list | None = None,
+                   latents: dict[str, torch.Tensor] | None = None) -> int:
+    """Write samples.png, convergence.png (iterative samplers), images/ and latents (given),
+    and report.json into ``args.out``: all or none of them, see :class:`_OutputWriter`.
+    Returns the exit status."""
+    try:
+        with _OutputWriter(args.out) as w:
+            args.writer = w
+            save_grid(grid, w.path("samples.png"), title)
+            if out is not None:
+                save_convergence(out.history, iterates, out.tol, w.path("convergence.png"),
+                                 ylabel=ylabel)
+            for k, img in enumerate(images or []):
+                img.save(w.path(f"{IMAGES_DIR}/{k:03d}.png"))
+            if latents is not None:
+                from safetensors.torch import save_file
+
+                save_file(latents, str(w.path("latents.safetensors")))
+            w.path("report.json").write_text(json.dumps(report, indent=2))
+            w.commit()
+    except OSError as err:
+        done = "" if w.committed else "; the previous outputs there were left as they were"
+        return _error(f"cannot write the outputs to --out {args.out}: {err}{done}")
+    summary = {k: report[k] for k in ("iterations", "depth",
+                                      "sequential_model_calls_ratio_vs_serial",
+                                      "wall_clock_ratio_vs_serial_measured", "wall_s",
+                                      "max_abs_diff_vs_serial") if k in report}
+    print(json.dumps(summary, indent=None))
+    extra = [n for n, cond in (("convergence.png", out is not None),
+                               (f"{IMAGES_DIR}/", bool(images)),
+                               ("latents.safetensors", latents is not None)) if cond]
+    line = f"wrote {args.out / 'samples.png'}, {', '.join([*extra, 'report.json'])}"
+    if "wall_clock_ratio_vs_serial_measured" in report:
+        line += (f"; wall clock vs serial (measured): "
+                 f"{report['wall_clock_ratio_vs_serial_measured']:.2f}x")
+    print(line)
+    return 0
+
+
+# ---- the command ----------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``pint-sample``; returns the exit status (2: bad input, 130: interrupted)."""
     args = build_parser().parse_args(argv)
+    args.writer = None
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        w = args.writer
+        done = ("the outputs were written" if w is not None and w.committed
+                else f"{args.out} was left as it was")
+        print(f"pint-sample: interrupted; {done}", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    for err in (_check_device(args.device), _check_sampler_flags(args), _check_out(args.out)):
+        if err:
+            return _error(err)
     if args.prompt is not None or _is_text_to_image(args.model):
         return _main_text_to_image(args)
     given = [f for f, v in (("--negative-prompt", args.negative_prompt),
@@ -250,22 +552,30 @@ def main(argv: list[str] | None = None) -> int:
                             ("--scheduler", args.scheduler)) if v is not None]
     if given:
         return _error(f"{', '.join(given)} need(s) --prompt and a text-to-image pipeline folder")
+    from adapters.diffusion import pretrained
+
+    try:
+        info = pretrained.inspect_pretrained(args.model)
+    except pretrained.PretrainedNotFoundError as err:
+        return _error(str(err))
+    steps = args.steps or 1000
+    err = _check_steps(args, steps, info.num_train_timesteps)
+    if err:
+        return _error(err)
+
     from adapters.diffusion import serial_sample, srds_sample
-    from adapters.diffusion.pretrained import PretrainedNotFoundError, load_pretrained
 
     dtype = DTYPES[args.dtype]
     try:
-        model, schedule = load_pretrained(args.model, device=args.device, dtype=dtype)
-    except PretrainedNotFoundError as err:
+        model, schedule = pretrained.load_pretrained(args.model, device=args.device, dtype=dtype)
+    except pretrained.PretrainedNotFoundError as err:
         return _error(str(err))
-    steps = args.steps or 1000
-    if steps > schedule.num_train_timesteps:
-        return _error(f"--steps must be <= {schedule.num_train_timesteps}, the model's "
-                      "training timesteps")
-    if args.blocks is not None and args.blocks > steps:
-        return _error("--blocks must be <= --steps")
+    err = _check_steps(args, steps, getattr(schedule, "num_train_timesteps", None))
+    if err:
+        return _error(err)
     g = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(args.num_samples, *model.sample_shape, generator=g).to(args.device, dtype)
+    pipelined = True if args.pipelined is None else args.pipelined
 
     report: dict[str, Any] = {
         "model": str(args.model), "sampler": args.sampler, "steps": steps,
@@ -294,54 +604,60 @@ def main(argv: list[str] | None = None) -> int:
                           iterations=out.iterations, converged=out.converged,
                           history=out.history, model_calls=out.stats.model_calls,
                           model_rows=out.stats.model_rows, depth=out.stats.depth,
-                          speedup_in_sequential_calls=steps / max(1, out.stats.depth),
+                          sequential_model_calls_ratio_vs_serial=steps / max(1, out.stats.depth),
                           tol_note="window samplers: per-step tolerance relative to the step's "
                                    "noise scale (ParaDiGMS's rule)")
         else:
             bar, progress = _progress_bar()
-            out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
-                              tol=args.tol, max_iters=args.max_iters, pipelined=args.pipelined,
-                              callback=progress, return_iterates=True)
-            bar.close()
+            try:
+                out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
+                                  tol=args.tol, max_iters=args.max_iters, pipelined=pipelined,
+                                  callback=progress, return_iterates=True)
+            finally:
+                bar.close()
             sample = out.sample
-            report.update(_srds_report(out, steps, args.pipelined, t0, "data in [-1, 1]"))
+            report.update(_srds_report(out, steps, pipelined, t0, "data in [-1, 1]"))
         if args.compare_serial:
             t1 = time.perf_counter()
             ref = serial_sample(model, schedule, x_T, steps)
             serial_s = time.perf_counter() - t1
             alone = serial_sample(model, schedule, x_T[:1], steps)
-            report.update(serial_wall_s=serial_s, wall_clock_speedup=serial_s / report["wall_s"],
+            report.update(_serial_comparison(serial_s, report["wall_s"]),
                           max_abs_diff_vs_serial=float((sample - ref).abs().max()),
                           serial_floor=float((ref[:1] - alone).abs().max()),
                           floor_note="serial_floor: the serial sampler's own change when the "
                                      "first sample is drawn alone instead of in the batch")
 
         iterates = None if out is None else out.iterates
-        vae_dir = Path(str(args.model)) / "vae"
+        vae_dir = info.folder / "vae"  # the resolved folder: a bundled name never means ./name
         if vae_dir.is_dir():  # a latent model: show decoded images, sample in latent space
             from diffusers import AutoencoderKL
 
             from adapters.diffusers import decode_latents
 
-            vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).to(args.device)
+            vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True,
+                                                low_cpu_mem_usage=False).to(args.device)
             sample = decode_latents(vae, sample)
             if out is not None:
                 iterates = torch.stack([decode_latents(vae, row[:8]) for row in out.iterates])
             report["decoded_with_vae"] = str(vae_dir)
 
-    _write_outputs(args, report, sample, f"{args.model}: {args.sampler}, N = {steps}", out,
-                   iterates, "max |change| of the final sample")
-    return 0
+    return _write_outputs(args, report, sample, f"{args.model}: {args.sampler}, N = {steps}",
+                          out, iterates, "max |change| of the final sample")
 
 
 def _main_text_to_image(args) -> int:
     """``pint-sample --model <pipeline folder> --prompt ...``: SRDS through the pipeline's
     components; writes samples.png, convergence.png, report.json, images/ and
     latents.safetensors (final and initial latents)."""
-    from safetensors.torch import save_file
+    from adapters.diffusion.pretrained import BUNDLED
 
-    from adapters.text_to_image import latents_to_images, load_text_to_image, srds_pipeline
-
+    if not _is_text_to_image(args.model):
+        what = ("a bundled unconditional model" if args.model in BUNDLED
+                else "not a local folder" if not Path(args.model).expanduser().is_dir()
+                else "a folder without a model_index.json naming a text-to-image pipeline")
+        return _error(f"--prompt needs a text-to-image pipeline folder; --model {args.model} is "
+                      f"{what}, not a text-to-image pipeline folder")
     if args.prompt is None:
         return _error(f"{args.model} is a text-to-image pipeline: give --prompt")
     if args.sampler not in ("srds", "serial"):
@@ -351,6 +667,13 @@ def _main_text_to_image(args) -> int:
     if args.negative_prompt is not None and guidance <= 1:
         return _error(f"--negative-prompt needs --guidance-scale > 1 (classifier-free guidance), "
                       f"got {guidance:g}")
+    steps = args.steps or 50
+    err = _check_steps(args, steps, _pipeline_train_timesteps(args.model))
+    if err:
+        return _error(err)
+
+    from adapters.text_to_image import latents_to_images, load_text_to_image, srds_pipeline
+
     dtype = DTYPES[args.dtype]
     try:
         pipe = load_text_to_image(args.model, device=args.device, dtype=dtype,
@@ -358,12 +681,10 @@ def _main_text_to_image(args) -> int:
     except (ValueError, TypeError) as err:  # PretrainedNotFoundError, unmappable scheduler
         return _error(str(err))
     pipe.set_progress_bar_config(disable=True)
-    steps = args.steps or 50
-    T = pipe.scheduler.config.num_train_timesteps
-    if steps > T:
-        return _error(f"--steps must be <= {T}, the model's training timesteps")
-    if args.blocks is not None and args.blocks > steps:
-        return _error("--blocks must be <= --steps")
+    err = _check_steps(args, steps, pipe.scheduler.config.num_train_timesteps)
+    if err:
+        return _error(err)
+    pipelined = True if args.pipelined is None else args.pipelined
     common = dict(negative_prompt=args.negative_prompt, output_type="latent")
     report: dict[str, Any] = {
         "model": str(args.model), "pipeline": type(pipe).__name__, "prompt": args.prompt,
@@ -382,14 +703,16 @@ def _main_text_to_image(args) -> int:
             out = None
         else:
             bar, progress = _progress_bar()
-            res = srds_pipeline(pipe, args.prompt, steps, guidance, args.tol,
-                                num_images_per_prompt=args.num_samples, generator=g,
-                                num_blocks=args.blocks, max_iters=args.max_iters,
-                                pipelined=args.pipelined, callback=progress,
-                                return_iterates=True, **common)
-            bar.close()
+            try:
+                res = srds_pipeline(pipe, args.prompt, steps, guidance, args.tol,
+                                    num_images_per_prompt=args.num_samples, generator=g,
+                                    num_blocks=args.blocks, max_iters=args.max_iters,
+                                    pipelined=pipelined, callback=progress,
+                                    return_iterates=True, **common)
+            finally:
+                bar.close()
             out = res.sampling
-            report.update(_srds_report(out, steps, args.pipelined, t0, "latents"))
+            report.update(_srds_report(out, steps, pipelined, t0, "latents"))
         report.update(latent_shape=list(res.latents.shape[1:]), model_rows=res.stats.model_rows)
         if args.compare_serial:
             x_T = res.initial_latents
@@ -399,7 +722,7 @@ def _main_text_to_image(args) -> int:
             serial_s = time.perf_counter() - t1
             alone = srds_pipeline(pipe, args.prompt, steps, guidance, sampler="serial",
                                   latents=x_T[:1], **common)
-            report.update(serial_wall_s=serial_s, wall_clock_speedup=serial_s / report["wall_s"],
+            report.update(_serial_comparison(serial_s, report["wall_s"]),
                           max_abs_diff_vs_serial=float((res.latents - ref.latents).abs().max()),
                           serial_floor=float((ref.latents[:1] - alone.latents).abs().max()),
                           floor_note="in latent space; serial_floor: the serial sampler's own "
@@ -409,16 +732,12 @@ def _main_text_to_image(args) -> int:
         iterates = None if out is None else np.stack(
             [latents_to_images(pipe, row[:8], "np")[0] for row in out.iterates])
     report.update(image_size=list(images.shape[1:3]), nsfw_content_detected=nsfw)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "images").mkdir(exist_ok=True)
-    for k, img in enumerate(pipe.image_processor.numpy_to_pil(images)):
-        img.save(args.out / "images" / f"{k:03d}.png")
-    save_file({"latents": res.latents.contiguous().cpu(),
-               "initial_latents": res.initial_latents.contiguous().cpu()},
-              str(args.out / "latents.safetensors"))
-    _write_outputs(args, report, images, f"{args.prompt[:60]!r}: {args.sampler}, N = {steps}",
-                   out, iterates, "max |change| of the final latents")
-    return 0
+    return _write_outputs(
+        args, report, images, f"{args.prompt[:60]!r}: {args.sampler}, N = {steps}", out,
+        iterates, "max |change| of the final latents",
+        images=pipe.image_processor.numpy_to_pil(images),
+        latents={"latents": res.latents.contiguous().cpu(),
+                 "initial_latents": res.initial_latents.contiguous().cpu()})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """pint-sample end to end: outputs, report, and clear failures."""
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ import torch
 pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 
+from adapters.diffusion import cli  # noqa: E402
 from adapters.diffusion.cli import main  # noqa: E402
 
 
@@ -34,11 +38,14 @@ def test_srds_run_writes_grid_convergence_and_report(tiny_folder, tmp_path, caps
     assert report["depth"] == report["model_calls"]
     assert len(report["history"]) == report["iterations"]
     assert report["max_abs_diff_vs_serial"] < 1e-3
-    assert report["speedup_in_sequential_calls"] == pytest.approx(64 / report["depth"])
-    assert "wall_clock_speedup" in report
+    assert report["sequential_model_calls_ratio_vs_serial"] == pytest.approx(64 / report["depth"])
+    assert report["wall_clock_ratio_vs_serial_measured"] == pytest.approx(
+        report["serial_wall_s"] / report["wall_s"])
+    assert not {"speedup_in_sequential_calls", "wall_clock_speedup"} & set(report)
     for png in ("samples.png", "convergence.png"):
         assert (out / png).stat().st_size > 2000
-    assert "wrote" in capsys.readouterr().out
+    closing = capsys.readouterr().out.strip().splitlines()[-1]
+    assert closing.startswith("wrote") and "wall clock vs serial (measured)" in closing
 
 
 def test_serial_sampler_and_bundled_model(tmp_path):
@@ -103,3 +110,169 @@ def test_latent_folder_is_decoded(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["decoded_with_vae"].endswith("vae")
     assert (out / "convergence.png").exists()
+
+
+def _run_tiny(folder, out, *extra):
+    return main(["--model", str(folder), "--steps", "16", "--out", str(out), *extra])
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("decoy", ["vae", "model_index"])
+def test_bundled_name_never_means_a_folder_in_the_working_directory(tmp_path, monkeypatch,
+                                                                     decoy):
+    """--model digits is the bundled model even beside ./digits/vae or ./digits/model_index.json."""
+    decoy_dir = tmp_path / "digits"
+    if decoy == "vae":
+        (decoy_dir / "vae").mkdir(parents=True)
+        (decoy_dir / "vae" / "config.json").write_text("{not a vae")
+    else:
+        decoy_dir.mkdir()
+        (decoy_dir / "model_index.json").write_text(
+            json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--model", "digits", "--sampler", "serial", "--steps", "10", "--num-samples", "2",
+                 "--out", "out"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "decoded_with_vae" not in report and "pipeline" not in report
+
+
+def test_a_rerun_replaces_the_previous_runs_files(tiny_folder, tmp_path):
+    out = tmp_path / "out"
+    assert _run_tiny(tiny_folder, out, "--num-samples", "4") == 0
+    assert (out / "convergence.png").exists()
+    # what a 4-image pipeline run leaves, and a temporary of a killed run
+    (out / "images").mkdir()
+    for k in range(4):
+        (out / "images" / f"{k:03d}.png").write_bytes(b"old")
+    (out / "latents.safetensors").write_bytes(b"old")
+    (out / ".pint-tmp-dead-samples.png").write_bytes(b"old")
+    (out / ".DS_Store").write_bytes(b"finder")
+    assert _run_tiny(tiny_folder, out, "--num-samples", "2", "--sampler", "serial") == 0
+    assert sorted(_tree(out)) == [".DS_Store", "report.json", "samples.png"]
+    assert json.loads((out / "report.json").read_text())["num_samples"] == 2
+
+
+def _refuse_to_load(monkeypatch):
+    import adapters.diffusion.pretrained as pretrained
+    import adapters.text_to_image as t2i
+
+    def fail(*a, **k):
+        raise AssertionError("loaded a model before checking the arguments")
+
+    monkeypatch.setattr(pretrained, "load_pretrained", fail)
+    monkeypatch.setattr(t2i, "load_text_to_image", fail)
+
+
+def test_foreign_files_in_out_are_refused_and_kept(tmp_path, monkeypatch, capsys):
+    _refuse_to_load(monkeypatch)
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "report.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    (out / "images" / "cat.jpg").write_bytes(b"mine")
+    assert main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds files pint-sample did not write (images/cat.jpg, notes.txt)" in err
+    assert _tree(out) == {"images/cat.jpg": b"mine", "notes.txt": b"mine", "report.json": b"{}"}
+
+
+BAD_ARGS = [
+    (["--out", "/proc/pint-x"], "--out /proc/pint-x is not writable"),
+    (["--out", "FILE"], "is an existing file"),
+    (["--out", "FILE/sub"], "is a file, so the folder cannot be created"),
+    (["--blocks", "50", "--steps", "10"], "--blocks must be <= --steps"),
+    (["--sampler", "picard", "--max-iters", "0"], "--max-iters must be >= 1 with --sampler picard"),
+    (["--sampler", "quasi_newton", "--max-iters", "0"], "--max-iters must be >= 1"),
+    (["--device", "cuda"], "--device cuda: CUDA is not available"),
+    (["--device", "bogus"], "--device: expected cpu, cuda, cuda:N, mps or xpu, got 'bogus'"),
+    (["--window", "8"], "--window is for --sampler quasi_newton or picard, not --sampler srds"),
+    (["--sampler", "auto", "--window", "8"], "--window is for"),
+    (["--sampler", "picard", "--blocks", "4"], "--blocks (Parareal blocks) is for --sampler srds"),
+    (["--sampler", "serial", "--blocks", "4"], "--blocks"),
+    (["--sampler", "quasi_newton", "--no-pipelined"], "--no-pipelined is for --sampler srds"),
+    (["--max-batch", "40"], "--max-batch is for --sampler auto"),
+    (["--sampler", "serial", "--tol", "1e-3"], "--tol: --sampler serial does not iterate"),
+    (["--steps", "5000"], "--steps must be <= 1000"),
+    (["--prompt", "a cat"], "not a text-to-image pipeline folder"),
+    (["--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+]
+
+
+@pytest.mark.parametrize("args, msg", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments_fail_in_one_line_before_loading(args, msg, tmp_path, monkeypatch, capsys):
+    if "/proc/pint-x" in args and not Path("/proc").is_dir():
+        pytest.skip("no /proc")
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    _refuse_to_load(monkeypatch)
+    (tmp_path / "FILE").write_text("a file")
+    monkeypatch.chdir(tmp_path)
+    argv = args if "--out" in args else [*args, "--out", "o"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pint-sample: error: ") and err.count("\n") == 1, err
+    assert msg in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]  # created nothing
+
+
+def test_broken_model_folder_is_one_line(tiny_folder, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_folder, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert _run_tiny(folder, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(weights) in err and "Traceback" not in err
+
+
+def test_ctrl_c_while_writing_leaves_the_previous_outputs(tiny_folder, tmp_path, monkeypatch,
+                                                         capsys):
+    out = tmp_path / "out"
+    assert _run_tiny(tiny_folder, out, "--num-samples", "2") == 0
+    before = _tree(out)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "save_convergence", interrupted)  # after samples.png is staged
+    capsys.readouterr()
+    assert _run_tiny(tiny_folder, out, "--num-samples", "3", "--seed", "1") == 130
+    err = capsys.readouterr().err  # the SRDS progress bar, then one line
+    assert err.splitlines()[-1] == f"pint-sample: interrupted; {out} was left as it was"
+    assert "Traceback" not in err
+    assert _tree(out) == before  # no temporaries, no new files
+
+
+def test_ctrl_c_while_sampling_is_one_line(tiny_folder, tmp_path, monkeypatch, capsys):
+    import adapters.diffusion as diffusion
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diffusion, "serial_sample", interrupted)
+    assert _run_tiny(tiny_folder, tmp_path / "o", "--sampler", "serial") == 130
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_while_moving_outputs_into_place_is_held_back(tiny_folder, tmp_path,
+                                                            monkeypatch, capsys):
+    """SIGINT during the final renames waits until every file is in place."""
+    out = tmp_path / "out"
+    assert _run_tiny(tiny_folder, out, "--num-samples", "4") == 0
+    real_replace = os.replace
+
+    def replace(src, dst):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cli.os, "replace", replace)
+    assert _run_tiny(tiny_folder, out, "--num-samples", "2", "--sampler", "serial") == 130
+    assert "the outputs were written" in capsys.readouterr().err
+    assert sorted(_tree(out)) == ["report.json", "samples.png"]
+    assert json.loads((out / "report.json").read_text())["num_samples"] == 2
