@@ -81,9 +81,10 @@ outputs: --out holds one run: samples.png, convergence.png (iterative samplers),
 report.json, and for a pipeline images/NNN.png and latents.safetensors. They are written
 under temporary names and moved into place at the end (report.json last); files of a
 previous run that this run does not write (e.g. images/003.png, convergence.png) are
-removed. --out must be new, empty, or hold only these names (and {", ".join(OS_METADATA)}):
-a folder with other files is refused, never cleaned. Ctrl-C leaves the previous outputs
-as they were (exit 130). All arguments and --out are checked before the model loads.
+removed. --out must be new, empty, or hold only these names (and OS metadata:
+{", ".join(OS_METADATA)}); a folder with other files is refused, never cleaned.
+Ctrl-C leaves the previous outputs as they were (exit 130). All arguments, the device
+and --out are checked before the model loads.
 """
 
 
@@ -371,8 +372,12 @@ def _check_out(out: Path) -> str | None:
             parent = parent.parent
         if not parent.is_dir():
             return f"--out {out}: {parent} is a file, so the folder cannot be created"
-        with tempfile.TemporaryDirectory(dir=parent, prefix=TMP_PREFIX + "probe-"):
-            pass
+        try:
+            with tempfile.TemporaryDirectory(dir=parent, prefix=TMP_PREFIX + "probe-"):
+                pass
+        except OSError as err:
+            return (f"--out {out} cannot be created: no new folder can be made in {parent} "
+                    f"({err.strerror or err})")
     except OSError as err:
         return f"--out {out} is not writable: {err.strerror or err}"
     return None
@@ -590,13 +595,16 @@ def _run(args) -> int:
             out = None
         elif args.sampler != "srds":
             from adapters.diffusion import sample as sample_with
+            from adapters.diffusion.auto import choose_sampler
 
             kw: dict[str, Any] = {"tol": args.tol if args.tol is not None else 1e-4}
+            iterative = True
             if args.sampler == "auto":
                 kw["max_batch"] = args.max_batch
+                iterative = choose_sampler(steps, args.num_samples, args.max_batch)[0] != "serial"
             else:
                 kw["window"] = min(args.window or 32, steps)
-            if args.max_iters is not None:
+            if args.max_iters is not None and iterative:  # auto may pick the serial sampler
                 kw["max_iters"] = args.max_iters
             out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, **kw)
             sample = out.sample

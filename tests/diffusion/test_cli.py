@@ -180,7 +180,7 @@ def test_foreign_files_in_out_are_refused_and_kept(tmp_path, monkeypatch, capsys
 
 
 BAD_ARGS = [
-    (["--out", "/proc/pint-x"], "--out /proc/pint-x is not writable"),
+    (["--out", "/proc/pint-x"], "--out /proc/pint-x cannot be created: no new folder can be made in /proc"),
     (["--out", "FILE"], "is an existing file"),
     (["--out", "FILE/sub"], "is a file, so the folder cannot be created"),
     (["--blocks", "50", "--steps", "10"], "--blocks must be <= --steps"),
