@@ -1,9 +1,10 @@
-"""The bridge to diffusers: its UNets as pint models, its scheduler configs as schedules.
+"""The bridge to diffusers: its networks as pint models, its schedulers as schedules.
 
-``from_diffusers(unet, scheduler)`` keeps the scheduler's betas, prediction type, timestep
-spacing, steps offset, final alpha and clipping, so that ``serial_sample(model, schedule,
-x, num_steps=K)`` reproduces diffusers' own loop after ``scheduler.set_timesteps(K)``
-(``sampler="ddpm"`` for a DDPMScheduler's ancestral loop). Needs the ``diffusers`` extra.
+``from_diffusers(net, scheduler)`` keeps the scheduler's grid, prediction type and solver
+(DDIM/DDPM, flow-matching Euler, Euler (Karras), Euler ancestral, DPM-Solver++ 2M, UniPC),
+so that ``serial_sample(model, schedule, x, num_steps=K)`` reproduces diffusers' own loop
+after ``scheduler.set_timesteps(K)`` (``sampler="ddpm"`` for a DDPMScheduler's ancestral
+loop). Needs the ``diffusers`` extra.
 
 Text-to-image pipelines (StableDiffusion-class): ``srds_pipeline``, ``load_text_to_image``
 and ``TextToImageOutput`` from :mod:`adapters.text_to_image`, re-exported here.
@@ -11,61 +12,178 @@ and ``TextToImageOutput`` from :mod:`adapters.text_to_image`, re-exported here.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from adapters.diffusion.schedule import VPSchedule
+from adapters.diffusion.schedule import SigmaSchedule, VPSchedule
 
-SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler")
+SUPPORTED_SCHEDULERS = (
+    "DDIMScheduler", "DDPMScheduler", "FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+)
+#: the network classes and how each is called: ``"unet"``: ``net(x, t)``; ``"sd3"``:
+#: ``net(hidden_states=x, timestep=t)``; ``"flux"``: as SD3 with ``timestep = t / 1000``
+#: (FluxPipeline's convention; ``x`` holds packed latents)
+SUPPORTED_MODELS = {"UNet2DModel": "unet", "UNet2DConditionModel": "unet",
+                    "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
 
 
 class DiffusersModel(torch.nn.Module):
-    """A diffusers UNet as a pint model: ``model(x, t, **kwargs) -> tensor``.
+    """A diffusers network as a pint model: ``model(x, t, **kwargs) -> tensor``.
 
-    ``x``: ``[R, C, H, W]``; ``t``: int64 ``[R]``; keyword arguments
-    (``encoder_hidden_states``, ``class_labels``, ...) go to the UNet unchanged.
-    ``sample_shape`` is ``(C, H, W)`` from the UNet's config.
+    ``x``: ``[R, *sample]`` (``[R, C, H, W]`` for UNets and SD3; packed latents
+    ``[R, tokens, C * 4]`` for Flux); ``t``: the scheduler's timestep values ``[R]``
+    (int64 for DDIM/DDPM grids, floats for flow matching and Karras grids), passed as the
+    pipeline passes them (Flux: divided by 1000). Keyword arguments
+    (``encoder_hidden_states``, ``pooled_projections``, ``guidance``, ``img_ids``, ...) go
+    to the network unchanged. ``sample_shape`` is ``(C, H, W)`` from the config where it
+    fixes one (UNets), else ``None``.
     """
 
-    def __init__(self, unet: torch.nn.Module) -> None:
+    def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
-        self.unet = unet
-        cfg = unet.config
-        size = cfg.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        self.sample_shape = (cfg.in_channels, *size)
+        name = type(net).__name__
+        if name not in SUPPORTED_MODELS:
+            raise TypeError(f"model must be one of {sorted(SUPPORTED_MODELS)}, got {name}; any "
+                            "other network works as a callable model(x, t, **kwargs)")
+        self.net, self.kind = net, SUPPORTED_MODELS[name]
+        cfg = net.config
+        if self.kind == "unet" and getattr(cfg, "sample_size", None) is not None:
+            size = cfg.sample_size
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            self.sample_shape = (cfg.in_channels, *size)
+        else:
+            self.sample_shape = None
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The wrapped network (named ``unet`` before transformers were supported)."""
+        return self.net
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the UNet's parameters."""
-        return next(self.unet.parameters()).dtype
+        """The dtype of the network's parameters."""
+        return next(self.net.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
-        """The device of the UNet's parameters."""
-        return next(self.unet.parameters()).device
+        """The device of the network's parameters."""
+        return next(self.net.parameters()).device
 
     def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
-        """The UNet's raw output for ``x [R, C, H, W]`` at integer timesteps ``t [R]``:
-        ``[R, C, H, W]`` (noise, x0 or v, as the scheduler's ``prediction_type`` says)."""
-        return self.unet(x, t, return_dict=False, **kwargs)[0]
+        """The network's raw output for ``x [R, *sample]`` at timesteps ``t [R]``, shape of
+        ``x`` (noise, x0, v or flow velocity, as the schedule's ``prediction_type`` says)."""
+        if self.kind == "unet":
+            return self.net(x, t, return_dict=False, **kwargs)[0]
+        if self.kind == "flux":
+            t = t / 1000
+        return self.net(hidden_states=x, timestep=t, return_dict=False, **kwargs)[0]
 
 
-def schedule_from_scheduler(scheduler: Any) -> VPSchedule:
-    """A :class:`VPSchedule` from a diffusers ``DDIMScheduler`` or ``DDPMScheduler``."""
+def _require(cfg: Any, name: str, key: str, ok: Any, supported: str) -> None:
+    value = getattr(cfg, key, ok)
+    if (value not in ok) if isinstance(ok, tuple) else (value != ok):
+        raise ValueError(f"{name} with {key}={value!r} is not supported; supported: {supported}")
+
+
+def schedule_from_scheduler(scheduler: Any, **set_timesteps_kwargs: Any
+                            ) -> VPSchedule | SigmaSchedule:
+    """The pint schedule of a diffusers scheduler: its grid and its solver.
+
+    ``serial_sample(model, schedule, x_T, N)`` then equals diffusers' loop
+    ``scheduler.set_timesteps(N, **set_timesteps_kwargs); x = x_T * init_noise_sigma;
+    for t in timesteps: x = scheduler.step(model(scale_model_input(x, t), t), t, x)``.
+
+    Supported: ``DDIMScheduler`` / ``DDPMScheduler`` (a :class:`VPSchedule`);
+    ``FlowMatchEulerDiscreteScheduler`` (static ``shift``; dynamic shifting needs
+    ``mu=`` as Flux passes it), ``EulerDiscreteScheduler`` (every spacing, Karras /
+    exponential / beta sigmas), ``EulerAncestralDiscreteScheduler`` (its noise drawn up
+    front), ``DPMSolverMultistepScheduler`` (``dpmsolver++``, orders 1-2, midpoint/heun,
+    ``lower_order_final``, ``euler_at_final``, both ``final_sigmas_type``, flow sigmas)
+    and ``UniPCMultistepScheduler`` (``bh1``/``bh2``, orders 1-2, its corrector,
+    ``disable_corrector``, flow sigmas): a :class:`SigmaSchedule` whose levels come from a
+    private copy of ``scheduler`` (``set_timesteps`` is called on the copy for each ``N``;
+    a callable keyword value is called with ``N`` first, e.g.
+    ``sigmas=lambda n: np.linspace(1, 1 / n, n)`` as FluxPipeline passes them).
+
+    Raises:
+        TypeError: a scheduler class not listed.
+        ValueError: an option pint does not reproduce (thresholding, SDE variants,
+            stochastic flow sampling, ...), naming the supported ones; dynamic shifting
+            without ``mu``.
+    """
     name = type(scheduler).__name__
     if name not in SUPPORTED_SCHEDULERS:
         raise TypeError(
-            f"scheduler must be one of {SUPPORTED_SCHEDULERS} (the DDIM/DDPM family whose "
-            f"steps pint reproduces), got {name}; build one from the same config with "
-            f"DDIMScheduler.from_config(scheduler.config)"
+            f"scheduler must be one of {SUPPORTED_SCHEDULERS} (the schedulers whose steps pint "
+            f"reproduces), got {name}"
         )
     cfg = scheduler.config
     if getattr(cfg, "thresholding", False):
-        raise ValueError("scheduler.config.thresholding=True (dynamic thresholding) is not "
-                         "supported; use clip_sample instead")
+        raise ValueError(f"{name} with thresholding=True (dynamic thresholding) is not "
+                         "supported; use thresholding=False")
+    if name in ("DDIMScheduler", "DDPMScheduler"):
+        if set_timesteps_kwargs:
+            raise ValueError(f"{name} takes no set_timesteps arguments here, got "
+                             f"{sorted(set_timesteps_kwargs)}")
+        return _vp_schedule(scheduler, name)
+    options: dict[str, Any] = {}
+    if name == "FlowMatchEulerDiscreteScheduler":
+        _require(cfg, name, "stochastic_sampling", False, "stochastic_sampling=False")
+        _require(cfg, name, "invert_sigmas", False, "invert_sigmas=False")
+        family, prediction, solver = "flow", "flow_prediction", "euler"
+        if cfg.use_dynamic_shifting and set_timesteps_kwargs.get("mu") is None:
+            raise ValueError(f"{name} has use_dynamic_shifting=True: pass mu= (the shift "
+                             "the pipeline computes from the image size, e.g. Flux's "
+                             "calculate_shift)")
+    elif name in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"):
+        family, prediction = "vp", cfg.prediction_type
+        solver = "euler" if name == "EulerDiscreteScheduler" else "euler_ancestral"
+    else:
+        if name == "DPMSolverMultistepScheduler":
+            _require(cfg, name, "algorithm_type", "dpmsolver++", "algorithm_type='dpmsolver++'")
+            _require(cfg, name, "solver_type", ("midpoint", "heun"), "solver_type 'midpoint', 'heun'")
+            _require(cfg, name, "variance_type", None, "variance_type=None")
+            solver = "dpmpp_2m"
+            keys = ("solver_order", "lower_order_final", "euler_at_final", "final_sigmas_type",
+                    "solver_type")
+        else:
+            _require(cfg, name, "predict_x0", True, "predict_x0=True")
+            _require(cfg, name, "solver_type", ("bh1", "bh2"), "solver_type 'bh1', 'bh2'")
+            if getattr(scheduler, "solver_p", None) is not None:
+                raise ValueError(f"{name} with solver_p is not supported; supported: solver_p=None")
+            solver = "unipc"
+            keys = ("solver_order", "lower_order_final", "solver_type", "disable_corrector")
+        _require(cfg, name, "solver_order", (1, 2), "solver_order 1 or 2")
+        options = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
+        options["disable_corrector"] = tuple(options.get("disable_corrector") or ())
+        family = "flow" if getattr(cfg, "use_flow_sigmas", False) else "vp"
+        prediction = cfg.prediction_type
+        if cfg.use_dynamic_shifting and set_timesteps_kwargs.get("mu") is None:
+            raise ValueError(f"{name} has use_dynamic_shifting=True: pass mu=")
+    if family == "vp" and prediction not in ("epsilon", "sample", "v_prediction"):
+        raise ValueError(f"{name} with prediction_type={prediction!r} is not supported on "
+                         "VP sigmas; supported: 'epsilon', 'sample', 'v_prediction'")
+    template = copy.deepcopy(scheduler)
+
+    def levels(N: int) -> tuple[Tensor, Tensor, float]:
+        sched = copy.deepcopy(template)
+        kwargs = {k: (v(N) if callable(v) else v) for k, v in set_timesteps_kwargs.items()}
+        sched.set_timesteps(N, **kwargs)
+        return (sched.timesteps.detach().cpu().clone(), sched.sigmas.detach().cpu().double(),
+                float(getattr(sched, "init_noise_sigma", 1.0)))
+
+    return SigmaSchedule(levels, family, prediction, solver, options,
+                         max_steps=int(cfg.num_train_timesteps),
+                         timestep_scale=float(cfg.num_train_timesteps) if family == "flow" else None,
+                         name=name)
+
+
+def _vp_schedule(scheduler: Any, name: str) -> VPSchedule:
+    cfg = scheduler.config
     if name == "DDPMScheduler" and cfg.variance_type not in ("fixed_small", None):
         raise ValueError(f"DDPMScheduler variance_type {cfg.variance_type!r} is not supported "
                          "(only 'fixed_small')")
@@ -101,17 +219,19 @@ def decode_latents(vae: torch.nn.Module, latents: Tensor,
     return vae.decode(z, return_dict=False)[0]
 
 
-def from_diffusers(unet: torch.nn.Module, scheduler: Any) -> tuple[DiffusersModel, VPSchedule]:
-    """``(model, schedule)`` for pint's samplers from a diffusers UNet and scheduler.
+def from_diffusers(unet: torch.nn.Module, scheduler: Any, **set_timesteps_kwargs: Any
+                   ) -> tuple[DiffusersModel, VPSchedule | SigmaSchedule]:
+    """``(model, schedule)`` for pint's samplers from a diffusers network and scheduler.
 
     Args:
-        unet: ``UNet2DModel`` or ``UNet2DConditionModel`` (any module with the diffusers
-            call convention and ``config.in_channels`` / ``config.sample_size``).
-        scheduler: ``DDIMScheduler`` or ``DDPMScheduler``.
+        unet: the network: ``UNet2DModel``, ``UNet2DConditionModel``,
+            ``SD3Transformer2DModel`` or ``FluxTransformer2DModel``.
+        scheduler: any scheduler of :func:`schedule_from_scheduler` (which receives
+            ``set_timesteps_kwargs``, e.g. ``mu=`` for dynamic shifting).
     """
     if not isinstance(unet, torch.nn.Module) or not hasattr(unet, "config"):
-        raise TypeError(f"unet must be a diffusers UNet model, got {type(unet).__name__}")
-    return DiffusersModel(unet), schedule_from_scheduler(scheduler)
+        raise TypeError(f"unet must be a diffusers model, got {type(unet).__name__}")
+    return DiffusersModel(unet), schedule_from_scheduler(scheduler, **set_timesteps_kwargs)
 
 
 _TEXT_TO_IMAGE = ("srds_pipeline", "load_text_to_image", "latents_to_images", "TextToImageOutput")

@@ -283,11 +283,13 @@ def _number(name: str, value: Any) -> float | None:
     return float(value)
 
 
-def _guidance(pipe_name: str, fam: PipelineFamily, pipe: Any, guidance_scale: Any,
-              true_cfg_scale: Any, negative: bool) -> tuple[float | None, float | None]:
-    """``(cfg_scale, embedded)``: the classifier-free guidance scale (``None``: no CFG)
-    and Flux's embedded guidance (``None``: none). A guidance option the model does not
-    have is an error naming it, never a silently unguided sample."""
+def check_guidance(pipe_name: str, guidance_embeds: bool, guidance_scale: Any,
+                   true_cfg_scale: Any, negative: bool) -> tuple[float | None, float | None]:
+    """``(cfg_scale, embedded)`` for a pipeline class: the classifier-free guidance scale
+    (``None``: no CFG) and Flux's embedded guidance (``None``: none; ``guidance_embeds`` is
+    the transformer's config flag). A guidance option the model does not have is a
+    ``ValueError`` naming it, never a silently unguided sample."""
+    fam = FAMILIES[pipe_name]
     g = _number("guidance_scale", guidance_scale)
     true_cfg = _number("true_cfg_scale", true_cfg_scale)
     if fam.cfg_arg == "guidance_scale":
@@ -296,7 +298,7 @@ def _guidance(pipe_name: str, fam: PipelineFamily, pipe: Any, guidance_scale: An
                              "classifier-free guidance through guidance_scale")
         cfg, embedded = (fam.guidance if g is None else g), None
     else:  # Flux: guidance_scale is the embedded guidance, true_cfg_scale the CFG
-        if pipe.transformer.config.guidance_embeds:
+        if guidance_embeds:
             embedded = fam.guidance if g is None else g
         elif g is not None:
             raise ValueError(
@@ -647,8 +649,10 @@ def srds_pipeline(
         raise ValueError(f"{', '.join(wrong_given)}: not an argument of a {pipe_name}")
     negative = any(v is not None for v in (negative_prompt, negative_prompt_embeds,
                                            negative_prompt_2, negative_prompt_3))
-    cfg_scale, embedded = _guidance(pipe_name, fam, pipe, guidance_scale, true_cfg_scale,
-                                    negative)
+    embeds = fam.net == "transformer" and bool(getattr(pipe.transformer.config,
+                                                       "guidance_embeds", False))
+    cfg_scale, embedded = check_guidance(pipe_name, embeds, guidance_scale, true_cfg_scale,
+                                         negative)
     cfg = cfg_scale is not None
     if pipe_name == "FluxPipeline" and not cfg and (negative_pooled_prompt_embeds is not None):
         raise ValueError("negative_pooled_prompt_embeds needs true_cfg_scale > 1")

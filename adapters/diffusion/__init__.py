@@ -2,7 +2,7 @@
 
 Public names::
 
-    VPSchedule, SamplingGrid, Denoiser, ModelOutputError
+    VPSchedule, SigmaSchedule, SamplingGrid, GridStep, Denoiser, ModelOutputError
     srds_sample, serial_sample, picard_sample, quasi_newton_sample, SampleOutput,
     sample (sampler="auto"), choose_sampler,
     SamplerStats, DEFAULT_TOL
@@ -12,8 +12,9 @@ Public names::
 
 from .analytic import GaussianMixtureDenoiser
 from .auto import choose_sampler, sample
+from .grid import SamplingGrid
 from .model import Denoiser, ModelOutputError
-from .ode import DDIMStep, block_partition
+from .ode import DDIMStep, GridStep, block_partition
 from .picard import picard_sample, quasi_newton_sample
 from .pretrained import available, load_pretrained
 from .samplers import (
@@ -24,10 +25,10 @@ from .samplers import (
     serial_sample,
     srds_sample,
 )
-from .schedule import SamplingGrid, VPSchedule
+from .schedule import SigmaSchedule, VPSchedule
 
 __all__ = [
-    "VPSchedule", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
+    "VPSchedule", "SigmaSchedule", "GridStep", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
     "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
     "DEFAULT_TOL", "serial_floor", "GaussianMixtureDenoiser", "picard_sample",
     "quasi_newton_sample", "sample", "choose_sampler", "load_pretrained", "available",

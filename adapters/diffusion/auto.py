@@ -29,8 +29,8 @@ from torch import Tensor
 
 from .model import Model
 from .picard import picard_sample, quasi_newton_sample
-from .samplers import SampleOutput, SamplerStats, _check_x, serial_sample, srds_sample
-from .schedule import VPSchedule, check_num_steps
+from .samplers import SampleOutput, SamplerStats, Schedule, _check_x, serial_sample, srds_sample
+from .schedule import check_num_steps
 
 SAMPLERS = ("auto", "serial", "srds", "picard", "quasi_newton")
 #: the window ``auto`` uses when no ``max_batch`` is given (the benchmarks' default width)
@@ -65,7 +65,7 @@ def choose_sampler(num_steps: int, batch: int, max_batch: int | None = None,
     return "quasi_newton", {"window": window}
 
 
-def sample(model: Model, schedule: VPSchedule, x_T: Tensor, num_steps: int,
+def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
            sampler: str = "auto", max_batch: int | None = None, tol: float | None = None,
            **kwargs: Any) -> SampleOutput:
     """Sample with the named sampler, or the fastest one for the width budget (``"auto"``).
@@ -86,7 +86,7 @@ def sample(model: Model, schedule: VPSchedule, x_T: Tensor, num_steps: int,
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     if sampler == "auto":
         x = _check_x(x_T, model)
-        N = check_num_steps(num_steps, schedule.num_train_timesteps)
+        N = check_num_steps(num_steps, schedule.max_steps)
         sampler, chosen = choose_sampler(N, x.shape[0], max_batch,
                                          kwargs.get("guidance_scale") is not None)
         kwargs = {**chosen, **kwargs}

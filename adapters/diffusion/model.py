@@ -3,6 +3,7 @@ of blocks, with conditioning, classifier-free guidance and cost counting."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,9 +23,12 @@ class Denoiser:
     """Evaluates ``model(x, t, **model_kwargs)`` for many blocks in **one** call.
 
     Args:
-        model: ``model(x [R, *sample], t [R] int64, **kwargs) -> [R, *sample]`` (a tensor
-            or an object with a ``.sample`` tensor, as diffusers' UNets return).
-        prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+        model: ``model(x [R, *sample], t [R], **kwargs) -> [R, *sample]`` (a tensor or an
+            object with a ``.sample`` tensor, as diffusers' UNets return); ``t`` holds the
+            scheduler's timestep values (int64 for DDIM/DDPM grids, floats for flow
+            matching and Karras grids).
+        prediction_type: ``"epsilon"``, ``"sample"``, ``"v_prediction"`` or
+            ``"flow_prediction"`` (velocity ``eps - x0``).
         clip_sample: clamp x0 to ``[-clip_range, clip_range]`` (eps is left as predicted,
             as diffusers does).
         model_kwargs: conditioning for the samples of one state (``encoder_hidden_states``,
@@ -62,10 +66,29 @@ class Denoiser:
             raise ValueError(
                 f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
             )
-        if guidance_scale is not None and uncond_kwargs is None:
-            raise ValueError("guidance_scale needs uncond_kwargs (the unconditional inputs)")
         if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
             raise TypeError("model_kwargs must be a mapping of keyword arguments")
+        if uncond_kwargs is not None and not isinstance(uncond_kwargs, Mapping):
+            raise TypeError("uncond_kwargs must be a mapping of keyword arguments")
+        if guidance_scale is not None:
+            if uncond_kwargs is None:
+                raise ValueError("guidance_scale needs uncond_kwargs (the unconditional inputs)")
+            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                    or not math.isfinite(guidance_scale):
+                raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+            cond, unc = set(model_kwargs or {}), set(uncond_kwargs)
+            if cond != unc:
+                missing, extra = sorted(cond - unc), sorted(unc - cond)
+                raise ValueError(
+                    "uncond_kwargs must give an unconditional value for every key of "
+                    f"model_kwargs and no other: missing {missing}, unknown {extra} (with "
+                    "guidance_scale, a missing key would silently reuse the conditional value)")
+        elif uncond_kwargs is not None and uncond_kwargs:
+            raise ValueError("uncond_kwargs is given without guidance_scale; pass "
+                             "guidance_scale for classifier-free guidance")
+        if clip_sample and not (isinstance(clip_range, (int, float)) and math.isfinite(clip_range)
+                                and clip_range > 0):
+            raise ValueError(f"clip_range must be a finite number > 0, got {clip_range!r}")
         self.model = model
         self.prediction_type = prediction_type
         self.clip_sample, self.clip_range = bool(clip_sample), float(clip_range)
@@ -86,7 +109,7 @@ class Denoiser:
         kwargs = _tile(self.model_kwargs, n, b)
         if self.guidance_scale is not None:
             unc = _tile(self.uncond_kwargs, n, b)
-            kwargs = {k: _cat(v, unc.get(k, v)) for k, v in kwargs.items()}
+            kwargs = {k: _cat(v, unc[k]) for k, v in kwargs.items()}
             xf, tf = torch.cat([xf, xf]), torch.cat([tf, tf])
         out = self.model(xf, tf, **kwargs)
         out = getattr(out, "sample", out)
@@ -95,7 +118,7 @@ class Denoiser:
         if not isinstance(out, Tensor) or out.shape != xf.shape:
             raise ValueError(
                 f"model returned {getattr(out, 'shape', type(out).__name__)} at timestep "
-                f"{int(t[0])}, expected the input's shape {tuple(xf.shape)}"
+                f"{float(t[0]):g}, expected the input's shape {tuple(xf.shape)}"
             )
         if self.check_finite:
             finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(1)
@@ -118,26 +141,45 @@ class Denoiser:
         for finite, t, b in pending:
             if not bool(finite.all()):
                 row = int((~finite).nonzero()[0]) % (t.shape[0] * b)
-                raise ModelOutputError(f"model returned NaN/Inf at timestep {int(t[row // b])} "
+                raise ModelOutputError(f"model returned NaN/Inf at timestep {float(t[row // b]):g} "
                                        f"(block row {row // b})")
 
-    def predict(self, x: Tensor, t: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
-        """``(x0, eps)`` for ``x [n, b, *sample]`` at timesteps ``t [n]`` with
-        ``alpha_bar`` values ``alpha [n]`` (float64, cast to ``x``'s dtype)."""
-        out = self.raw(x, t)
+    def predict(self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor | None = None,
+                c_in: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(x0, eps)`` for ``x [n, b, *sample]`` at timesteps ``t [n]``: the one place
+        where a network's output (epsilon, sample, v or flow velocity) becomes a
+        prediction.
+
+        ``x = alpha x0 + sigma eps`` with ``alpha [n]``, ``sigma [n]`` (float64); without
+        ``sigma``, ``alpha`` is a variance-preserving ``alpha_bar`` (``sqrt`` of it and of
+        ``1 - alpha_bar``). The network sees ``c_in * x`` (default 1: the scheduler's
+        ``scale_model_input``)."""
         shape = (-1,) + (1,) * (x.dim() - 1)
         a = alpha.to(device=x.device, dtype=torch.float64)
-        sa = a.sqrt().to(x.dtype).view(shape)
-        s1a = (1 - a).sqrt().to(x.dtype).view(shape)
+        if sigma is None:
+            a, s = a.sqrt(), (1 - a).sqrt()
+        else:
+            s = sigma.to(device=x.device, dtype=torch.float64)
+        if c_in is not None:
+            c = c_in.to(device=x.device, dtype=torch.float64)
+            a, s = a * c, s * c
+            x = c.to(x.dtype).view(shape) * x
+        out = self.raw(x, t)
+        sa, ss = a.to(x.dtype).view(shape), s.to(x.dtype).view(shape)
         if self.prediction_type == "epsilon":
             eps = out
-            x0 = (x - s1a * eps) / sa
+            x0 = (x - ss * eps) / sa
         elif self.prediction_type == "sample":
             x0 = out
-            eps = (x - sa * x0) / s1a
-        else:  # v_prediction
-            x0 = sa * x - s1a * out
-            eps = sa * out + s1a * x
+            eps = (x - sa * x0) / ss
+        elif self.prediction_type == "v_prediction":  # v = alpha eps - sigma x0
+            n = (1 / (a**2 + s**2)).to(x.dtype).view(shape)
+            x0 = (sa * x - ss * out) * n
+            eps = (ss * x + sa * out) * n
+        else:  # flow_prediction: v = eps - x0
+            n = (1 / (a + s)).to(x.dtype).view(shape)
+            x0 = (x - ss * out) * n
+            eps = (x + sa * out) * n
         if self.clip_sample:
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         return x0, eps

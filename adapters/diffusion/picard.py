@@ -34,9 +34,16 @@ import torch
 from torch import Tensor
 
 from .model import Model
-from .ode import DDIMStep
-from .samplers import SampleOutput, SamplerStats, _setup
-from .schedule import VPSchedule
+from .ode import GridStep
+from .samplers import (
+    SampleOutput,
+    SamplerStats,
+    Schedule,
+    _check_callback,
+    _check_finite_input,
+    _setup,
+    sample_of,
+)
 
 _COMMON_ARGS = """
     ``model``, ``schedule``, ``x_T``, ``num_steps``, ``prediction_type``, ``eta``,
@@ -65,7 +72,7 @@ _COMMON_ARGS = """
 
 def picard_sample(
     model: Model,
-    schedule: VPSchedule,
+    schedule: Schedule,
     x_T: Tensor,
     num_steps: int,
     window: int | None = None,
@@ -76,7 +83,7 @@ def picard_sample(
     generator: torch.Generator | None = None,
     callback: Callable[[int, Tensor, float], None] | None = None,
     *,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     noise: Tensor | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     guidance_scale: float | None = None,
@@ -95,7 +102,7 @@ picard_sample.__doc__ = """Sample with sliding-window Picard iteration (ParaDiGM
 
 def quasi_newton_sample(
     model: Model,
-    schedule: VPSchedule,
+    schedule: Schedule,
     x_T: Tensor,
     num_steps: int,
     window: int | None = None,
@@ -106,7 +113,7 @@ def quasi_newton_sample(
     generator: torch.Generator | None = None,
     callback: Callable[[int, Tensor, float], None] | None = None,
     *,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     noise: Tensor | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     guidance_scale: float | None = None,
@@ -130,7 +137,8 @@ def _window_sample(
     callback, sampler, noise, model_kwargs, guidance_scale, uncond_kwargs, check_finite, initial,
     return_trajectory, coupling: str,
 ) -> SampleOutput:
-    N, denoiser, grid, noise, _ = _setup(
+    _check_callback(callback)
+    N, denoiser, grid, noise, problem = _setup(
         model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
         model_kwargs, guidance_scale, uncond_kwargs, check_finite)
     if window is None:
@@ -142,26 +150,30 @@ def _window_sample(
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
             math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    max_iters = N if max_iters is None else int(max_iters)
+    if max_iters is None:
+        max_iters = N
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int):
+        raise TypeError(f"max_iters must be an int >= 1, got {max_iters!r}")
     if max_iters < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
-    stepper = DDIMStep(denoiser, grid, fine=True, noise=noise)
+    stepper = GridStep(denoiser, grid, fine=True, noise=noise)
     dev = x_T.device
     # per-step noise scale: the DDPM posterior variance (ParaDiGMS); never below 1e-8
-    a_in, a_out = grid.alpha_in, grid.alpha_out
-    var = ((1 - a_out) / (1 - a_in) * (1 - a_in / a_out)).clamp(min=1e-8).to(dev)
-    dim = x_T[0].numel()
+    var = grid.step_noise_var().to(dev)
+    y0 = problem.y0  # x_T (times init_noise_sigma; with history slots for multistep solvers)
+    dim = y0[0].numel()
 
-    traj = x_T.unsqueeze(0).repeat(N + 1, *([1] * x_T.dim()))
+    traj = y0.unsqueeze(0).repeat(N + 1, *([1] * y0.dim()))
     guide = None
     if initial is not None:
-        if tuple(initial.shape) != (N + 1, *x_T.shape):
-            raise ValueError(f"initial must have shape {(N + 1, *x_T.shape)}, "
-                             f"got {tuple(initial.shape)}")
+        if not isinstance(initial, Tensor) or tuple(initial.shape) != (N + 1, *y0.shape):
+            raise ValueError(f"initial must have shape {(N + 1, *y0.shape)}, "
+                             f"got {tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
+        _check_finite_input("initial", initial)
         # the guess's increments, anchored at x_T (a neighbouring run's trajectory starts
         # elsewhere; its steps are what carries over)
         guide = initial.to(device=dev, dtype=x_T.dtype)
-        traj[1:] = x_T + (guide[1:] - guide[0])
+        traj[1:] = y0 + (guide[1:] - guide[0])
     ones = torch.ones(window, dtype=torch.float64, device=dev)
     secant = _Secant(traj, window) if coupling == "secant" else None
     history: list[float] = []
@@ -180,15 +192,16 @@ def _window_sample(
             gain = secant.gains(a, y, phi)
             d = torch.cat([torch.zeros_like(y[:1]), _affine_scan(gain[:-1], phi[:-1] - y[1:])])
             new = phi + gain * d
-        diff = (new - traj[a + 1: e + 1]).double().reshape(n, x_T.shape[0], -1)
+        diff = (new - traj[a + 1: e + 1]).double().reshape(n, y0.shape[0], -1)
         # normalised error per step, worst sample of the batch
         err = diff.pow(2).sum(-1).amax(-1) / (dim * var[a:e])
         traj[a + 1: e + 1] = new
         it += 1
         # everything the host needs from this call in one read (one sync on a GPU):
         # the first step that failed the test (n if none), the worst error, finiteness
+        # (always checked: a non-finite window must never pass the test)
         first_bad = torch.where(err > tol2, torch.arange(n, device=dev), n).min()
-        finite = torch.isfinite(new).all() if check_finite else torch.ones((), device=dev)
+        finite = torch.isfinite(err).all()
         first_bad, worst, finite = torch.stack([first_bad.double(), err.max(),
                                                 finite.double()]).tolist()
         stride = max(1, int(first_bad))
@@ -210,7 +223,7 @@ def _window_sample(
     denoiser.check()
     converged = a >= N
     stats = SamplerStats(denoiser.calls, denoiser.rows, it)
-    return SampleOutput(traj[N].clone(), it, converged, history, stats, float(tol), window,
+    return SampleOutput(sample_of(grid, traj[N]).clone(), it, converged, history, stats, float(tol), window,
                         trajectory=traj if return_trajectory else None)
 
 

@@ -19,9 +19,12 @@ from torch import Tensor
 import pint
 from pint.stopping import FinalStateChange, MaxAbsChange
 
+from .grid import SamplingGrid
 from .model import Denoiser, Model
-from .ode import DDIMStep, block_partition
-from .schedule import SamplingGrid, VPSchedule, check_num_steps
+from .ode import GridStep, block_partition
+from .schedule import SigmaSchedule, VPSchedule, check_num_steps
+
+Schedule = VPSchedule | SigmaSchedule
 
 #: default ``tol`` per state dtype: the max-abs change of the final sample (data in [-1, 1])
 #: in one iteration at which SRDS stops. Parareal converges superlinearly, so the error of
@@ -106,6 +109,8 @@ def _check_x(x_T: object, model: Model) -> Tensor:
         )
     if x_T.dim() < 2:
         raise ValueError(f"x_T must be [batch, *sample] (at least 2-D), got {tuple(x_T.shape)}")
+    if x_T.numel() == 0:
+        raise ValueError(f"x_T must hold at least one sample, got shape {tuple(x_T.shape)}")
     if not bool(torch.isfinite(x_T).all()):
         raise ValueError("x_T must be finite")
     return x_T
@@ -124,18 +129,40 @@ def _checked(denoiser: Denoiser, solve: Callable[[], pint.Result]) -> pint.Resul
     return res
 
 
+def initial_state(grid: SamplingGrid, x_T: Tensor) -> Tensor:
+    """The sampler's first state: ``x_T * init_noise_sigma``, with zeroed history slots
+    ``[batch, S, *sample]`` for multistep solvers."""
+    x = x_T if grid.init_noise_sigma == 1.0 else x_T * grid.init_noise_sigma
+    if grid.num_slots == 1:
+        return x
+    return torch.stack([x] + [torch.zeros_like(x)] * (grid.num_slots - 1), 1)
+
+
+def sample_of(grid: SamplingGrid, state: Tensor) -> Tensor:
+    """The sample ``[batch, *sample]`` held by one state (slot 0 of a multistep state)."""
+    return state if grid.num_slots == 1 else state[:, 0]
+
+
+def _check_finite_input(name: str, value: Tensor) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{name} must be finite (it contains NaN or Inf)")
+
+
 def _setup(model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
            model_kwargs, guidance_scale, uncond_kwargs, check_finite):
-    if not isinstance(schedule, VPSchedule):
-        raise TypeError(f"schedule must be a VPSchedule, got {type(schedule).__name__}")
+    if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
+        raise TypeError("schedule must be a VPSchedule or SigmaSchedule (see "
+                        f"adapters.diffusers.schedule_from_scheduler), got {type(schedule).__name__}")
     x_T = _check_x(x_T, model)
-    N = check_num_steps(num_steps, schedule.num_train_timesteps)
-    denoiser = Denoiser(
-        model, prediction_type or schedule.prediction_type, schedule.clip_sample,
-        schedule.clip_sample_range, model_kwargs, guidance_scale, uncond_kwargs, check_finite,
-        defer_check=True,
-    )
+    N = check_num_steps(num_steps, schedule.max_steps)
+    if sampler is not None and not isinstance(sampler, str):
+        raise TypeError(f"sampler must be a solver name, got {type(sampler).__name__}")
     grid = SamplingGrid.build(schedule, N, sampler, eta)
+    denoiser = Denoiser(
+        model, prediction_type or schedule.prediction_type, getattr(schedule, "clip_sample", False),
+        getattr(schedule, "clip_sample_range", 1.0), model_kwargs, guidance_scale, uncond_kwargs,
+        check_finite, defer_check=True,
+    )
     if grid.stochastic:
         if noise is None:
             noise = torch.stack([
@@ -143,10 +170,21 @@ def _setup(model, schedule, x_T, num_steps, prediction_type, eta, generator, sam
                             device=generator.device if generator is not None else x_T.device)
                 for _ in range(N)
             ]).to(x_T.device)
-        elif tuple(noise.shape) != (N, *x_T.shape):
-            raise ValueError(f"noise must have shape {(N, *x_T.shape)}, got {tuple(noise.shape)}")
-    problem = pint.ODEProblem(None, x_T, (0.0, float(N)))
+        elif not isinstance(noise, Tensor) or tuple(noise.shape) != (N, *x_T.shape):
+            raise ValueError(f"noise must have shape {(N, *x_T.shape)}, got "
+                             f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
+        else:
+            _check_finite_input("noise", noise)
+    elif noise is not None:
+        raise ValueError(f"noise is given, but the {grid.solver} sampler here is deterministic "
+                         "(eta=0); pass eta > 0, sampler='ddpm' or an ancestral solver")
+    problem = pint.ODEProblem(None, initial_state(grid, x_T), (0.0, float(N)))
     return N, denoiser, grid, noise, problem
+
+
+def _check_callback(callback: object) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
 
 
 @torch.no_grad()  # sampling never needs the autograd graph
@@ -159,7 +197,7 @@ def serial_sample(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     *,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     noise: Tensor | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     guidance_scale: float | None = None,
@@ -177,8 +215,8 @@ def serial_sample(
     _, denoiser, grid, noise, problem = _setup(
         model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
         model_kwargs, guidance_scale, uncond_kwargs, check_finite)
-    fine = DDIMStep(denoiser, grid, fine=True, noise=noise)
-    return _checked(denoiser, lambda: pint.serial(problem, fine, num_blocks=1)).y
+    fine = GridStep(denoiser, grid, fine=True, noise=noise)
+    return sample_of(grid, _checked(denoiser, lambda: pint.serial(problem, fine, num_blocks=1)).y)
 
 
 @torch.no_grad()  # sampling never needs the autograd graph
@@ -196,7 +234,7 @@ def srds_sample(
     generator: torch.Generator | None = None,
     callback: Callable[[pint.IterationInfo], None] | None = None,
     *,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     noise: Tensor | None = None,
     stopping: str = "final",
     return_iterates: bool = False,
@@ -257,9 +295,12 @@ def srds_sample(
         ValueError, TypeError: bad input, naming the argument.
         ModelOutputError: the model returned NaN/Inf (names the timestep).
     """
+    _check_callback(callback)
     N, denoiser, grid, noise, problem = _setup(
         model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
         model_kwargs, guidance_scale, uncond_kwargs, check_finite)
+    if partition is not None and num_blocks is not None:
+        raise ValueError("give num_blocks or partition, not both (partition fixes the blocks)")
     if partition is None:
         if num_blocks is None:
             num_blocks = min(N, max(1, round((2 if pipelined else 1) * math.sqrt(N))))
@@ -269,7 +310,13 @@ def srds_sample(
             raise ValueError(f"num_blocks must be between 1 and num_steps={N}, got {num_blocks}")
         edges = block_partition(N, num_blocks)
     else:
-        edges = torch.as_tensor(partition, dtype=torch.float64).flatten()
+        try:
+            edges = torch.as_tensor(partition, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError("partition must be a 1-D sequence of whole grid positions 0 .. "
+                            f"num_steps, got {partition!r}") from None
+        if edges.dim() != 1:
+            raise ValueError(f"partition must be 1-D, got shape {tuple(edges.shape)}")
         if not bool((edges == edges.round()).all()):
             raise ValueError("partition must hold whole grid positions 0 .. num_steps")
     if tol is None:
@@ -281,25 +328,27 @@ def srds_sample(
     rule = _stopping_rule(stopping, float(max(tol, 0.0)), grid, edges, x_T)
     if coarse not in COARSE_ORDERS:
         raise ValueError(f"coarse must be one of {sorted(COARSE_ORDERS)}, got {coarse!r}")
-    G = DDIMStep(denoiser, grid, fine=False, noise=noise, order=COARSE_ORDERS[coarse])
-    fine = DDIMStep(denoiser, grid, fine=True, noise=noise)
+    G = GridStep(denoiser, grid, fine=False, noise=noise, order=COARSE_ORDERS[coarse])
+    fine = GridStep(denoiser, grid, fine=True, noise=noise)
     iterates: list[Tensor] = []
     guess = None
     if initial is not None:
         B = edges.numel() - 1
-        if not isinstance(initial, Tensor) or tuple(initial.shape[1:]) != tuple(x_T.shape) \
+        y0 = problem.y0
+        if not isinstance(initial, Tensor) or tuple(initial.shape[1:]) != tuple(y0.shape) \
                 or initial.shape[0] not in (N + 1, B + 1):
-            raise ValueError(f"initial must have shape {(N + 1, *x_T.shape)} (a trajectory) or "
-                             f"{(B + 1, *x_T.shape)} (block boundaries), got "
+            raise ValueError(f"initial must have shape {(N + 1, *y0.shape)} (a trajectory) or "
+                             f"{(B + 1, *y0.shape)} (block boundaries), got "
                              f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
+        _check_finite_input("initial", initial)
         guess = initial.to(device=x_T.device, dtype=x_T.dtype)
         if guess.shape[0] == N + 1:
             guess = guess[edges.round().long().to(guess.device)]
-        guess = x_T + (guess - guess[0])
+        guess = y0 + (guess - guess[0])
 
     def on_iteration(info: pint.IterationInfo) -> None:
         if return_iterates:
-            iterates.append(info.boundaries[-1].clone())
+            iterates.append(sample_of(grid, info.boundaries[-1]).clone())
         if callback is not None:
             callback(info)
 
@@ -310,7 +359,7 @@ def srds_sample(
     # on one device every model call waits for the previous one: depth = calls
     depth = res.stats.depth if executor is not None else denoiser.calls
     stats = SamplerStats(denoiser.calls, denoiser.rows, depth, res.stats)
-    return SampleOutput(res.y, res.iterations, res.converged, res.history, stats, float(tol),
+    return SampleOutput(sample_of(grid, res.y), res.iterations, res.converged, res.history, stats, float(tol),
                         res.num_blocks, torch.stack(iterates) if return_iterates else None,
                         boundaries=res.boundaries)
 
@@ -351,6 +400,6 @@ def _stopping_rule(kind: str, tol: float, grid: SamplingGrid, edges: Tensor, x_T
         return MaxAbsChange(tol)
     if kind == "sigma":
         e = edges.round().to(torch.int64)
-        level = torch.where(e > 0, grid.alpha_out[(e - 1).clamp(min=0)], grid.alpha_in[0])
-        return SigmaScaledChange(tol, (1 - level).clamp(min=0).sqrt(), x_T[0].numel())
+        level = torch.where(e > 0, grid.sigma_to[(e - 1).clamp(min=0)], grid.sigma_from[0])
+        return SigmaScaledChange(tol, level, x_T[0].numel() * grid.num_slots)
     raise ValueError(f"stopping must be 'final', 'boundaries' or 'sigma', got {kind!r}")

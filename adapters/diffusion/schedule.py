@@ -1,21 +1,34 @@
-"""Variance-preserving noise schedules and the timestep grids of samplers.
+"""Noise schedules: where a sampler's grid puts its noise levels, for every model family.
 
-A VP schedule is the sequence ``alpha_bar[t] = prod_{s<=t} (1 - beta_s)`` over the
-training timesteps ``t = 0 .. T-1``; a noisy sample is ``x_t = sqrt(alpha_bar_t) x_0 +
-sqrt(1 - alpha_bar_t) eps``. Everything is computed in float64 and cast to the state's
+Every family writes a noisy sample as ``x = alpha x0 + sigma eps``:
+
+- **variance-preserving** (DDPM, SD 1.x/2.x, SDXL): :class:`VPSchedule` is the sequence
+  ``alpha_bar[t] = prod_{s<=t} (1 - beta_s)`` over the training timesteps ``t = 0 .. T-1``
+  with ``alpha = sqrt(alpha_bar)``, ``sigma = sqrt(1 - alpha_bar)`` (DDIM/DDPM grids);
+- **rectified flow / flow matching** (SD3, Flux, Wan): ``alpha = 1 - s``, ``sigma = s``;
+- **variance-exploding / EDM**: ``alpha = 1``, ``sigma = s``.
+
+:class:`SigmaSchedule` describes the last two, and VP models sampled on a grid of
+k-diffusion sigmas ``s = sqrt((1 - alpha_bar) / alpha_bar)`` (Euler, DPM-Solver++, UniPC in
+diffusers), by the levels ``s`` of its grid. Everything is float64 and cast to the state's
 dtype where it meets the state.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+VP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+FAMILIES = ("vp", "flow", "ve")
+SIGMA_SOLVERS = ("euler", "euler_ancestral", "dpmpp_2m", "unipc")
 SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -54,10 +67,16 @@ class VPSchedule:
         if not bool((torch.diff(ac) <= 0).all()):
             raise ValueError("alphas_cumprod must be non-increasing (betas in [0, 1))")
         object.__setattr__(self, "alphas_cumprod", ac)
-        if self.prediction_type not in PREDICTION_TYPES:
+        if self.prediction_type not in VP_PREDICTION_TYPES:
             raise ValueError(
-                f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}"
+                f"prediction_type must be one of {VP_PREDICTION_TYPES}, got "
+                f"{self.prediction_type!r}"
             )
+        if self.clip_sample and not (isinstance(self.clip_sample_range, (int, float))
+                                     and math.isfinite(self.clip_sample_range)
+                                     and self.clip_sample_range > 0):
+            raise ValueError("clip_sample_range must be a finite number > 0 with clip_sample=True,"
+                             f" got {self.clip_sample_range!r}")
         if self.timestep_spacing not in SPACINGS:
             raise ValueError(
                 f"timestep_spacing must be one of {SPACINGS}, got {self.timestep_spacing!r}"
@@ -120,6 +139,16 @@ class VPSchedule:
         """``T``, the number of training timesteps (the length of ``alphas_cumprod``)."""
         return self.alphas_cumprod.numel()
 
+    @property
+    def max_steps(self) -> int:
+        """The most sampling steps the schedule allows (``T``)."""
+        return self.num_train_timesteps
+
+    @property
+    def solver(self) -> str:
+        """The default solver on this schedule: ``"ddim"``."""
+        return "ddim"
+
     def timesteps(self, num_steps: int) -> Tensor:
         """The ``num_steps`` training timesteps a sampler visits, descending, int64 ``[N]``
         (diffusers' ``set_timesteps``)."""
@@ -163,67 +192,150 @@ def check_num_steps(num_steps: object, num_train_timesteps: int) -> int:
     return num_steps
 
 
-@dataclass
-class SamplingGrid:
-    """The per-step coefficients of an ``N``-step sampler on a schedule (all float64).
+@dataclass(frozen=True, eq=False)
+class SigmaSchedule:
+    """A schedule given by the noise levels ``s`` of its sampler grid, for any family.
 
-    Step ``j`` evaluates the model at ``timesteps[j]`` (noise level ``alpha_in[j]``) and
-    moves the state to level ``alpha_out[j]`` by
-    ``x <- c_x0[j] * x0 + c_eps[j] * eps + c_x[j] * x + sigma[j] * z_j``
-    with the prediction ``(x0, eps)`` and the step's noise ``z_j``. ``kind="ddim"`` is
-    DDIM with ``eta`` (eta = 0: the probability-flow ODE; eta = 1: ancestral);
-    ``kind="ddpm"`` is diffusers' DDPMScheduler step (fixed_small variance).
+    Args:
+        levels_fn: ``levels_fn(N) -> (timesteps [N], sigmas [N + 1], init_noise_sigma)``:
+            the model's timestep value at each step (what the network is called with), the
+            grid's levels ``s`` (decreasing, the last one usually 0) and the factor the
+            initial standard-normal noise is multiplied by.
+        family: how the **network** sees a noisy sample at level ``s``: ``"vp"``
+            (``alpha = 1 / sqrt(1 + s^2)``, ``sigma = s alpha``: a variance-preserving model
+            on k-diffusion sigmas), ``"flow"`` (``alpha = 1 - s``, ``sigma = s``) or
+            ``"ve"`` (``alpha = 1``, ``sigma = s``).
+        prediction_type: what the network returns: ``"epsilon"``, ``"sample"``,
+            ``"v_prediction"`` or ``"flow_prediction"`` (the velocity ``eps - x0``).
+        solver: the default solver: ``"euler"``, ``"euler_ancestral"``, ``"dpmpp_2m"``
+            or ``"unipc"``. Euler-type solvers on a ``"vp"`` family run in the VE state
+            ``x / alpha`` with the model input scaled back (diffusers' Euler schedulers);
+            the others run in the network's own parameterization.
+        solver_options: the solver's settings, as diffusers names them (``solver_order``,
+            ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``,
+            ``solver_type``, ``disable_corrector``).
+        max_steps: the most sampling steps allowed.
+        timestep_scale: for the analytic references: the model's timestep is
+            ``s * timestep_scale`` (``"flow"``: ``num_train_timesteps``; ``"ve"``: 1).
+        name: shown in ``repr``.
     """
 
-    timesteps: Tensor
-    alpha_in: Tensor
-    alpha_out: Tensor
-    c_x0: Tensor
-    c_eps: Tensor
-    c_x: Tensor
-    sigma: Tensor
+    levels_fn: Callable[[int], tuple[Tensor, Tensor, float]]
+    family: str
+    prediction_type: str
+    solver: str = "euler"
+    solver_options: Mapping[str, Any] = field(default_factory=dict)
+    max_steps: int = 1000
+    timestep_scale: float | None = None
+    name: str = "custom"
 
-    @property
-    def num_steps(self) -> int:
-        """``N``, the sampler's steps (the length of every per-step tensor)."""
-        return self.timesteps.numel()
+    def __post_init__(self) -> None:
+        if not callable(self.levels_fn):
+            raise TypeError("levels_fn must be callable levels_fn(num_steps)")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got "
+                             f"{self.prediction_type!r}")
+        if self.solver not in SIGMA_SOLVERS:
+            raise ValueError(f"solver must be one of {SIGMA_SOLVERS}, got {self.solver!r}")
+        order = self.solver_options.get("solver_order", 2)
+        if order not in (1, 2):
+            raise ValueError(f"solver_order must be 1 or 2, got {order!r}")
+        object.__setattr__(self, "solver_options", dict(self.solver_options))
 
-    @property
-    def stochastic(self) -> bool:
-        """Whether any step adds noise (``sigma > 0``: DDIM with ``eta > 0`` or DDPM)."""
-        return bool((self.sigma > 0).any())
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def flow_matching(cls, num_train_timesteps: int = 1000, shift: float = 1.0,
+                      solver: str = "euler", **options: Any) -> SigmaSchedule:
+        """Rectified flow as diffusers' ``FlowMatchEulerDiscreteScheduler`` with a static
+        ``shift`` (SD3: 3.0): ``N`` levels ``linspace(1, s_min, N)`` shifted by
+        ``shift s / (1 + (shift - 1) s)``, then 0; timesteps ``s * num_train_timesteps``."""
+        T = _check_T(num_train_timesteps)
+        if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
+
+        def shifted(s: np.ndarray) -> np.ndarray:
+            return shift * s / (1 + (shift - 1) * s)
+
+        s_min = float(shifted(np.array([1.0 / T], dtype=np.float32))[0])
+
+        def levels(N: int) -> tuple[Tensor, Tensor, float]:
+            ts = np.linspace(T * 1.0, s_min * T, N, dtype=np.float32)
+            sig = shifted((ts / T).astype(np.float32)).astype(np.float32)
+            timesteps = torch.from_numpy(sig * T)
+            sigmas = torch.cat([torch.from_numpy(sig).double(), torch.zeros(1, dtype=torch.float64)])
+            return timesteps, sigmas, 1.0
+
+        return cls(levels, "flow", "flow_prediction", solver, options, max_steps=10**6,
+                   timestep_scale=float(T), name=f"flow_matching(shift={shift:g})")
 
     @classmethod
-    def build(cls, schedule: VPSchedule, num_steps: int, kind: str = "ddim",
-              eta: float = 0.0) -> SamplingGrid:
-        """The grid of a ``num_steps``-step sampler on ``schedule``: ``kind="ddim"``
-        (with noise ``eta >= 0``) or ``"ddpm"``; every per-step tensor is float64 ``[N]``."""
-        if kind not in ("ddim", "ddpm"):
-            raise ValueError(f"kind must be 'ddim' or 'ddpm', got {kind!r}")
-        if not (isinstance(eta, (int, float)) and 0.0 <= eta and math.isfinite(eta)):
-            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
-        T = schedule.num_train_timesteps
-        ts = schedule.timesteps(num_steps)
-        N = ts.numel()
-        if kind == "ddim":  # diffusers' DDIMScheduler: prev = t - T // N
-            prev = ts - T // N
-        else:  # DDPMScheduler: the next timestep of the list, -1 after the last
-            prev = torch.cat([ts[1:], torch.tensor([-1])])
-        ac = schedule.alphas_cumprod
-        a_in = ac[ts.clamp(0, T - 1)]
-        final = 1.0 if kind == "ddpm" else schedule.final_alpha_cumprod
-        a_out = torch.where(prev >= 0, ac[prev.clamp(min=0)], torch.full_like(a_in, final))
-        zero = torch.zeros_like(a_in)
-        if kind == "ddim":
-            var = (1 - a_out) / (1 - a_in) * (1 - a_in / a_out)
-            sigma = eta * var.clamp(min=0).sqrt()
-            c_x0, c_eps, c_x = a_out.sqrt(), (1 - a_out - sigma**2).clamp(min=0).sqrt(), zero
-        else:
-            alpha_t = a_in / a_out
-            beta_t = 1 - alpha_t
-            c_x0 = a_out.sqrt() * beta_t / (1 - a_in)
-            c_x = alpha_t.sqrt() * (1 - a_out) / (1 - a_in)
-            c_eps = zero
-            var = ((1 - a_out) / (1 - a_in) * beta_t).clamp(min=1e-20)
-            sigma = torch.where(ts > 0, var.sqrt(), zero)
-        return cls(ts, a_in, a_out, c_x0, c_eps, c_x, sigma)
+    def edm(cls, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+            prediction_type: str = "sample", solver: str = "euler",
+            **options: Any) -> SigmaSchedule:
+        """Variance-exploding levels of Karras et al. (EDM): ``N`` levels
+        ``(s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho``, then 0; the model
+        is called with ``s`` itself as its timestep and sees ``x = x0 + s eps``."""
+        if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min!r}, {sigma_max!r}")
+
+        def levels(N: int) -> tuple[Tensor, Tensor, float]:
+            ramp = torch.linspace(0, 1, N, dtype=torch.float64)
+            lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+            sig = (hi + ramp * (lo - hi)) ** rho
+            return sig.clone(), torch.cat([sig, torch.zeros(1, dtype=torch.float64)]), sigma_max
+
+        return cls(levels, "ve", prediction_type, solver, options, max_steps=10**6,
+                   timestep_scale=1.0, name=f"edm(sigma_min={sigma_min:g}, sigma_max={sigma_max:g})")
+
+    def with_solver(self, solver: str, **options: Any) -> SigmaSchedule:
+        """A copy that samples with another solver (and its options)."""
+        return replace(self, solver=solver, solver_options={**self.solver_options, **options})
+
+    # ------------------------------------------------------------------ levels
+    def levels(self, num_steps: int) -> tuple[Tensor, Tensor, float]:
+        """``(timesteps [N], sigmas [N + 1] float64, init_noise_sigma)`` of an ``N``-step
+        grid, checked (levels finite, >= 0, non-increasing, the first > 0)."""
+        N = check_num_steps(num_steps, self.max_steps)
+        timesteps, sigmas, init = self.levels_fn(N)
+        timesteps = torch.as_tensor(timesteps).flatten()
+        sigmas = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).flatten()
+        if timesteps.numel() != N or sigmas.numel() != N + 1:
+            raise ValueError(f"{self.name}: levels_fn({N}) gave {timesteps.numel()} timesteps and "
+                             f"{sigmas.numel()} levels, expected {N} and {N + 1}")
+        if not bool(torch.isfinite(sigmas).all()) or bool((sigmas < 0).any()) \
+                or not sigmas[0] > 0 or bool((torch.diff(sigmas) > 0).any()):
+            raise ValueError(f"{self.name}: the grid's levels must be finite, >= 0 and "
+                             f"non-increasing from a level > 0, got {sigmas.tolist()}")
+        return timesteps, sigmas, float(init)
+
+    def model_alpha_sigma(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha, sigma)`` of the network's noisy input at levels ``s`` (float64)."""
+        s = s.to(torch.float64)
+        if self.family == "vp":
+            a = 1 / (1 + s**2).sqrt()
+            return a, s * a
+        if self.family == "flow":
+            return 1 - s, s.clone()
+        return torch.ones_like(s), s.clone()
+
+    def state_alpha_sigma(self, s: Tensor, solver: str) -> tuple[Tensor, Tensor]:
+        """``(alpha, sigma)`` of the sampler's state at levels ``s``: the VE state for
+        Euler-type solvers on a ``"vp"`` family, the network's own otherwise."""
+        if self.family == "vp" and solver in ("euler", "euler_ancestral"):
+            return torch.ones_like(s, dtype=torch.float64), s.to(torch.float64)
+        return self.model_alpha_sigma(s)
+
+    def timestep_levels(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The network's ``(alpha, sigma)`` at its timestep values ``t`` (float64; needs
+        ``timestep_scale``): the analytic references use it."""
+        if self.timestep_scale is None:
+            raise ValueError(f"{self.name} maps levels to timesteps without a closed form "
+                             "(timestep_scale is None)")
+        return self.model_alpha_sigma(t.to(torch.float64) / self.timestep_scale)
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.solver_options.items())
+        return (f"SigmaSchedule({self.name}, family={self.family!r}, prediction_type="
+                f"{self.prediction_type!r}, solver={self.solver!r}{opts})")

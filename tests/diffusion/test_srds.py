@@ -318,7 +318,7 @@ def test_wrong_shape_model():
         (dict(tol=-1.0), ValueError, "tol must be > 0"),
         (dict(x_T=torch.randn(2, 4, 2)), ValueError, r"x_T must have shape \[batch, 8\]"),
         (dict(x_T=[1.0]), TypeError, "x_T must be a torch.Tensor"),
-        (dict(sampler="euler"), ValueError, "kind must be 'ddim' or 'ddpm'"),
+        (dict(sampler="euler"), ValueError, "sampler must be 'ddim' or 'ddpm'"),
         (dict(eta=-1.0), ValueError, "eta must be"),
         (dict(stopping="foo"), ValueError, "stopping must be"),
         (dict(schedule="linear"), TypeError, "schedule must be a VPSchedule"),
