@@ -64,6 +64,16 @@ def parareal(
         max_iters: iteration limit; default ``num_blocks`` (the result then equals
             :func:`serial`); ``0`` returns the coarse solution.
         pipelined: run the wavefront schedule (same numbers, shorter critical path).
+            Both schedules compute every boundary with the same arithmetic; when a batched
+            ``f`` call gives each row the same bits whatever the batch width (elementwise
+            ops and small matmuls on the CPU, the built-in propagators), their histories
+            agree bitwise and they stop at the same iteration. Kernels whose round-off
+            depends on the batch width (neural networks, many GPU kernels) make the values
+            agree only to round-off, so when a change lies within round-off of ``tol`` the
+            two may stop at different iterations. What holds for both: ``iterations`` is
+            the first iteration whose recorded change passed the test (``history[-1]``
+            passes, no earlier entry does), or ``max_iters``. Choose ``tol`` well above
+            the round-off of the state for counts that agree across schedules.
         callback: called with an :class:`IterationInfo` after the coarse sweep and after
             every iteration.
         rtol: relative tolerance added to ``tol``: a boundary passes when its change is at

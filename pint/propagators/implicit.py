@@ -74,7 +74,9 @@ class ImplicitPropagator(FixedStepPropagator):
         steps: equal steps per block (>= 1).
         newton_tol: a row's Newton iteration stops once the max-abs residual of the stage
             equation is at most ``newton_tol * (1 + max|b|)`` (``b``: the explicit part of
-            the stage, i.e. the state it starts from).
+            the stage, i.e. the state it starts from); ``newton_tol`` below the round-off of
+            the state's dtype counts as ``16 * eps`` of that dtype (``1.9e-6`` for float32),
+            which is the most Newton can reach.
         max_newton: Newton iterations (Jacobian evaluations) allowed per stage; not
             converging within them raises :class:`NewtonConvergenceError`.
     """
@@ -91,13 +93,14 @@ class ImplicitPropagator(FixedStepPropagator):
         ab = expand_as_state(a, b)
         scale = 1.0 + b.reshape(n, -1).abs().amax(dim=1)
         real = b.real.dtype if b.is_complex() else b.dtype
+        tol = max(self.newton_tol, 16 * torch.finfo(real).eps)
         d = b[0].numel() * (2 if b.is_complex() else 1)
         eye = torch.eye(d, dtype=real, device=b.device)
         Z = guess
         for _ in range(self.max_newton):
             F = Z - b - ab * f(ts, Z)
             res = F.reshape(n, -1).abs().amax(dim=1)
-            if bool((res <= self.newton_tol * scale).all()):
+            if bool((res <= tol * scale).all()):
                 return Z
             J = row_jacobians(f, ts, Z)  # complex states: in real form (a is real)
             M = eye - a.to(real).view(-1, 1, 1) * J
@@ -105,7 +108,7 @@ class ImplicitPropagator(FixedStepPropagator):
             Z = Z - from_real(dZ.squeeze(-1), Z)
         F = Z - b - ab * f(ts, Z)
         res = F.reshape(n, -1).abs().amax(dim=1)
-        bad = ~(res <= self.newton_tol * scale)
+        bad = ~(res <= tol * scale)
         if not bool(bad.any()):
             return Z
         i = int(bad.nonzero()[0])
@@ -113,7 +116,7 @@ class ImplicitPropagator(FixedStepPropagator):
             f"{type(self).__name__}: Newton iteration did not converge in {self.max_newton} "
             f"iterations for row {i} of the batch (the step from t={float(t[i]):.6g} with "
             f"h={float(h[i]):.3g}); residual {float(res[i]):.3e} > newton_tol * scale = "
-            f"{self.newton_tol * float(scale[i]):.3e}. Use more steps, a larger max_newton "
+            f"{tol * float(scale[i]):.3e}. Use more steps, a larger max_newton "
             "or a larger newton_tol",
             i, float(t[i]), float(h[i]),
         )
