@@ -4,9 +4,10 @@ sample grid, a convergence figure and a JSON report.
     pint-sample --model digits --out out/
     pint-sample --model path/to/stable-diffusion --prompt "a photo of a cat" --out out/
 
-A local text-to-image pipeline folder (``model_index.json`` of a StableDiffusionPipeline)
-is sampled through :func:`adapters.text_to_image.srds_pipeline` (prompt, guidance,
-latents, VAE decode); it also writes every image and the latents.
+A local text-to-image pipeline folder (``model_index.json`` of a StableDiffusionPipeline,
+StableDiffusion3Pipeline or FluxPipeline) is sampled through
+:func:`adapters.text_to_image.srds_pipeline` (prompt, guidance, latents, VAE decode) with
+any sampler; it also writes every image and the latents.
 
 Every argument and the output folder are checked before a model is loaded. The outputs are
 written under temporary names in ``--out`` and moved into place at the end (``report.json``
@@ -102,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["srds", "serial", "quasi_newton", "picard", "auto"],
                    default="srds",
                    help="srds (Parareal), serial, the sliding-window samplers quasi_newton / "
-                        "picard, or auto (the widest quasi-Newton window --max-batch allows); "
-                        "window samplers: unconditional models only")
+                        "picard, or auto (the widest quasi-Newton window --max-batch allows)")
     p.add_argument("--window", type=_positive_int, default=None,
                    help="steps per call of --sampler quasi_newton / picard (default 32)")
     p.add_argument("--max-batch", type=_positive_int, default=None,
                    help="network rows per call, --sampler auto only")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="sampler steps N (default 1000; 50 for a text-to-image pipeline)")
+                   help="sampler steps N (default 1000; for a text-to-image pipeline its own: "
+                        "50 for SD, 28 for SD3 and Flux)")
     p.add_argument("--blocks", type=_positive_int, default=None,
                    help="Parareal blocks, --sampler srds only, <= --steps (default "
                         "round(2 sqrt(N)) pipelined, round(sqrt(N)) for the sweep)")
@@ -132,12 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new, empty, or a previous pint-sample output (its "
                         "files are replaced; see below)")
-    t2i = p.add_argument_group("text-to-image pipelines (StableDiffusion-class folders)")
+    t2i = p.add_argument_group("text-to-image pipelines (StableDiffusion, SD3, Flux folders)")
     t2i.add_argument("--prompt", default=None, help="the text prompt (required for a pipeline)")
     t2i.add_argument("--negative-prompt", default=None,
-                     help="what to steer away from (needs --guidance-scale > 1)")
+                     help="what to steer away from (needs --guidance-scale > 1; Flux: "
+                          "--true-cfg-scale > 1)")
     t2i.add_argument("--guidance-scale", type=_finite_float, default=None,
-                     help="classifier-free guidance (default 7.5; <= 1: none)")
+                     help="SD/SD3: classifier-free guidance (default 7.5 / 7.0; <= 1: none); "
+                          "Flux: the embedded guidance of a guidance-distilled transformer "
+                          "(default 3.5)")
+    t2i.add_argument("--true-cfg-scale", type=_finite_float, default=None,
+                     help="Flux only: classifier-free guidance with --negative-prompt")
+    t2i.add_argument("--height", type=_positive_int, default=None,
+                     help="image height in pixels (default: the pipeline's)")
+    t2i.add_argument("--width", type=_positive_int, default=None,
+                     help="image width in pixels (default: the pipeline's)")
     t2i.add_argument("--scheduler", choices=["ddim", "ddpm"], default=None,
                      help="replace the folder's scheduler by DDIM/DDPM steps on its betas "
                           "(needed when it ships another scheduler, e.g. PNDM)")
@@ -259,6 +269,16 @@ def _srds_report(out, steps: int, pipelined: bool, t0: float, units: str) -> dic
         ratio_note="sequential_model_calls_ratio_vs_serial counts model calls on the critical "
                    "path, not time; --compare-serial measures wall_clock_ratio_vs_serial_measured",
     )
+
+
+def _window_report(out, steps: int, t0: float) -> dict[str, Any]:
+    return dict(wall_s=time.perf_counter() - t0, window=out.num_blocks, tol=out.tol,
+                iterations=out.iterations, converged=out.converged, history=out.history,
+                model_calls=out.stats.model_calls, model_rows=out.stats.model_rows,
+                depth=out.stats.depth,
+                sequential_model_calls_ratio_vs_serial=steps / max(1, out.stats.depth),
+                tol_note="window samplers: per-step tolerance relative to the step's noise "
+                         "scale (ParaDiGMS's rule)")
 
 
 def _serial_comparison(serial_s: float, wall_s: float) -> dict[str, float]:
@@ -554,6 +574,8 @@ def _run(args) -> int:
         return _main_text_to_image(args)
     given = [f for f, v in (("--negative-prompt", args.negative_prompt),
                             ("--guidance-scale", args.guidance_scale),
+                            ("--true-cfg-scale", args.true_cfg_scale),
+                            ("--height", args.height), ("--width", args.width),
                             ("--scheduler", args.scheduler)) if v is not None]
     if given:
         return _error(f"{', '.join(given)} need(s) --prompt and a text-to-image pipeline folder")
@@ -608,13 +630,7 @@ def _run(args) -> int:
                 kw["max_iters"] = args.max_iters
             out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, **kw)
             sample = out.sample
-            report.update(wall_s=time.perf_counter() - t0, window=out.num_blocks, tol=out.tol,
-                          iterations=out.iterations, converged=out.converged,
-                          history=out.history, model_calls=out.stats.model_calls,
-                          model_rows=out.stats.model_rows, depth=out.stats.depth,
-                          sequential_model_calls_ratio_vs_serial=steps / max(1, out.stats.depth),
-                          tol_note="window samplers: per-step tolerance relative to the step's "
-                                   "noise scale (ParaDiGMS's rule)")
+            report.update(_window_report(out, steps, t0))
         else:
             bar, progress = _progress_bar()
             try:
@@ -654,10 +670,38 @@ def _run(args) -> int:
                           out, iterates, "max |change| of the final sample")
 
 
+def _pipeline_guidance(args, name: str) -> str | None:
+    """Why the guidance flags don't fit the pipeline folder's model, or ``None`` (checked
+    from its configs, before loading)."""
+    from adapters.text_to_image import FAMILIES, check_guidance
+
+    cfg_flag = "--" + FAMILIES[name].cfg_arg.replace("_", "-")
+    embeds = False
+    if name == "FluxPipeline":
+        try:
+            cfg = json.loads((Path(args.model).expanduser() / "transformer" / "config.json")
+                             .read_text())
+            embeds = bool(cfg.get("guidance_embeds", False))
+        except (OSError, ValueError, AttributeError):
+            pass  # load_text_to_image says what is wrong
+    try:
+        check_guidance(name, embeds, args.guidance_scale, args.true_cfg_scale,
+                       args.negative_prompt is not None)
+    except (TypeError, ValueError) as err:
+        if args.negative_prompt is not None and "a negative prompt needs" in str(err):
+            return f"--negative-prompt needs {cfg_flag} > 1 (classifier-free guidance)"
+        msg = str(err)
+        for a in ("guidance_scale", "true_cfg_scale", "negative_prompt"):
+            msg = msg.replace(a, "--" + a.replace("_", "-"))
+        return msg
+    return None
+
+
 def _main_text_to_image(args) -> int:
-    """``pint-sample --model <pipeline folder> --prompt ...``: SRDS through the pipeline's
-    components; writes samples.png, convergence.png, report.json, images/ and
-    latents.safetensors (final and initial latents)."""
+    """``pint-sample --model <pipeline folder> --prompt ...``: any sampler through the
+    pipeline's components (StableDiffusion, SD3, Flux); writes samples.png,
+    convergence.png (iterative samplers), report.json, images/ and latents.safetensors
+    (final and initial latents, in the pipeline's layout: Flux's packed)."""
     from adapters.diffusion.pretrained import BUNDLED
 
     if not _is_text_to_image(args.model):
@@ -668,14 +712,14 @@ def _main_text_to_image(args) -> int:
                       f"{what}, not a text-to-image pipeline folder")
     if args.prompt is None:
         return _error(f"{args.model} is a text-to-image pipeline: give --prompt")
-    if args.sampler not in ("srds", "serial"):
-        return _error(f"--sampler {args.sampler} is for unconditional models; a text-to-image "
-                      "pipeline samples with srds or serial")
-    guidance = 7.5 if args.guidance_scale is None else args.guidance_scale
-    if args.negative_prompt is not None and guidance <= 1:
-        return _error(f"--negative-prompt needs --guidance-scale > 1 (classifier-free guidance), "
-                      f"got {guidance:g}")
-    steps = args.steps or 50
+    from adapters.text_to_image import FAMILIES
+
+    name = json.loads((Path(args.model).expanduser() / "model_index.json").read_text())[
+        "_class_name"]
+    err = _pipeline_guidance(args, name)
+    if err:
+        return _error(err)
+    steps = args.steps or FAMILIES[name].steps
     err = _check_steps(args, steps, _pipeline_train_timesteps(args.model))
     if err:
         return _error(err)
@@ -693,60 +737,73 @@ def _main_text_to_image(args) -> int:
     if err:
         return _error(err)
     pipelined = True if args.pipelined is None else args.pipelined
-    common = dict(negative_prompt=args.negative_prompt, output_type="latent")
+    common = dict(negative_prompt=args.negative_prompt, true_cfg_scale=args.true_cfg_scale,
+                  height=args.height, width=args.width, output_type="latent")
     report: dict[str, Any] = {
         "model": str(args.model), "pipeline": type(pipe).__name__, "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt, "guidance_scale": guidance,
+        "negative_prompt": args.negative_prompt,
         "scheduler": type(pipe.scheduler).__name__, "sampler": args.sampler, "steps": steps,
         "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
         "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
     }
+    opts: dict[str, Any] = {}
+    if args.sampler != "serial":
+        opts = dict(max_iters=args.max_iters, tol=args.tol)
+        if args.sampler == "srds":
+            opts.update(num_blocks=args.blocks, pipelined=pipelined, return_iterates=True)
+        else:  # window samplers: ParaDiGMS's per-step rule, as for unconditional models
+            opts["tol"] = 1e-4 if args.tol is None else args.tol
+            if args.sampler == "auto":
+                opts["max_batch"] = args.max_batch
+            else:
+                opts["window"] = min(args.window or 32, steps)
     with torch.inference_mode():
         g = torch.Generator().manual_seed(args.seed)  # CPU: the same noise on every device
         t0 = time.perf_counter()
-        if args.sampler == "serial":
-            res = srds_pipeline(pipe, args.prompt, steps, guidance, sampler="serial",
-                                num_images_per_prompt=args.num_samples, generator=g, **common)
-            report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
-            out = None
-        else:
-            bar, progress = _progress_bar()
-            try:
-                res = srds_pipeline(pipe, args.prompt, steps, guidance, args.tol,
-                                    num_images_per_prompt=args.num_samples, generator=g,
-                                    num_blocks=args.blocks, max_iters=args.max_iters,
-                                    pipelined=pipelined, callback=progress,
-                                    return_iterates=True, **common)
-            finally:
+        bar, progress = _progress_bar() if args.sampler == "srds" else (None, None)
+        try:
+            res = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
+                                sampler=args.sampler, num_images_per_prompt=args.num_samples,
+                                generator=g, callback=progress, **opts, **common)
+        except (ValueError, TypeError) as err:  # what only the loaded model can tell
+            return _error(str(err))
+        finally:
+            if bar is not None:
                 bar.close()
-            out = res.sampling
+        report.update(guidance_scale=res.guidance_scale, sampler_run=res.sampler)
+        out = None if res.sampler == "serial" else res.sampling
+        if out is None:
+            report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
+        elif res.sampler == "srds":
             report.update(_srds_report(out, steps, pipelined, t0, "latents"))
+        else:
+            report.update(_window_report(out, steps, t0))
         report.update(latent_shape=list(res.latents.shape[1:]), model_rows=res.stats.model_rows)
         if args.compare_serial:
             x_T = res.initial_latents
             t1 = time.perf_counter()
-            ref = srds_pipeline(pipe, args.prompt, steps, guidance, sampler="serial",
+            ref = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale, sampler="serial",
                                 num_images_per_prompt=args.num_samples, latents=x_T, **common)
             serial_s = time.perf_counter() - t1
-            alone = srds_pipeline(pipe, args.prompt, steps, guidance, sampler="serial",
-                                  latents=x_T[:1], **common)
+            alone = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
+                                  sampler="serial", latents=x_T[:1], **common)
             report.update(_serial_comparison(serial_s, report["wall_s"]),
                           max_abs_diff_vs_serial=float((res.latents - ref.latents).abs().max()),
                           serial_floor=float((ref.latents[:1] - alone.latents).abs().max()),
                           floor_note="in latent space; serial_floor: the serial sampler's own "
                                      "change when the first sample is drawn alone")
         # decode only what is shown: the final images, and 8 per iteration for the figure
-        images, nsfw = latents_to_images(pipe, res.latents, "np")
-        iterates = None if out is None else np.stack(
-            [latents_to_images(pipe, row[:8], "np")[0] for row in out.iterates])
+        size = dict(height=res.height, width=res.width)
+        images, nsfw = latents_to_images(pipe, res.latents, "np", **size)
+        iterates = None if out is None or out.iterates is None else np.stack(
+            [latents_to_images(pipe, row[:8], "np", **size)[0] for row in out.iterates])
     report.update(image_size=list(images.shape[1:3]), nsfw_content_detected=nsfw)
     return _write_outputs(
-        args, report, images, f"{args.prompt[:60]!r}: {args.sampler}, N = {steps}", out,
+        args, report, images, f"{args.prompt[:60]!r}: {res.sampler}, N = {steps}", out,
         iterates, "max |change| of the final latents",
         images=pipe.image_processor.numpy_to_pil(images),
         latents={"latents": res.latents.contiguous().cpu(),
                  "initial_latents": res.initial_latents.contiguous().cpu()})
-
 
 if __name__ == "__main__":
     sys.exit(main())
