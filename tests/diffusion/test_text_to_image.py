@@ -4,7 +4,9 @@ local folder and loaded back. pint's serial path against the pipeline's own ``__
 SRDS and Picard converging to it, pint-sample on the folder, and bad input refused before
 any model call."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,37 +22,19 @@ from diffusers import (  # noqa: E402
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from adapters.diffusers import TextToImageOutput, load_text_to_image, srds_pipeline  # noqa: E402
 from adapters.diffusion.cli import main  # noqa: E402
 from adapters.diffusion.pretrained import PretrainedNotFoundError  # noqa: E402
 
-WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "tree", "ugly", "blurry"]
 PROMPTS = ["a photo of a cat", "red tree"]
-
-
-def write_tokenizer(folder):
-    """A byte-level BPE vocabulary over WORDS (every character, then merges up to each
-    whole word) as vocab.json + merges.txt, loaded as a CLIPTokenizer."""
-    folder.mkdir(parents=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    merges = ["#version: 0.2"]
-    for w in WORDS:
-        for c in w:
-            vocab.setdefault(c, len(vocab))
-            vocab.setdefault(c + "</w>", len(vocab))
-    for w in WORDS:
-        cur = w[0]
-        for i, c in enumerate(w[1:], 2):
-            right = c + ("</w>" if i == len(w) else "")
-            if f"{cur} {right}" not in merges:
-                merges.append(f"{cur} {right}")
-            cur += right
-            vocab.setdefault(cur, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("\n".join(merges) + "\n")
-    return CLIPTokenizer.from_pretrained(folder, model_max_length=12)
+_spec = importlib.util.spec_from_file_location(
+    "bench_text_to_image", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_text_to_image.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+#: a CLIPTokenizer over a few words (vocab.json + merges.txt written into the folder)
+write_tokenizer = bench.clip_tokenizer
 
 
 def tiny_pipeline(tmp, scheduler):
