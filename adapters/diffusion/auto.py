@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .model import Model
+from .model import Denoiser, Model
 from .picard import picard_sample, quasi_newton_sample
 from .samplers import SampleOutput, SamplerStats, Schedule, _check_x, serial_sample, srds_sample
 from .schedule import check_num_steps
@@ -88,7 +88,7 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         x = _check_x(x_T, model)
         N = check_num_steps(num_steps, schedule.max_steps)
         sampler, chosen = choose_sampler(N, x.shape[0], max_batch,
-                                         kwargs.get("guidance_scale") is not None)
+                                         _guided(model, kwargs))
         kwargs = {**chosen, **kwargs}
     elif max_batch is not None:
         raise ValueError("max_batch is only used with sampler='auto'")
@@ -97,7 +97,7 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     if sampler == "serial":
         kwargs.pop("tol", None)
         x0 = serial_sample(model, schedule, x_T, num_steps, **kwargs)
-        rows = x_T.shape[0] * (2 if kwargs.get("guidance_scale") is not None else 1)
+        rows = x_T.shape[0] * (2 if _guided(model, kwargs) else 1)
         stats = SamplerStats(num_steps, num_steps * rows, num_steps)
         return SampleOutput(x0, 0, True, [], stats, 0.0, 1)
     run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
@@ -105,3 +105,9 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
 
 
 __all__ = ["sample", "choose_sampler", "SAMPLERS", "DEFAULT_WINDOW"]
+
+
+def _guided(model: Model, kwargs: dict[str, Any]) -> bool:
+    """Whether a run uses classifier-free guidance (two rows per sample per call)."""
+    own = getattr(model, "guidance_scale", None) if isinstance(model, Denoiser) else None
+    return own is not None or kwargs.get("guidance_scale") is not None

@@ -28,7 +28,8 @@ class Denoiser:
             scheduler's timestep values (int64 for DDIM/DDPM grids, floats for flow
             matching and Karras grids).
         prediction_type: ``"epsilon"``, ``"sample"``, ``"v_prediction"`` or
-            ``"flow_prediction"`` (velocity ``eps - x0``).
+            ``"flow_prediction"`` (velocity ``eps - x0``); ``None``: the schedule's (a
+            sampler binds it, see :meth:`bind`; used alone it means ``"epsilon"``).
         clip_sample: clamp x0 to ``[-clip_range, clip_range]`` (eps is left as predicted,
             as diffusers does).
         model_kwargs: conditioning for the samples of one state (``encoder_hidden_states``,
@@ -51,7 +52,7 @@ class Denoiser:
     def __init__(
         self,
         model: Model,
-        prediction_type: str = "epsilon",
+        prediction_type: str | None = None,
         clip_sample: bool = False,
         clip_range: float = 1.0,
         model_kwargs: Mapping[str, Any] | None = None,
@@ -62,7 +63,7 @@ class Denoiser:
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable model(x, t), got {type(model).__name__}")
-        if prediction_type not in PREDICTION_TYPES:
+        if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
             )
@@ -100,6 +101,23 @@ class Denoiser:
         self._unchecked: list[tuple[Tensor, Tensor, int]] = []  # (row finite [R], t [n], b)
         self.calls = 0
         self.rows = 0
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The wrapped model's ``sample_shape`` (``None`` where it fixes none)."""
+        return getattr(self.model, "sample_shape", None)
+
+    def bind(self, schedule: Any) -> Denoiser:
+        """A fresh copy for one sampling run on ``schedule``: its prediction type and
+        clipping where this denoiser leaves them open, counters at zero, and the NaN/Inf
+        check deferred to the sampler's check points."""
+        clip = self.clip_sample or bool(getattr(schedule, "clip_sample", False))
+        clip_range = self.clip_range if self.clip_sample else float(
+            getattr(schedule, "clip_sample_range", 1.0))
+        return Denoiser(self.model, self.prediction_type or schedule.prediction_type, clip,
+                        clip_range, self.model_kwargs, self.guidance_scale,
+                        self.uncond_kwargs if self.guidance_scale is not None else None,
+                        self.check_finite, defer_check=True)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
         """The (guided) network output for ``x [n, b, *sample]`` at timesteps ``t [n]``."""
@@ -166,7 +184,7 @@ class Denoiser:
             x = c.to(x.dtype).view(shape) * x
         out = self.raw(x, t)
         sa, ss = a.to(x.dtype).view(shape), s.to(x.dtype).view(shape)
-        if self.prediction_type == "epsilon":
+        if self.prediction_type in ("epsilon", None):
             eps = out
             x0 = (x - ss * eps) / sa
         elif self.prediction_type == "sample":

@@ -27,7 +27,7 @@ iterations always reproduce the serial sampler.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,9 +46,10 @@ from .samplers import (
 )
 
 _COMMON_ARGS = """
-    ``model``, ``schedule``, ``x_T``, ``num_steps``, ``prediction_type``, ``eta``,
-    ``generator``, ``sampler``, ``noise``, ``model_kwargs``, ``guidance_scale``,
-    ``uncond_kwargs`` and ``check_finite`` are as in :func:`~adapters.diffusion.srds_sample`.
+    ``model``, ``schedule``, ``x_T``, ``num_steps``, ``eta``, ``generator``, ``sampler``,
+    ``noise`` and ``**model_options`` (``prediction_type``, ``model_kwargs``,
+    ``guidance_scale``, ``uncond_kwargs``, ``check_finite``) are as in
+    :func:`~adapters.diffusion.srds_sample`.
 
     Args:
         window: steps ``w`` evaluated per model call (``1 <= w <= num_steps``, default
@@ -78,21 +79,19 @@ def picard_sample(
     window: int | None = None,
     tol: float = 1e-3,
     max_iters: int | None = None,
-    prediction_type: str | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callable[[int, Tensor, float], None] | None = None,
     *,
     sampler: str | None = None,
     noise: Tensor | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    guidance_scale: float | None = None,
-    uncond_kwargs: Mapping[str, Any] | None = None,
-    check_finite: bool = True,
     initial: Tensor | None = None,
     return_trajectory: bool = False,
+    **model_options: Any,
 ) -> SampleOutput:
-    return _window_sample(**locals(), coupling="identity")
+    return _window_sample(model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator,
+                          callback, sampler, noise, initial, return_trajectory, model_options,
+                          coupling="identity")
 
 
 picard_sample.__doc__ = """Sample with sliding-window Picard iteration (ParaDiGMS), the peer
@@ -108,21 +107,19 @@ def quasi_newton_sample(
     window: int | None = None,
     tol: float = 1e-3,
     max_iters: int | None = None,
-    prediction_type: str | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callable[[int, Tensor, float], None] | None = None,
     *,
     sampler: str | None = None,
     noise: Tensor | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    guidance_scale: float | None = None,
-    uncond_kwargs: Mapping[str, Any] | None = None,
-    check_finite: bool = True,
     initial: Tensor | None = None,
     return_trajectory: bool = False,
+    **model_options: Any,
 ) -> SampleOutput:
-    return _window_sample(**locals(), coupling="secant")
+    return _window_sample(model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator,
+                          callback, sampler, noise, initial, return_trajectory, model_options,
+                          coupling="secant")
 
 
 quasi_newton_sample.__doc__ = """Sample with the sliding window and a secant coarse correction
@@ -133,14 +130,12 @@ quasi_newton_sample.__doc__ = """Sample with the sliding window and a secant coa
 
 @torch.no_grad()  # the trajectory would otherwise keep every call's graph
 def _window_sample(
-    model, schedule, x_T, num_steps, window, tol, max_iters, prediction_type, eta, generator,
-    callback, sampler, noise, model_kwargs, guidance_scale, uncond_kwargs, check_finite, initial,
-    return_trajectory, coupling: str,
+    model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator, callback, sampler,
+    noise, initial, return_trajectory, model_options, coupling: str,
 ) -> SampleOutput:
     _check_callback(callback)
     N, denoiser, grid, noise, problem = _setup(
-        model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
-        model_kwargs, guidance_scale, uncond_kwargs, check_finite)
+        model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     if window is None:
         window = min(32, N)
     if isinstance(window, bool) or not isinstance(window, int):

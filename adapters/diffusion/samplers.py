@@ -148,8 +148,29 @@ def _check_finite_input(name: str, value: Tensor) -> None:
         raise ValueError(f"{name} must be finite (it contains NaN or Inf)")
 
 
-def _setup(model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
-           model_kwargs, guidance_scale, uncond_kwargs, check_finite):
+#: the keywords that describe the model and its conditioning (see :class:`Denoiser`); every
+#: sampler takes them as ``**model_options``, or wrapped once: ``model = Denoiser(net, ...)``
+MODEL_OPTIONS = ("prediction_type", "model_kwargs", "guidance_scale", "uncond_kwargs",
+                 "check_finite")
+
+
+def denoiser_for(model: Model | Denoiser, schedule: Schedule,
+                 model_options: Mapping[str, Any]) -> Denoiser:
+    """The run's :class:`Denoiser`: ``model`` wrapped with ``model_options``, or a
+    :class:`Denoiser` given as ``model`` bound to ``schedule``."""
+    unknown = sorted(set(model_options) - set(MODEL_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {unknown}; the model options are "
+                        f"{', '.join(MODEL_OPTIONS)}")
+    if isinstance(model, Denoiser):
+        if model_options:
+            raise ValueError(f"model is a Denoiser, which holds the model options: pass "
+                             f"{sorted(model_options)} to Denoiser(...), not to the sampler")
+        return model.bind(schedule)
+    return Denoiser(model, **model_options).bind(schedule)
+
+
+def _setup(model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options):
     if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
         raise TypeError("schedule must be a VPSchedule or SigmaSchedule (see "
                         f"adapters.diffusers.schedule_from_scheduler), got {type(schedule).__name__}")
@@ -158,11 +179,7 @@ def _setup(model, schedule, x_T, num_steps, prediction_type, eta, generator, sam
     if sampler is not None and not isinstance(sampler, str):
         raise TypeError(f"sampler must be a solver name, got {type(sampler).__name__}")
     grid = SamplingGrid.build(schedule, N, sampler, eta)
-    denoiser = Denoiser(
-        model, prediction_type or schedule.prediction_type, getattr(schedule, "clip_sample", False),
-        getattr(schedule, "clip_sample_range", 1.0), model_kwargs, guidance_scale, uncond_kwargs,
-        check_finite, defer_check=True,
-    )
+    denoiser = denoiser_for(model, schedule, model_options)
     if grid.stochastic:
         if noise is None:
             noise = torch.stack([
@@ -193,28 +210,26 @@ def serial_sample(
     schedule: VPSchedule,
     x_T: Tensor,
     num_steps: int,
-    prediction_type: str | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     *,
     sampler: str | None = None,
     noise: Tensor | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    guidance_scale: float | None = None,
-    uncond_kwargs: Mapping[str, Any] | None = None,
-    check_finite: bool = True,
+    **model_options: Any,
 ) -> Tensor:
     """The plain serial sampler: ``num_steps`` model calls one after another.
 
-    ``sampler="ddim"`` with ``eta`` (0: deterministic DDIM) or ``"ddpm"`` (ancestral, as
-    diffusers' DDPMScheduler). Stochastic samplers draw their noise ``[N, *x_T.shape]``
-    step by step from ``generator`` (or take ``noise``). ``check_finite`` checks every
-    model output for NaN/Inf (on a GPU a host sync per call; ``False`` for timing runs).
-    Returns the sample, shape and dtype of ``x_T`` (``[batch, *sample]``).
+    ``sampler``: the solver, by default the schedule's own (``"ddim"`` on a
+    :class:`VPSchedule`, with ``eta``; ``"ddpm"``: ancestral, as diffusers'
+    DDPMScheduler; the diffusers scheduler's solver on a :class:`SigmaSchedule`).
+    Stochastic samplers draw their noise ``[N, *x_T.shape]`` step by step from
+    ``generator`` (or take ``noise``). ``**model_options`` (``prediction_type``,
+    ``model_kwargs``, ``guidance_scale``, ``uncond_kwargs``, ``check_finite``) describe the
+    model as :class:`~adapters.diffusion.Denoiser` does; or pass ``model`` as a
+    ``Denoiser``. Returns the sample, shape and dtype of ``x_T`` (``[batch, *sample]``).
     """
     _, denoiser, grid, noise, problem = _setup(
-        model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
-        model_kwargs, guidance_scale, uncond_kwargs, check_finite)
+        model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     fine = GridStep(denoiser, grid, fine=True, noise=noise)
     return sample_of(grid, _checked(denoiser, lambda: pint.serial(problem, fine, num_blocks=1)).y)
 
@@ -229,7 +244,6 @@ def srds_sample(
     tol: float | None = None,
     max_iters: int | None = None,
     pipelined: bool = False,
-    prediction_type: str | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callable[[pint.IterationInfo], None] | None = None,
@@ -239,19 +253,19 @@ def srds_sample(
     stopping: str = "final",
     return_iterates: bool = False,
     partition: Tensor | list[int] | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    guidance_scale: float | None = None,
-    uncond_kwargs: Mapping[str, Any] | None = None,
-    check_finite: bool = True,
     coarse: str = "ddim",
     executor: object | None = None,
     initial: Tensor | None = None,
+    **model_options: Any,
 ) -> SampleOutput:
     """Self-Refining Diffusion Sampling: the serial sampler's result by Parareal iterations.
 
     Args:
-        model: ``model(x [R, *sample], t [R] int64, **model_kwargs) -> [R, *sample]``.
-        schedule: the noise schedule and sampler conventions.
+        model: ``model(x [R, *sample], t [R], **model_kwargs) -> [R, *sample]`` (``t``: the
+            scheduler's timestep values), or a :class:`~adapters.diffusion.Denoiser` that
+            wraps it once with its conditioning (then no ``**model_options``).
+        schedule: the noise schedule, its grid and solver (:class:`VPSchedule`,
+            :class:`SigmaSchedule`, e.g. from ``adapters.diffusers.from_diffusers``).
         x_T: the initial noise ``[batch, *sample]``; its dtype and device are kept.
         num_steps: ``N``, the serial sampler's steps.
         num_blocks: ``B``; default ``round(sqrt(N))`` for the sweep (which minimises its
@@ -262,22 +276,19 @@ def srds_sample(
             ``DEFAULT_TOL[x_T.dtype]``, about float round-off of the serial sampler).
         max_iters: iteration limit (default ``B``: the serial sample exactly).
         pipelined: wavefront schedule (same sample, fewer sequential model calls).
-        prediction_type: overrides the schedule's.
         eta: DDIM noise (``sampler="ddim"``); stochastic samplers draw all per-step noise up
             front from ``generator``, which makes the recursion deterministic.
         generator: for the noise of stochastic samplers.
         callback: sees a :class:`pint.IterationInfo` after every iteration
             (``info.boundaries[-1]`` is the current sample).
-        sampler: ``"ddim"`` or ``"ddpm"``.
+        sampler: the solver (default: the schedule's; ``"ddim"`` or ``"ddpm"`` on a
+            :class:`VPSchedule`).
         noise: explicit per-step noise ``[N, *x_T.shape]`` for stochastic samplers.
         stopping: ``"final"`` (the paper: max-abs change of the final sample),
             ``"boundaries"`` (every block boundary) or ``"sigma"`` (ParaDiGMS-like: each
             boundary's change squared over ``dim * sigma^2`` below ``tol^2``).
         return_iterates: keep the sample after every iteration in ``out.iterates``.
         partition: explicit block edges on the grid (ints from 0 to N).
-        model_kwargs, guidance_scale, uncond_kwargs: conditioning and classifier-free
-            guidance, see :class:`~adapters.diffusion.model.Denoiser`.
-        check_finite: check every model output for NaN/Inf.
         coarse: the coarse jump across a block: ``"ddim"`` (one model call) or
             ``"dpm2"`` (DPM-Solver++(2S), two sequential calls, second order).
         executor: passed to :func:`pint.parareal`. With :class:`pint.DistributedExecutor`
@@ -290,6 +301,9 @@ def srds_sample(
             window sampler) or block boundaries ``[B + 1, *x_T.shape]`` (``out.boundaries``
             of SRDS with the same blocks). Its increments, anchored at ``x_T``, replace the
             coarse sweep (one batched coarse call instead of ``B`` sequential ones).
+        **model_options: ``prediction_type`` (overrides the schedule's), ``model_kwargs``,
+            ``guidance_scale``, ``uncond_kwargs`` (conditioning and classifier-free guidance
+            in one batched call) and ``check_finite``, as :class:`Denoiser` takes them.
 
     Raises:
         ValueError, TypeError: bad input, naming the argument.
@@ -297,8 +311,7 @@ def srds_sample(
     """
     _check_callback(callback)
     N, denoiser, grid, noise, problem = _setup(
-        model, schedule, x_T, num_steps, prediction_type, eta, generator, sampler, noise,
-        model_kwargs, guidance_scale, uncond_kwargs, check_finite)
+        model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     if partition is not None and num_blocks is not None:
         raise ValueError("give num_blocks or partition, not both (partition fixes the blocks)")
     if partition is None:

@@ -157,7 +157,7 @@ def test_unsupported_scheduler_is_refused(unet):
         from_diffusers(unet, PNDMScheduler())
     with pytest.raises(ValueError, match="thresholding"):
         from_diffusers(unet, DDIMScheduler(thresholding=True))
-    with pytest.raises(TypeError, match="unet must be a diffusers UNet"):
+    with pytest.raises(TypeError, match="unet must be a diffusers model"):
         from_diffusers(lambda x, t: x, DDIMScheduler())
 
 

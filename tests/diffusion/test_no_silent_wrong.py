@@ -129,3 +129,21 @@ def test_conditioning_property_guided_equals_manual_mix(scale, key):
         return b + scale * (a - b)
 
     assert torch.allclose(guided, serial_sample(mixed, SCHED, x, 10), atol=1e-12)
+
+
+def test_model_wrapped_once_with_its_conditioning():
+    """A Denoiser carries the model options; every sampler gives the keyword form's sample."""
+    c, u = torch.ones(2, 4), torch.zeros(2, 4)
+    opts = dict(model_kwargs={"c": c}, guidance_scale=2.0, uncond_kwargs={"c": u})
+    wrapped = Denoiser(Conditional(), **opts)
+    alone = serial_sample(Conditional(), SCHED, X, 20, **opts)
+    assert torch.equal(serial_sample(wrapped, SCHED, X, 20), alone)
+    for run, kw in ((srds_sample, dict(tol=1e-5)), (quasi_newton_sample, dict(window=5)),
+                    (picard_sample, dict(window=5))):
+        a, b = run(wrapped, SCHED, X, 20, **kw), run(Conditional(), SCHED, X, 20, **kw, **opts)
+        assert torch.equal(a.sample, b.sample) and a.stats.model_calls == b.stats.model_calls
+    assert wrapped.calls == 0  # each run counts on its own bound copy
+    with pytest.raises(ValueError, match="model is a Denoiser"):
+        serial_sample(wrapped, SCHED, X, 5, guidance_scale=1.0)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['guidance'\]"):
+        srds_sample(Conditional(), SCHED, X, 5, guidance=1.0)
