@@ -34,9 +34,11 @@ class Denoiser:
             as diffusers does).
         model_kwargs: conditioning for the samples of one state (``encoder_hidden_states``,
             ``class_labels``, ...): tensors whose leading dimension is the number of
-            samples ``b`` are repeated for every block; other values pass through.
+            samples ``b`` are repeated for every block; other values (Flux's ``txt_ids``,
+            scalars) pass through unchanged.
         guidance_scale: classifier-free guidance ``w``: the conditional and unconditional
-            halves go into one model call and ``out = uncond + w (cond - uncond)``.
+            halves go into one model call and ``out = uncond + w (cond - uncond)``; a value
+            without a sample dimension must then be the same in both.
         uncond_kwargs: the unconditional counterpart of ``model_kwargs`` (required with
             ``guidance_scale``).
         check_finite: raise :class:`ModelOutputError` naming the timestep when the model
@@ -127,7 +129,7 @@ class Denoiser:
         kwargs = _tile(self.model_kwargs, n, b)
         if self.guidance_scale is not None:
             unc = _tile(self.uncond_kwargs, n, b)
-            kwargs = {k: _cat(v, unc[k]) for k, v in kwargs.items()}
+            kwargs = {k: _cat(k, v, unc[k], n * b) for k, v in kwargs.items()}
             xf, tf = torch.cat([xf, xf]), torch.cat([tf, tf])
         out = self.model(xf, tf, **kwargs)
         out = getattr(out, "sample", out)
@@ -213,7 +215,17 @@ def _tile(kwargs: Mapping[str, Any], n: int, b: int) -> dict[str, Any]:
     return out
 
 
-def _cat(a: Any, b: Any) -> Any:
-    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dim() > 0:
+def _cat(key: str, a: Any, b: Any, rows: int) -> Any:
+    """The conditional and unconditional values of ``key`` for one batched call: per-sample
+    tensors (leading dimension ``rows``) are concatenated; a value without a sample
+    dimension (Flux's ``txt_ids``, a scalar) must be the same in both halves."""
+    if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == rows:
         return torch.cat([a, b])
+    same = a is b or (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
+                      and bool(torch.equal(a, b))) or (not isinstance(a, Tensor) and a == b)
+    if not same:
+        raise ValueError(
+            f"model_kwargs[{key!r}] has no per-sample leading dimension, so its conditional and "
+            "unconditional values cannot share one batched call: give it per sample, or the "
+            "same value in uncond_kwargs")
     return a

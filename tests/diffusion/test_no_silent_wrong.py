@@ -147,3 +147,22 @@ def test_model_wrapped_once_with_its_conditioning():
         serial_sample(wrapped, SCHED, X, 5, guidance_scale=1.0)
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['guidance'\]"):
         srds_sample(Conditional(), SCHED, X, 5, guidance=1.0)
+
+
+def test_guidance_passes_values_without_a_sample_dimension_unchanged():
+    """Flux-style ids ``[tokens, 3]`` reach the model once, not doubled by the CFG batch;
+    different cond/uncond values without a sample dimension are an error."""
+    ids = torch.arange(12.0).view(4, 3)
+    seen = []
+
+    def model(x, t, c, ids):
+        seen.append(ids.shape)
+        return 0.5 * x + c * ids.sum() / 100
+
+    c, u = torch.ones(2, 4), torch.zeros(2, 4)
+    serial_sample(model, SCHED, X, 3, model_kwargs={"c": c, "ids": ids}, guidance_scale=2.0,
+                  uncond_kwargs={"c": u, "ids": ids})
+    assert seen == [(4, 3)] * 3
+    with pytest.raises(ValueError, match=r"model_kwargs\['ids'\] has no per-sample"):
+        serial_sample(model, SCHED, X, 3, model_kwargs={"c": c, "ids": ids}, guidance_scale=2.0,
+                      uncond_kwargs={"c": u, "ids": ids + 1})
