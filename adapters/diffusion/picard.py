@@ -156,7 +156,16 @@ def _window_sample(
     # per-step noise scale: the DDPM posterior variance (ParaDiGMS); never below 1e-8
     var = grid.step_noise_var().to(dev)
     y0 = problem.y0  # x_T (times init_noise_sigma; with history slots for multistep solvers)
-    dim = y0[0].numel()
+    dim = x_T[0].numel()
+
+    def smp(states: Tensor) -> Tensor:
+        """The sample slot of states ``[n, batch, (S,) *sample]``. For multistep solvers
+        the rebuild carries the sample's correction into every slot that holds a sample
+        (UniPC's corrected previous sample), and a predicted ``x0`` slot takes its fresh
+        value (J = 0: each step overwrites it)."""
+        return states if grid.num_slots == 1 else states[:, :, 0]
+
+    sample_slots = [s for s, kind in enumerate(grid.slots) if kind == "x" and s > 0]
 
     traj = y0.unsqueeze(0).repeat(N + 1, *([1] * y0.dim()))
     guide = None
@@ -170,7 +179,7 @@ def _window_sample(
         guide = initial.to(device=dev, dtype=x_T.dtype)
         traj[1:] = y0 + (guide[1:] - guide[0])
     ones = torch.ones(window, dtype=torch.float64, device=dev)
-    secant = _Secant(traj, window) if coupling == "secant" else None
+    secant = _Secant(smp(traj), window) if coupling == "secant" else None
     history: list[float] = []
     a, it = 0, 0
     tol2 = tol * tol
@@ -180,14 +189,27 @@ def _window_sample(
         pos = torch.arange(a, e, dtype=torch.float64, device=dev)
         y = traj[a:e]
         phi = stepper.step(None, pos, y, ones[:n])
+        ys, ps = smp(y), smp(phi)
         if secant is None:  # J = I: the rebuild is a cumulative sum
-            new = traj[a] + torch.cumsum(phi - y, dim=0)
+            new_s = ys[0] + torch.cumsum(ps - ys, dim=0)
         else:  # new_j = phi_j + r_j d_j with d_j = new_{j-1} - y_j, d_0 = 0 (exact start):
             # d_{j+1} = r_j d_j + (phi_j - y_{j+1}) is an affine recurrence, scanned
-            gain = secant.gains(a, y, phi)
-            d = torch.cat([torch.zeros_like(y[:1]), _affine_scan(gain[:-1], phi[:-1] - y[1:])])
-            new = phi + gain * d
-        diff = (new - traj[a + 1: e + 1]).double().reshape(n, y0.shape[0], -1)
+            gain = secant.gains(a, ys, ps)
+            d = torch.cat([torch.zeros_like(ys[:1]), _affine_scan(gain[:-1], ps[:-1] - ys[1:])])
+            new_s = ps + gain * d
+        if grid.num_slots == 1:
+            new = new_s
+        else:
+            new = phi.clone()
+            new[:, :, 0] = new_s
+            # the correction of each step's input sample, carried as the rebuild carries it
+            shift = torch.cat([torch.zeros_like(ys[:1]), new_s[:-1] - ys[1:]])
+            if secant is not None:
+                shift = gain * shift
+            for slot in sample_slots:
+                new[:, :, slot] = phi[:, :, slot] + shift
+        # the test measures the sample (the history follows it)
+        diff = (new_s - smp(traj[a + 1: e + 1])).double().reshape(n, y0.shape[0], -1)
         # normalised error per step, worst sample of the batch
         err = diff.pow(2).sum(-1).amax(-1) / (dim * var[a:e])
         traj[a + 1: e + 1] = new
