@@ -49,8 +49,7 @@ def window_variant(model, schedule, x_T, N: int, window: int, tol: float, memory
                    extrapolate: bool = False) -> tuple[torch.Tensor, int, int]:
     """Picard over a sliding window with triangular Anderson mixing (``memory`` > 0) and/or
     extrapolated entry. Returns ``(sample, sequential calls, model rows)``."""
-    N, den, grid, noise, _ = _setup(model, schedule, x_T, N, None, 0.0, None, "ddim", None,
-                                    None, None, None, True)
+    N, den, grid, noise, _ = _setup(model, schedule, x_T, N, 0.0, None, "ddim", None, {})
     c = {k: getattr(grid, k).to(x_T.device)
          for k in ("timesteps", "alpha_in", "alpha_out", "c_x0", "c_eps", "c_x")}
     var = ((1 - grid.alpha_out) / (1 - grid.alpha_in) * (1 - grid.alpha_in / grid.alpha_out)

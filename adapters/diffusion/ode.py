@@ -59,6 +59,7 @@ class GridStep(StepPropagator):
         used = (single != 0).any(0) | (jump != 0).any(0)
         self._used = [[k for k in range(used.shape[1]) if bool(used[s, k])] for s in range(S)]
         self._tables = (single, jump)
+        self._scaled_input = bool((grid.c_in != 1).any())  # else no input multiply
         self._dev: dict = {}
 
     def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor:
@@ -87,7 +88,8 @@ class GridStep(StepPropagator):
 
     def _predict(self, c: dict[str, Tensor], x: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
         lv = c["levels"][j]
-        return self.denoiser.predict(x, c["timesteps"][j], lv[:, 0], lv[:, 1], lv[:, 2])
+        c_in = lv[:, 2] if self._scaled_input else None
+        return self.denoiser.predict(x, c["timesteps"][j], lv[:, 0], lv[:, 1], c_in)
 
     def step(self, f, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
         if self.order == 2:

@@ -239,7 +239,11 @@ class BenchFigure(_ResultsDirective):
         return fig
 
 
-class BenchFigures(_ResultsDirective):
+class BenchFigures(BenchFigure):
+    """Every results PNG not shown by a ``bench-figure`` on the page yet."""
+
+    required_arguments = 0
+    has_content = False
     option_spec = {"exclude": directives.unchanged}
 
     def run(self) -> list[nodes.Node]:
