@@ -35,6 +35,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -135,32 +136,15 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int = 16, title: str | No
     plt.close(fig)
 
 
-def train(args) -> dict:
-    from diffusers import DDPMScheduler
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-
-    x_all, _ = load_digits_images()  # [1797, 1, 8, 8] in [-1, 1]; no augmentation
-    n_data = x_all.shape[0]
-
-    arch = dict(
-        block_out_channels=tuple(args.block_out_channels),
-        layers_per_block=args.layers_per_block,
-        attn_levels=tuple(args.attn_levels),
-    )
-    unet = build_unet(**arch)
-    n_params = sum(p.numel() for p in unet.parameters())
-    ema = copy.deepcopy(unet).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    noise_sched = DDPMScheduler(**scheduler_kwargs(args.beta_schedule))
-    alphas_cumprod = noise_sched.alphas_cumprod
-
-    opt = torch.optim.AdamW(
-        unet.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999)
-    )
+def fit(unet: nn.Module, ema: nn.Module, x_all: torch.Tensor,
+        batch_loss: Callable[[torch.Tensor], torch.Tensor], args, g: torch.Generator,
+        weight_decay: float) -> tuple[list[float], float]:
+    """Train ``unet`` on shuffled batches of ``x_all`` with ``batch_loss(x0)`` (AdamW, linear
+    warmup then cosine decay to 10%, gradient clipping), keeping an EMA of its weights in
+    ``ema``; logs every ``args.log_every`` steps. Returns the per-step losses and the wall
+    time in seconds. Shared by the DDPM and the rectified-flow digits models."""
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=weight_decay,
+                            betas=(0.9, 0.999))
     warmup = min(args.warmup, args.steps // 10)
 
     def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
@@ -169,12 +153,7 @@ def train(args) -> dict:
         p = (step - warmup) / max(1, args.steps - warmup)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
-    print(
-        f"UNet2DModel {arch} params={n_params:,} | steps={args.steps} batch={args.batch_size} "
-        f"lr={args.lr} ema={args.ema_decay} seed={args.seed} threads={args.threads} "
-        f"beta_schedule={args.beta_schedule} (alpha_bar[999]={float(alphas_cumprod[-1]):.2e})",
-        flush=True,
-    )
+    n_data = x_all.shape[0]
     perm, pos = torch.randperm(n_data, generator=g), 0
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -184,11 +163,7 @@ def train(args) -> dict:
             perm, pos = torch.randperm(n_data, generator=g), 0
         x0 = x_all[perm[pos : pos + args.batch_size]]
         pos += args.batch_size
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = nn.functional.mse_loss(unet(xt, t).sample, noise)
+        loss = batch_loss(x0)
 
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -212,7 +187,46 @@ def train(args) -> dict:
                 f"{el:6.0f}s elapsed  eta {eta:4.0f}s",
                 flush=True,
             )
-    wall = time.perf_counter() - t0
+    return losses, time.perf_counter() - t0
+
+
+def train(args) -> dict:
+    from diffusers import DDPMScheduler
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+
+    x_all, _ = load_digits_images()  # [1797, 1, 8, 8] in [-1, 1]; no augmentation
+
+    arch = dict(
+        block_out_channels=tuple(args.block_out_channels),
+        layers_per_block=args.layers_per_block,
+        attn_levels=tuple(args.attn_levels),
+    )
+    unet = build_unet(**arch)
+    n_params = sum(p.numel() for p in unet.parameters())
+    ema = copy.deepcopy(unet).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    noise_sched = DDPMScheduler(**scheduler_kwargs(args.beta_schedule))
+    alphas_cumprod = noise_sched.alphas_cumprod
+
+    print(
+        f"UNet2DModel {arch} params={n_params:,} | steps={args.steps} batch={args.batch_size} "
+        f"lr={args.lr} ema={args.ema_decay} seed={args.seed} threads={args.threads} "
+        f"beta_schedule={args.beta_schedule} (alpha_bar[999]={float(alphas_cumprod[-1]):.2e})",
+        flush=True,
+    )
+
+    def batch_loss(x0: torch.Tensor) -> torch.Tensor:  # epsilon prediction
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return nn.functional.mse_loss(unet(xt, t).sample, noise)
+
+    losses, wall = fit(unet, ema, x_all, batch_loss, args, g, weight_decay=args.weight_decay)
     tail = max(1, args.steps // 20)
     final_loss = sum(losses[-tail:]) / tail
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import platform
 import sys
 import time
@@ -41,7 +40,7 @@ import torch
 from torch import nn
 
 from .quality import evaluate_samples, load_digits_images, real_reference, train_classifier
-from .train_digits import _diffusers_version, _kw, build_unet, save_grid
+from .train_digits import _diffusers_version, _kw, build_unet, fit, save_grid
 
 NUM_TRAIN_TIMESTEPS = 1000
 TIME_SAMPLING = ("logit-normal", "uniform")
@@ -65,61 +64,25 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     x_all, _ = load_digits_images()  # [1797, 1, 8, 8] in [-1, 1]; no augmentation
-    n_data = x_all.shape[0]
 
     unet = build_unet()  # the digits/ architecture
     n_params = sum(p.numel() for p in unet.parameters())
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = min(args.warmup, args.steps // 10)
-
-    def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10% (as train_digits)
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        p = (step - warmup) / max(1, args.steps - warmup)
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
-
     print(
         f"UNet2DModel params={n_params:,} | rectified flow, s ~ {args.time_sampling} | "
         f"steps={args.steps} batch={args.batch_size} lr={args.lr} ema={args.ema_decay} "
         f"seed={args.seed} threads={args.threads}",
         flush=True,
     )
-    perm, pos = torch.randperm(n_data, generator=g), 0
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    unet.train()
-    for step in range(args.steps):
-        if pos + args.batch_size > n_data:
-            perm, pos = torch.randperm(n_data, generator=g), 0
-        x0 = x_all[perm[pos : pos + args.batch_size]]
-        pos += args.batch_size
+
+    def batch_loss(x0: torch.Tensor) -> torch.Tensor:  # velocity eps - x0 at float timesteps
         eps = torch.randn(x0.shape, generator=g)
         s = sample_times(x0.shape[0], args.time_sampling, g)
         sb = s.view(-1, 1, 1, 1)
         x_s = (1 - sb) * x0 + sb * eps
-        loss = nn.functional.mse_loss(unet(x_s, s * NUM_TRAIN_TIMESTEPS).sample, eps - x0)
+        return nn.functional.mse_loss(unet(x_s, s * NUM_TRAIN_TIMESTEPS).sample, eps - x0)
 
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(unet.parameters(), args.grad_clip)
-        opt.step()
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
-        losses.append(loss.item())
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            el = time.perf_counter() - t0
-            recent = sum(losses[-args.log_every :]) / len(losses[-args.log_every :])
-            print(
-                f"step {step + 1:5d}/{args.steps}  loss {recent:.4f}  lr {lr_at(step):.2e}  "
-                f"{el:6.0f}s elapsed  eta {el / (step + 1) * (args.steps - step - 1):4.0f}s",
-                flush=True,
-            )
-    wall = time.perf_counter() - t0
+    losses, wall = fit(unet, ema, x_all, batch_loss, args, g, weight_decay=0.0)
     tail = max(1, args.steps // 20)
 
     out = Path(args.out)
