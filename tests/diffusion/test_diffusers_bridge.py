@@ -19,16 +19,6 @@ from adapters.diffusion import serial_sample, srds_sample  # noqa: E402
 from adapters.diffusion.pretrained import PretrainedNotFoundError, load_pretrained  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
-    ).eval()
-
-
 def diffusers_loop(unet, scheduler, x, K, generator=None, **unet_kwargs):
     scheduler.set_timesteps(K)
     with torch.no_grad():

@@ -15,7 +15,6 @@ from diffusers import (  # noqa: E402
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     LMSDiscreteScheduler,
-    UNet2DModel,
     UniPCMultistepScheduler,
 )
 
@@ -30,16 +29,6 @@ from adapters.diffusion import (  # noqa: E402
 )
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # SD 1.x / SDXL
-
-
-@pytest.fixture(scope="module")
-def unet():
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
-    ).eval()
 
 
 def diffusers_loop(unet, scheduler, x, N, generator=None, **set_timesteps_kwargs):

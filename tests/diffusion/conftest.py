@@ -1,0 +1,16 @@
+"""Fixtures shared by the diffusion tests."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """A tiny random ``UNet2DModel`` on ``[b, 1, 8, 8]`` (seeded; one per test module)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    ).eval()
