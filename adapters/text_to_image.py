@@ -32,6 +32,7 @@ from adapters.diffusion.auto import choose_sampler
 from adapters.diffusion.grid import SamplingGrid
 from adapters.diffusion.picard import picard_sample, quasi_newton_sample
 from adapters.diffusion.pretrained import PretrainedNotFoundError
+from adapters.diffusion.progress import check_progress
 from adapters.diffusion.samplers import SampleOutput, SamplerStats, serial_sample, srds_sample
 from adapters.diffusion.schedule import VPSchedule, check_num_steps
 
@@ -543,6 +544,7 @@ def srds_pipeline(
     initial: Tensor | TextToImageOutput | None = None,
     return_iterates: bool = False,
     callback: Callable[..., None] | None = None,
+    progress: bool = False,
     output_type: str = "pil",
     cross_attention_kwargs: Mapping[str, Any] | None = None,
     joint_attention_kwargs: Mapping[str, Any] | None = None,
@@ -588,6 +590,7 @@ def srds_pipeline(
             for ``"auto"``.
         max_iters, callback, return_iterates: the sampler's (SRDS: ``callback(info)`` per
             iteration; window samplers: ``callback(iteration, window_start, error)``).
+        progress: the sampler's tqdm bar on stderr (every sampler, ``"serial"`` too).
         initial: warm start from an earlier run (a neighbouring prompt or seed): its
             :class:`TextToImageOutput` (window samplers: run with
             ``return_trajectory=True``) or the tensor the sampler takes as ``initial``.
@@ -688,6 +691,7 @@ def srds_pipeline(
         if initial is None:
             raise ValueError("initial: this output holds neither a trajectory nor boundaries; "
                              "run the window samplers with return_trajectory=True")
+    check_progress(progress)  # before the prompts are encoded
     given = dict(tol=tol, num_blocks=num_blocks, window=window, max_batch=max_batch,
                  max_iters=max_iters, pipelined=pipelined, initial=initial, callback=callback,
                  return_iterates=return_iterates or None)
@@ -736,7 +740,7 @@ def srds_pipeline(
                                           dtype=x_T.dtype) for _ in range(N)])
     model = _PipelineModel(getattr(pipe, fam.net), shape[1:], constants)
     common = dict(sampler=kind, eta=eta, noise=noise, model_kwargs=model_kwargs,
-                  guidance_scale=cfg_scale, uncond_kwargs=uncond_kwargs)
+                  guidance_scale=cfg_scale, uncond_kwargs=uncond_kwargs, progress=progress)
     if ran == "serial":
         final = serial_sample(model, schedule, x_T, N, **common)
         rows = N * n * (2 if cfg else 1)

@@ -242,18 +242,43 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _progress_bar():
-    """A tqdm bar and the SRDS callback that advances it."""
-    from tqdm.auto import tqdm
+#: sampler state memory (estimated) above which the CLI says so before it starts
+MEMORY_NOTE_BYTES = 1 << 30
 
-    bar = tqdm(desc="SRDS", unit="iter", file=sys.stderr)
 
-    def progress(info) -> None:
-        if info.iteration > 0:
-            bar.update(1)
-            bar.set_postfix(change=f"{info.change:.2e}")
-
-    return bar, progress
+def _memory_note(args, steps: int, sample_shape: tuple[int, ...], dtype: torch.dtype,
+                 pipelined: bool) -> str | None:
+    """One line on the batch and the sampler's state memory when the estimate exceeds
+    :data:`MEMORY_NOTE_BYTES`, else ``None``. The window samplers keep every sample's whole
+    trajectory (``N + 1`` states) plus a few per window step; SRDS a few states per block
+    boundary (current, next, coarse values, iterates); the serial sampler a few. The
+    network's own activations come on top. ``auto`` is counted as the window sampler it
+    may choose (the most it can hold)."""
+    sampler, window = args.sampler, min(args.window or 32, steps)
+    if sampler == "auto" and args.max_batch:
+        window = max(1, min(args.max_batch // args.num_samples, steps))
+    if sampler == "serial":
+        states, held = 4, "a few states per sample"
+    elif sampler == "srds":
+        blocks = args.blocks or min(steps, max(1, round((2 if pipelined else 1) *
+                                                        math.sqrt(steps))))
+        iters = min(args.max_iters or blocks, blocks)  # one iterate each, for convergence.png
+        states = 4 * (blocks + 1) + iters + 1
+        held = (f"per sample ~4 states per block boundary ({blocks} blocks) and one per "
+                "iteration")
+    else:
+        states = steps + 1 + 6 * window
+        held = (f"each sample's N + 1 = {steps + 1} trajectory states plus ~6 per step of "
+                f"the {window}-step window")
+    per_sample = math.prod(sample_shape) * torch.empty((), dtype=dtype).element_size()
+    total = args.num_samples * per_sample * states
+    if total <= MEMORY_NOTE_BYTES:
+        return None
+    shape = "x".join(map(str, sample_shape))
+    return (f"pint-sample: {args.num_samples} samples of {shape} {args.dtype}: the {sampler} "
+            f"sampler's states take ~{total / (1 << 30):.1f} GiB (a rough estimate: "
+            f"{held}; the network's activations come on top); fewer "
+            "--num-samples per run need less")
 
 
 def _srds_report(out, steps: int, pipelined: bool, t0: float, units: str) -> dict[str, Any]:
@@ -600,9 +625,12 @@ def _run(args) -> int:
     err = _check_steps(args, steps, getattr(schedule, "num_train_timesteps", None))
     if err:
         return _error(err)
+    pipelined = True if args.pipelined is None else args.pipelined
+    note = _memory_note(args, steps, tuple(model.sample_shape), dtype, pipelined)
+    if note:
+        print(note, file=sys.stderr)
     g = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(args.num_samples, *model.sample_shape, generator=g).to(args.device, dtype)
-    pipelined = True if args.pipelined is None else args.pipelined
 
     report: dict[str, Any] = {
         "model": str(args.model), "sampler": args.sampler, "steps": steps,
@@ -612,7 +640,7 @@ def _run(args) -> int:
     with torch.inference_mode():
         t0 = time.perf_counter()
         if args.sampler == "serial":
-            sample = serial_sample(model, schedule, x_T, steps)
+            sample = serial_sample(model, schedule, x_T, steps, progress=True)
             report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
             out = None
         elif args.sampler != "srds":
@@ -628,24 +656,21 @@ def _run(args) -> int:
                 kw["window"] = min(args.window or 32, steps)
             if args.max_iters is not None and iterative:  # auto may pick the serial sampler
                 kw["max_iters"] = args.max_iters
-            out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, **kw)
+            out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, progress=True,
+                              **kw)
             sample = out.sample
             report.update(_window_report(out, steps, t0))
         else:
-            bar, progress = _progress_bar()
-            try:
-                out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
-                                  tol=args.tol, max_iters=args.max_iters, pipelined=pipelined,
-                                  callback=progress, return_iterates=True)
-            finally:
-                bar.close()
+            out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
+                              tol=args.tol, max_iters=args.max_iters, pipelined=pipelined,
+                              return_iterates=True, progress=True)
             sample = out.sample
             report.update(_srds_report(out, steps, pipelined, t0, "data in [-1, 1]"))
         if args.compare_serial:
             t1 = time.perf_counter()
-            ref = serial_sample(model, schedule, x_T, steps)
+            ref = serial_sample(model, schedule, x_T, steps, progress=True)
             serial_s = time.perf_counter() - t1
-            alone = serial_sample(model, schedule, x_T[:1], steps)
+            alone = serial_sample(model, schedule, x_T[:1], steps, progress=True)
             report.update(_serial_comparison(serial_s, report["wall_s"]),
                           max_abs_diff_vs_serial=float((sample - ref).abs().max()),
                           serial_floor=float((ref[:1] - alone).abs().max()),
@@ -760,16 +785,12 @@ def _main_text_to_image(args) -> int:
     with torch.inference_mode():
         g = torch.Generator().manual_seed(args.seed)  # CPU: the same noise on every device
         t0 = time.perf_counter()
-        bar, progress = _progress_bar() if args.sampler == "srds" else (None, None)
         try:
             res = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
                                 sampler=args.sampler, num_images_per_prompt=args.num_samples,
-                                generator=g, callback=progress, **opts, **common)
+                                generator=g, progress=True, **opts, **common)
         except (ValueError, TypeError) as err:  # what only the loaded model can tell
             return _error(str(err))
-        finally:
-            if bar is not None:
-                bar.close()
         report.update(guidance_scale=res.guidance_scale, sampler_run=res.sampler)
         out = None if res.sampler == "serial" else res.sampling
         if out is None:
@@ -783,10 +804,11 @@ def _main_text_to_image(args) -> int:
             x_T = res.initial_latents
             t1 = time.perf_counter()
             ref = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale, sampler="serial",
-                                num_images_per_prompt=args.num_samples, latents=x_T, **common)
+                                num_images_per_prompt=args.num_samples, latents=x_T,
+                                progress=True, **common)
             serial_s = time.perf_counter() - t1
             alone = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
-                                  sampler="serial", latents=x_T[:1], **common)
+                                  sampler="serial", latents=x_T[:1], progress=True, **common)
             report.update(_serial_comparison(serial_s, report["wall_s"]),
                           max_abs_diff_vs_serial=float((res.latents - ref.latents).abs().max()),
                           serial_floor=float((ref.latents[:1] - alone.latents).abs().max()),

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .model import Model
 from .ode import GridStep
+from .progress import check_progress, progress_bar
 from .samplers import (
     SampleOutput,
     SamplerStats,
@@ -63,6 +64,9 @@ _COMMON_ARGS = """
             everywhere.
         return_trajectory: keep the whole trajectory ``[num_steps + 1, *x_T.shape]`` in
             ``out.trajectory`` (for warm starts).
+        progress: a tqdm bar on stderr of ``num_steps`` steps, advanced after every model
+            call by the steps that call made exact (the window's slide); the postfix counts
+            the calls.
 
     Returns:
         :class:`~adapters.diffusion.SampleOutput`; ``iterations`` and ``stats.depth`` are
@@ -87,11 +91,12 @@ def picard_sample(
     noise: Tensor | None = None,
     initial: Tensor | None = None,
     return_trajectory: bool = False,
+    progress: bool = False,
     **model_options: Any,
 ) -> SampleOutput:
     return _window_sample(model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator,
                           callback, sampler, noise, initial, return_trajectory, model_options,
-                          coupling="identity")
+                          progress=progress, coupling="identity")
 
 
 picard_sample.__doc__ = """Sample with sliding-window Picard iteration (ParaDiGMS), the peer
@@ -115,11 +120,12 @@ def quasi_newton_sample(
     noise: Tensor | None = None,
     initial: Tensor | None = None,
     return_trajectory: bool = False,
+    progress: bool = False,
     **model_options: Any,
 ) -> SampleOutput:
     return _window_sample(model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator,
                           callback, sampler, noise, initial, return_trajectory, model_options,
-                          coupling="secant")
+                          progress=progress, coupling="secant")
 
 
 quasi_newton_sample.__doc__ = """Sample with the sliding window and a secant coarse correction
@@ -131,9 +137,10 @@ quasi_newton_sample.__doc__ = """Sample with the sliding window and a secant coa
 @torch.no_grad()  # the trajectory would otherwise keep every call's graph
 def _window_sample(
     model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator, callback, sampler,
-    noise, initial, return_trajectory, model_options, coupling: str,
+    noise, initial, return_trajectory, model_options, coupling: str, progress: bool = False,
 ) -> SampleOutput:
     _check_callback(callback)
+    check_progress(progress)
     N, denoiser, grid, noise, problem = _setup(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     if window is None:
@@ -183,60 +190,65 @@ def _window_sample(
     history: list[float] = []
     a, it = 0, 0
     tol2 = tol * tol
-    while a < N and it < max_iters:
-        e = min(a + window, N)
-        n = e - a
-        pos = torch.arange(a, e, dtype=torch.float64, device=dev)
-        y = traj[a:e]
-        phi = stepper.step(None, pos, y, ones[:n])
-        ys, ps = smp(y), smp(phi)
-        if secant is None:  # J = I: the rebuild is a cumulative sum
-            new_s = ys[0] + torch.cumsum(ps - ys, dim=0)
-        else:  # new_j = phi_j + r_j d_j with d_j = new_{j-1} - y_j, d_0 = 0 (exact start):
-            # d_{j+1} = r_j d_j + (phi_j - y_{j+1}) is an affine recurrence, scanned
-            gain = secant.gains(a, ys, ps)
-            d = torch.cat([torch.zeros_like(ys[:1]), _affine_scan(gain[:-1], ps[:-1] - ys[1:])])
-            new_s = ps + gain * d
-        if grid.num_slots == 1:
-            new = new_s
-        else:
-            new = phi.clone()
-            new[:, :, 0] = new_s
-            # the correction of each step's input sample, carried as the rebuild carries it
-            shift = torch.cat([torch.zeros_like(ys[:1]), new_s[:-1] - ys[1:]])
-            if secant is not None:
-                shift = gain * shift
-            for slot in sample_slots:
-                new[:, :, slot] = phi[:, :, slot] + shift
-        # the test measures the sample (the history follows it)
-        diff = (new_s - smp(traj[a + 1: e + 1])).double().reshape(n, y0.shape[0], -1)
-        # normalised error per step, worst sample of the batch
-        err = diff.pow(2).sum(-1).amax(-1) / (dim * var[a:e])
-        traj[a + 1: e + 1] = new
-        it += 1
-        # everything the host needs from this call in one read (one sync on a GPU):
-        # the first step that failed the test (n if none), the worst error, finiteness
-        # (always checked: a non-finite window must never pass the test)
-        first_bad = torch.where(err > tol2, torch.arange(n, device=dev), n).min()
-        finite = torch.isfinite(err).all()
-        first_bad, worst, finite = torch.stack([first_bad.double(), err.max(),
-                                                finite.double()]).tolist()
-        stride = max(1, int(first_bad))
-        worst = math.sqrt(worst)
-        history.append(worst)
-        if not finite:
-            denoiser.check()  # a NaN/Inf from the model is named by its timestep
-            raise FloatingPointError(f"non-finite state in the sampler window starting at step "
-                                     f"{a} (iteration {it})")
-        new_a = a + stride
-        new_e = min(new_a + window, N)
-        if new_e > e:  # steps entering the window start from its last value (plus the
-            # guess's increments from there, with a warm start)
-            traj[e + 1: new_e + 1] = traj[e] if guide is None else (
-                traj[e] + guide[e + 1: new_e + 1] - guide[e])
-        a = new_a
-        if callback is not None:
-            callback(it, traj[a], worst)
+    name = "picard" if coupling == "identity" else "quasi_newton"
+    with progress_bar(progress, N, name, unit="step") as bar:
+        while a < N and it < max_iters:
+            e = min(a + window, N)
+            n = e - a
+            pos = torch.arange(a, e, dtype=torch.float64, device=dev)
+            y = traj[a:e]
+            phi = stepper.step(None, pos, y, ones[:n])
+            ys, ps = smp(y), smp(phi)
+            if secant is None:  # J = I: the rebuild is a cumulative sum
+                new_s = ys[0] + torch.cumsum(ps - ys, dim=0)
+            else:  # new_j = phi_j + r_j d_j with d_j = new_{j-1} - y_j, d_0 = 0 (exact start):
+                # d_{j+1} = r_j d_j + (phi_j - y_{j+1}) is an affine recurrence, scanned
+                gain = secant.gains(a, ys, ps)
+                d = torch.cat([torch.zeros_like(ys[:1]), _affine_scan(gain[:-1], ps[:-1] - ys[1:])])
+                new_s = ps + gain * d
+            if grid.num_slots == 1:
+                new = new_s
+            else:
+                new = phi.clone()
+                new[:, :, 0] = new_s
+                # the correction of each step's input sample, carried as the rebuild carries it
+                shift = torch.cat([torch.zeros_like(ys[:1]), new_s[:-1] - ys[1:]])
+                if secant is not None:
+                    shift = gain * shift
+                for slot in sample_slots:
+                    new[:, :, slot] = phi[:, :, slot] + shift
+            # the test measures the sample (the history follows it)
+            diff = (new_s - smp(traj[a + 1: e + 1])).double().reshape(n, y0.shape[0], -1)
+            # normalised error per step, worst sample of the batch
+            err = diff.pow(2).sum(-1).amax(-1) / (dim * var[a:e])
+            traj[a + 1: e + 1] = new
+            it += 1
+            # everything the host needs from this call in one read (one sync on a GPU):
+            # the first step that failed the test (n if none), the worst error, finiteness
+            # (always checked: a non-finite window must never pass the test)
+            first_bad = torch.where(err > tol2, torch.arange(n, device=dev), n).min()
+            finite = torch.isfinite(err).all()
+            first_bad, worst, finite = torch.stack([first_bad.double(), err.max(),
+                                                    finite.double()]).tolist()
+            stride = max(1, int(first_bad))
+            worst = math.sqrt(worst)
+            history.append(worst)
+            if not finite:
+                denoiser.check()  # a NaN/Inf from the model is named by its timestep
+                raise FloatingPointError(f"non-finite state in the sampler window starting at step "
+                                         f"{a} (iteration {it})")
+            new_a = a + stride
+            if bar is not None:  # the steps this call made exact
+                bar.set_postfix(calls=it, refresh=False)
+                bar.update(stride)
+            new_e = min(new_a + window, N)
+            if new_e > e:  # steps entering the window start from its last value (plus the
+                # guess's increments from there, with a warm start)
+                traj[e + 1: new_e + 1] = traj[e] if guide is None else (
+                    traj[e] + guide[e + 1: new_e + 1] - guide[e])
+            a = new_a
+            if callback is not None:
+                callback(it, traj[a], worst)
     denoiser.check()
     converged = a >= N
     stats = SamplerStats(denoiser.calls, denoiser.rows, it)

@@ -22,6 +22,7 @@ from pint.stopping import FinalStateChange, MaxAbsChange
 from .grid import SamplingGrid
 from .model import Denoiser, Model
 from .ode import GridStep, block_partition
+from .progress import check_progress, progress_bar
 from .schedule import SigmaSchedule, VPSchedule, check_num_steps
 
 Schedule = VPSchedule | SigmaSchedule
@@ -82,6 +83,8 @@ class SampleOutput:
             else ``None``.
         boundaries: SRDS: the state at every block edge ``[num_blocks + 1, *x_T.shape]``
             (also a warm start); else ``None``.
+        plan: ``sample(sampler="auto")``: the
+            :class:`~adapters.diffusion.planner.SamplingPlan` it followed; else ``None``.
     """
 
     sample: Tensor
@@ -94,6 +97,7 @@ class SampleOutput:
     iterates: Tensor | None = None
     trajectory: Tensor | None = None
     boundaries: Tensor | None = None
+    plan: Any = None
 
 
 def _check_x(x_T: object, model: Model) -> Tensor:
@@ -215,6 +219,7 @@ def serial_sample(
     *,
     sampler: str | None = None,
     noise: Tensor | None = None,
+    progress: bool = False,
     **model_options: Any,
 ) -> Tensor:
     """The plain serial sampler: ``num_steps`` model calls one after another.
@@ -226,12 +231,16 @@ def serial_sample(
     ``generator`` (or take ``noise``). ``**model_options`` (``prediction_type``,
     ``model_kwargs``, ``guidance_scale``, ``uncond_kwargs``, ``check_finite``) describe the
     model as :class:`~adapters.diffusion.Denoiser` does; or pass ``model`` as a
-    ``Denoiser``. Returns the sample, shape and dtype of ``x_T`` (``[batch, *sample]``).
+    ``Denoiser``. ``progress``: a tqdm bar on stderr, one tick per model call, total
+    ``num_steps``. Returns the sample, shape and dtype of ``x_T`` (``[batch, *sample]``).
     """
-    _, denoiser, grid, noise, problem = _setup(
+    check_progress(progress)
+    N, denoiser, grid, noise, problem = _setup(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     fine = GridStep(denoiser, grid, fine=True, noise=noise)
-    return sample_of(grid, _checked(denoiser, lambda: pint.serial(problem, fine, num_blocks=1)).y)
+    with progress_bar(progress, N, "serial", denoiser=denoiser):
+        res = _checked(denoiser, lambda: pint.serial(problem, fine, num_blocks=1))
+    return sample_of(grid, res.y)
 
 
 @torch.no_grad()  # sampling never needs the autograd graph
@@ -256,6 +265,7 @@ def srds_sample(
     coarse: str = "ddim",
     executor: object | None = None,
     initial: Tensor | None = None,
+    progress: bool = False,
     **model_options: Any,
 ) -> SampleOutput:
     """Self-Refining Diffusion Sampling: the serial sampler's result by Parareal iterations.
@@ -301,6 +311,10 @@ def srds_sample(
             window sampler) or block boundaries ``[B + 1, *x_T.shape]`` (``out.boundaries``
             of SRDS with the same blocks). Its increments, anchored at ``x_T``, replace the
             coarse sweep (one batched coarse call instead of ``B`` sequential ones).
+        progress: a tqdm bar on stderr that advances by one per model call; its total is
+            the most calls the run can make (:func:`srds_max_calls`: all ``max_iters``
+            iterations), set to the calls made when it stops early; the postfix shows the
+            iteration and its change.
         **model_options: ``prediction_type`` (overrides the schedule's), ``model_kwargs``,
             ``guidance_scale``, ``uncond_kwargs`` (conditioning and classifier-free guidance
             in one batched call) and ``check_finite``, as :class:`Denoiser` takes them.
@@ -310,6 +324,7 @@ def srds_sample(
         ModelOutputError: the model returned NaN/Inf (names the timestep).
     """
     _check_callback(callback)
+    check_progress(progress)
     N, denoiser, grid, noise, problem = _setup(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     if partition is not None and num_blocks is not None:
@@ -362,19 +377,54 @@ def srds_sample(
     def on_iteration(info: pint.IterationInfo) -> None:
         if return_iterates:
             iterates.append(sample_of(grid, info.boundaries[-1]).clone())
+        if bar is not None and info.iteration > 0:
+            bar.set_postfix_str(f"iter={info.iteration}, change={info.change:.2e}",
+                                refresh=False)
         if callback is not None:
             callback(info)
 
-    res = _checked(denoiser, lambda: pint.parareal(
-        problem, G, fine, tol=float(max(tol, 0.0)), max_iters=max_iters, pipelined=pipelined,
-        partition=edges, stopping=rule, executor=executor, initial=guess,
-        callback=on_iteration if return_iterates or callback is not None else None))
+    # an executor gathers every boundary on every rank for a callback: not for the bar alone
+    watch = return_iterates or callback is not None or (progress and executor is None)
+    bound = srds_max_calls(edges, max_iters, pipelined, COARSE_ORDERS[coarse], guess is not None)
+    with progress_bar(progress, bound, "srds", denoiser=denoiser) as bar:
+        res = _checked(denoiser, lambda: pint.parareal(
+            problem, G, fine, tol=float(max(tol, 0.0)), max_iters=max_iters,
+            pipelined=pipelined, partition=edges, stopping=rule, executor=executor,
+            initial=guess, callback=on_iteration if watch else None))
+        if bar is not None and res.converged:  # stopped early: the work is done
+            bar.total = bar.n
+            bar.refresh()
     # on one device every model call waits for the previous one: depth = calls
     depth = res.stats.depth if executor is not None else denoiser.calls
     stats = SamplerStats(denoiser.calls, denoiser.rows, depth, res.stats)
     return SampleOutput(sample_of(grid, res.y), res.iterations, res.converged, res.history, stats, float(tol),
                         res.num_blocks, torch.stack(iterates) if return_iterates else None,
                         boundaries=res.boundaries)
+
+
+def srds_max_calls(edges: Tensor, max_iters: int | None, pipelined: bool = False,
+                   coarse_calls: int = 1, warm_start: bool = False) -> int:
+    """An upper bound on the model calls of :func:`srds_sample` on the blocks ``edges``
+    (grid positions ``0 .. N``) when all ``K = min(max_iters, B)`` iterations run.
+
+    Sweep: exactly ``B g + sum_{k=1..K} (f_k + (B - k) g)`` with ``g = coarse_calls`` per
+    coarse jump (``B g`` becomes ``g`` with a warm start) and ``f_k`` the longest block
+    still refined in iteration ``k``. Pipelined: every tick advances all running solves, so
+    the ticks are the longest dependency chain to ``U^K_B``: ``B`` edges, each a coarse
+    jump (one tick) or, at most ``K`` times, a fine solve of block ``i`` (``L_i`` ticks),
+    at most ``B + (the K largest L_i - 1)`` ticks (``N`` when ``K = B``), plus one for a
+    warm start's batched coarse call; a tick is one call when coarse and fine steps batch
+    together (``g = 1``), else at most ``1 + g``."""
+    lengths = (edges[1:] - edges[:-1]).round().long().tolist()
+    B = len(lengths)
+    valid = isinstance(max_iters, int) and not isinstance(max_iters, bool)
+    K = max(0, min(max_iters, B)) if valid else B  # pint.parareal rejects a bad max_iters
+    g = coarse_calls
+    if not pipelined:
+        return (g if warm_start else B * g) + sum(max(lengths[k - 1:]) + (B - k) * g
+                                                  for k in range(1, K + 1))
+    ticks = B + sum(sorted((max(L - 1, 0) for L in lengths), reverse=True)[:K]) + int(warm_start)
+    return ticks * (1 if g == 1 else 1 + g)
 
 
 def serial_floor(model: Model, schedule: VPSchedule, x_T: Tensor, num_steps: int,

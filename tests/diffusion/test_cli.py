@@ -44,8 +44,12 @@ def test_srds_run_writes_grid_convergence_and_report(tiny_folder, tmp_path, caps
     assert not {"speedup_in_sequential_calls", "wall_clock_speedup"} & set(report)
     for png in ("samples.png", "convergence.png"):
         assert (out / png).stat().st_size > 2000
-    closing = capsys.readouterr().out.strip().splitlines()[-1]
+    captured = capsys.readouterr()
+    closing = captured.out.strip().splitlines()[-1]
     assert closing.startswith("wrote") and "wall clock vs serial (measured)" in closing
+    # the samplers' bars on stderr: SRDS by model calls (done: n/n), then the serial runs
+    assert f"{report['model_calls']}/{report['model_calls']}" in captured.err
+    assert "srds" in captured.err and "serial" in captured.err and "64/64" in captured.err
 
 
 def test_serial_sampler_and_bundled_model(tmp_path):
