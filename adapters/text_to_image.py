@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from adapters.diffusers import SUPPORTED_SCHEDULERS, DiffusersModel, schedule_from_scheduler
-from adapters.diffusion.auto import choose_sampler
 from adapters.diffusion.grid import SamplingGrid
 from adapters.diffusion.picard import picard_sample, quasi_newton_sample
+from adapters.diffusion.planner import plan_sampling, record_run
 from adapters.diffusion.pretrained import PretrainedNotFoundError
 from adapters.diffusion.progress import check_progress
 from adapters.diffusion.samplers import SampleOutput, SamplerStats, serial_sample, srds_sample
@@ -338,14 +338,16 @@ def _plan(sampler: str, N: int, rows_per_step_batch: int, cfg: bool,
     opts = dict(options)
     if "max_batch" in opts and sampler != "auto":
         raise ValueError("max_batch is only used with sampler='auto'")
-    if sampler == "auto":
-        if "window" in opts:
-            raise ValueError("window is chosen by sampler='auto' (from max_batch); give "
-                             "sampler='quasi_newton' to set it")
-        sampler, chosen = choose_sampler(N, rows_per_step_batch, opts.pop("max_batch", None), cfg)
-        opts = {**chosen, **opts}
-        if sampler == "serial":  # nothing iterates: the iteration options have no effect
-            opts = {k: v for k, v in opts.items() if k not in (*_ITERATIVE, "pipelined")}
+    if sampler == "auto":  # resolved by plan_sampling once the model and latents exist
+        fixed = sorted(set(opts) & {"window", "num_blocks", "pipelined"})
+        if fixed:
+            raise ValueError(f"sampler='auto' chooses {', '.join(fixed)} itself; give "
+                             "sampler='quasi_newton' or 'srds' to set it")
+        bad = sorted(set(opts) - {"max_batch", "tol", "max_iters", "cost"})
+        if bad:
+            raise ValueError(f"sampler='auto' takes no {', '.join(bad)}: they differ between "
+                             "the samplers it may choose; name the sampler to use them")
+        return sampler, opts
     if sampler == "serial":
         if opts:
             raise ValueError(f"sampler='serial' takes no {', '.join(opts)}")
@@ -375,6 +377,7 @@ class _PipelineModel(torch.nn.Module):
                  constants: Mapping[str, Any]) -> None:
         super().__init__()
         self.inner = DiffusersModel(net)
+        self.cost_key = net  # the planner's probe cache: one network, many runs
         self.sample_shape = tuple(sample_shape)
         self.constants = {k: v for k, v in constants.items() if v is not None}
 
@@ -587,7 +590,10 @@ def srds_pipeline(
         eta: DDIM noise (DDIMScheduler only).
         num_blocks, pipelined: SRDS's (pipelined by default here).
         window: the window samplers' steps per call; ``max_batch``: network rows per call
-            for ``"auto"``.
+            for ``"auto"``, which measures the transformer or UNet on these latents and
+            runs the candidate predicted fastest on this device
+            (:func:`~adapters.diffusion.plan_sampling`; ``cost=`` gives a
+            :class:`~adapters.diffusion.CostModel` instead; ``output.sampling.plan``).
         max_iters, callback, return_iterates: the sampler's (SRDS: ``callback(info)`` per
             iteration; window samplers: ``callback(iteration, window_start, error)``).
         progress: the sampler's tqdm bar on stderr (every sampler, ``"serial"`` too).
@@ -741,12 +747,25 @@ def srds_pipeline(
     model = _PipelineModel(getattr(pipe, fam.net), shape[1:], constants)
     common = dict(sampler=kind, eta=eta, noise=noise, model_kwargs=model_kwargs,
                   guidance_scale=cfg_scale, uncond_kwargs=uncond_kwargs, progress=progress)
+    plan = None
+    if ran == "auto":  # the fastest candidate on this device, measured on this model
+        plan = plan_sampling(model, schedule, x_T, N, tol=kw.get("tol"),
+                             max_batch=kw.pop("max_batch", None), eta=eta, solver=kind,
+                             cost=kw.pop("cost", None),
+                             model_kwargs=model_kwargs, guidance_scale=cfg_scale,
+                             uncond_kwargs=uncond_kwargs)
+        ran, kw = plan.choice.sampler, {**plan.choice.options, **kw}
+        if ran == "serial":  # nothing iterates: the iteration options have no effect
+            kw = {}
     if ran == "serial":
         final = serial_sample(model, schedule, x_T, N, **common)
         rows = N * n * (2 if cfg else 1)
         out = SampleOutput(final, 0, True, [], SamplerStats(N, rows, N), 0.0, 1)
     else:
         out = _RUN[ran](model, schedule, x_T, N, **kw, **common)
+    if plan is not None:
+        record_run(plan, plan.choice, out.stats.depth, model)
+        out.plan = plan
     images, nsfw = latents_to_images(pipe, out.sample, output_type, height, width)
     if hasattr(pipe, "maybe_free_model_hooks"):
         pipe.maybe_free_model_hooks()

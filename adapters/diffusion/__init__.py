@@ -4,18 +4,19 @@ Public names::
 
     VPSchedule, SigmaSchedule, SamplingGrid, GridStep, Denoiser, ModelOutputError
     srds_sample, serial_sample, picard_sample, quasi_newton_sample, SampleOutput,
-    sample (sampler="auto"), choose_sampler,
+    sample (sampler="auto"), plan_sampling, CostModel, SamplingPlan, measure_call_cost,
     SamplerStats, DEFAULT_TOL
     load_pretrained, available
     GaussianMixtureDenoiser
 """
 
 from .analytic import GaussianMixtureDenoiser
-from .auto import choose_sampler, sample
+from .auto import sample
 from .grid import SamplingGrid
 from .model import Denoiser, ModelOutputError
 from .ode import DDIMStep, GridStep, block_partition
 from .picard import picard_sample, quasi_newton_sample
+from .planner import CostModel, SamplingPlan, measure_call_cost, plan_sampling
 from .pretrained import available, load_pretrained
 from .samplers import (
     DEFAULT_TOL,
@@ -31,5 +32,6 @@ __all__ = [
     "VPSchedule", "SigmaSchedule", "GridStep", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
     "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
     "DEFAULT_TOL", "serial_floor", "GaussianMixtureDenoiser", "picard_sample",
-    "quasi_newton_sample", "sample", "choose_sampler", "load_pretrained", "available",
+    "quasi_newton_sample", "sample", "plan_sampling", "CostModel", "SamplingPlan",
+    "measure_call_cost", "load_pretrained", "available",
 ]

@@ -1,24 +1,14 @@
-"""One entry point that picks the sampler: ``sample(..., sampler="auto", max_batch=...)``.
+"""One entry point that picks the sampler: ``sample(..., sampler="auto")``.
 
-The choice follows the measured table of ``benchmarks/bench_samplers.py``
-(``benchmarks/results/samplers_table.md``, sequential model calls at equal error against
-the serial sample, digits UNet and Gaussian-mixture denoiser, N in {25, 100, 1000}):
-
-* the sliding-window samplers need fewer sequential calls than SRDS (sweep or pipelined,
-  DDIM or DPM-Solver++(2S) coarse) wherever both reach the error target, and fewer rows;
-  at the float32 floor itself (digits model, N = 1000, 3.2e-6) the quasi-Newton window
-  gets there (102 calls) and so does the SRDS sweep (337), while Picard's float32 sums stop
-  near 4e-6;
-* :func:`~adapters.diffusion.quasi_newton_sample` needs no more calls or rows than
-  :func:`~adapters.diffusion.picard_sample` at the same window and error;
-* a wider window cuts calls nearly in proportion (quasi-Newton, Gaussian mixture,
-  N = 1000, error <= 6e-6: 43 calls with window 64, 72 with window 32), so ``auto`` takes
-  the widest window the budget allows;
-* below two steps per call nothing parallel pays: ``auto`` runs the serial sampler.
-
-``max_batch`` is the number of network rows one call may hold (what fits in memory or
-keeps a GPU efficient); a window of ``w`` steps needs ``w * batch`` rows (twice that with
-classifier-free guidance).
+``"auto"`` runs what :func:`~adapters.diffusion.planner.plan_sampling` predicts is fastest
+on the user's device: it measures the latency of one model call against its rows on the
+actual model, shape, dtype and device (a short probe, cached for the process), predicts
+every candidate's calls and rows (serial; SRDS sweep and pipelined over a few block counts;
+Picard and quasi-Newton over a few windows), and chooses a parallel sampler only when it is
+predicted faster than serial by more than its estimate's error. A CPU, where a call costs
+in proportion to its rows, gets the serial sampler or a narrow window; a GPU below its
+knee the widest window that still fits. ``max_batch`` caps the network rows of one call
+(memory).
 """
 
 from __future__ import annotations
@@ -29,82 +19,93 @@ from torch import Tensor
 
 from .model import Denoiser, Model
 from .picard import picard_sample, quasi_newton_sample
-from .samplers import SampleOutput, SamplerStats, Schedule, _check_x, serial_sample, srds_sample
-from .schedule import check_num_steps
+from .planner import CostModel, SamplingPlan, plan_sampling, record_run
+from .samplers import (
+    MODEL_OPTIONS,
+    SampleOutput,
+    SamplerStats,
+    Schedule,
+    serial_sample,
+    srds_sample,
+)
 
 SAMPLERS = ("auto", "serial", "srds", "picard", "quasi_newton")
-#: the window ``auto`` uses when no ``max_batch`` is given (the benchmarks' default width)
-DEFAULT_WINDOW = 32
-
-
-def choose_sampler(num_steps: int, batch: int, max_batch: int | None = None,
-                   guidance: bool = False) -> tuple[str, dict[str, Any]]:
-    """The sampler ``auto`` runs and its arguments.
-
-    Args:
-        num_steps: the serial sampler's steps ``N``.
-        batch: samples per run (``x_T.shape[0]``).
-        max_batch: network rows one call may hold; ``None``: a window of
-            :data:`DEFAULT_WINDOW` steps.
-        guidance: classifier-free guidance doubles the rows of every step.
-
-    Returns:
-        ``(name, kwargs)``: ``("serial", {})`` or ``("quasi_newton", {"window": w})``.
-    """
-    rows_per_step = batch * (2 if guidance else 1)
-    if max_batch is None:
-        window = DEFAULT_WINDOW
-    else:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(
-                f"max_batch must be an int >= 1 (network rows per call), got {max_batch!r}")
-        window = max_batch // rows_per_step
-    window = min(window, num_steps)
-    if window < 2:
-        return "serial", {}
-    return "quasi_newton", {"window": window}
+#: what ``"auto"`` chooses itself, so they may not be passed with it
+_CHOSEN = ("window", "num_blocks", "pipelined")
+#: options whose meaning differs between the samplers ``"auto"`` may choose
+_PER_SAMPLER = ("callback", "initial", "return_iterates", "return_trajectory", "stopping",
+                "partition", "coarse")
 
 
 def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
            sampler: str = "auto", max_batch: int | None = None, tol: float | None = None,
+           *, cost: CostModel | None = None, plan: SamplingPlan | None = None,
            **kwargs: Any) -> SampleOutput:
-    """Sample with the named sampler, or the fastest one for the width budget (``"auto"``).
+    """Sample with the named sampler, or the fastest one on this device (``"auto"``).
 
     Args:
         model, schedule, x_T, num_steps: as in :func:`~adapters.diffusion.srds_sample`.
         sampler: ``"auto"``, ``"serial"``, ``"srds"``, ``"picard"`` or ``"quasi_newton"``.
-        max_batch: network rows per call for ``"auto"`` (see :func:`choose_sampler`).
+        max_batch: ``"auto"`` only: network rows one call may hold (memory).
         tol: the sampler's tolerance (``None``: its default).
+        cost: ``"auto"`` only: the device's :class:`~adapters.diffusion.planner.CostModel`
+            (default: measured, see :func:`~adapters.diffusion.planner.plan_sampling`).
+        plan: ``"auto"`` only: a plan made beforehand, whose choice runs.
         **kwargs: passed to the sampler (e.g. ``window``, ``num_blocks``, ``pipelined``,
-            ``guidance_scale``, ``model_kwargs``).
+            ``guidance_scale``, ``model_kwargs``, ``progress``); with ``"auto"`` not the
+            ``window``, ``num_blocks`` or ``pipelined`` it chooses, nor the options whose
+            meaning differs between samplers (``callback``, ``initial``, ...).
 
     Returns:
         A :class:`~adapters.diffusion.SampleOutput`; for ``"serial"``, ``iterations`` is 0
-        and ``stats`` counts ``num_steps`` calls.
+        and ``stats`` counts ``num_steps`` calls. With ``"auto"``, ``out.plan`` is the
+        :class:`~adapters.diffusion.planner.SamplingPlan` it followed.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+    chosen_plan = None
     if sampler == "auto":
-        x = _check_x(x_T, model)
-        N = check_num_steps(num_steps, schedule.max_steps)
-        sampler, chosen = choose_sampler(N, x.shape[0], max_batch,
-                                         _guided(model, kwargs))
-        kwargs = {**chosen, **kwargs}
-    elif max_batch is not None:
-        raise ValueError("max_batch is only used with sampler='auto'")
+        fixed = sorted(set(kwargs) & set(_CHOSEN))
+        if fixed:
+            raise ValueError(f"sampler='auto' chooses {', '.join(fixed)} itself; name a "
+                             "sampler (e.g. sampler='quasi_newton') to fix them")
+        differ = sorted(set(kwargs) & set(_PER_SAMPLER))
+        if differ:
+            raise ValueError(f"sampler='auto' takes no {', '.join(differ)}: they differ "
+                             "between the samplers it may choose; name the sampler to use them")
+        if plan is None:
+            options = {k: v for k, v in kwargs.items() if k in MODEL_OPTIONS}
+            plan = plan_sampling(model, schedule, x_T, num_steps, tol=tol, max_batch=max_batch,
+                                 eta=kwargs.get("eta", 0.0), cost=cost,
+                                 executor=kwargs.get("executor"), **options)
+        elif not isinstance(plan, SamplingPlan):
+            raise TypeError(f"plan must be a SamplingPlan (from plan_sampling), got "
+                            f"{type(plan).__name__}")
+        chosen_plan = plan
+        sampler, kwargs = plan.choice.sampler, {**plan.choice.options, **kwargs}
+    else:
+        for name, value in (("max_batch", max_batch), ("cost", cost), ("plan", plan)):
+            if value is not None:
+                raise ValueError(f"{name} is only used with sampler='auto'")
     if tol is not None:
         kwargs["tol"] = tol
     if sampler == "serial":
         kwargs.pop("tol", None)
+        kwargs.pop("executor", None)
         x0 = serial_sample(model, schedule, x_T, num_steps, **kwargs)
         rows = x_T.shape[0] * (2 if _guided(model, kwargs) else 1)
         stats = SamplerStats(num_steps, num_steps * rows, num_steps)
-        return SampleOutput(x0, 0, True, [], stats, 0.0, 1)
-    run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
-    return run[sampler](model, schedule, x_T, num_steps, **kwargs)
+        out = SampleOutput(x0, 0, True, [], stats, 0.0, 1)
+    else:
+        run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
+        out = run[sampler](model, schedule, x_T, num_steps, **kwargs)
+    if chosen_plan is not None:
+        record_run(chosen_plan, chosen_plan.choice, out.stats.depth, model)
+        out.plan = chosen_plan
+    return out
 
 
-__all__ = ["sample", "choose_sampler", "SAMPLERS", "DEFAULT_WINDOW"]
+__all__ = ["sample", "SAMPLERS"]
 
 
 def _guided(model: Model, kwargs: dict[str, Any]) -> bool:

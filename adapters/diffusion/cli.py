@@ -103,11 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["srds", "serial", "quasi_newton", "picard", "auto"],
                    default="srds",
                    help="srds (Parareal), serial, the sliding-window samplers quasi_newton / "
-                        "picard, or auto (the widest quasi-Newton window --max-batch allows)")
+                        "picard, or auto (measures the model on this device, prints the "
+                        "candidates with their predicted time, runs the fastest)")
     p.add_argument("--window", type=_positive_int, default=None,
                    help="steps per call of --sampler quasi_newton / picard (default 32)")
     p.add_argument("--max-batch", type=_positive_int, default=None,
-                   help="network rows per call, --sampler auto only")
+                   help="network rows one call may hold (memory), --sampler auto only")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="sampler steps N (default 1000; for a text-to-image pipeline its own: "
                         "50 for SD, 28 for SD3 and Flux)")
@@ -631,6 +632,14 @@ def _run(args) -> int:
         print(note, file=sys.stderr)
     g = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(args.num_samples, *model.sample_shape, generator=g).to(args.device, dtype)
+    plan = None
+    if args.sampler == "auto":  # measure this device, print the candidates and the choice
+        from adapters.diffusion.planner import plan_sampling
+
+        with torch.inference_mode():
+            plan = plan_sampling(model, schedule, x_T, steps, max_batch=args.max_batch,
+                                 tol=args.tol if args.tol is not None else 1e-4)
+        print(plan.table(), file=sys.stderr)
 
     report: dict[str, Any] = {
         "model": str(args.model), "sampler": args.sampler, "steps": steps,
@@ -645,13 +654,12 @@ def _run(args) -> int:
             out = None
         elif args.sampler != "srds":
             from adapters.diffusion import sample as sample_with
-            from adapters.diffusion.auto import choose_sampler
 
             kw: dict[str, Any] = {"tol": args.tol if args.tol is not None else 1e-4}
             iterative = True
-            if args.sampler == "auto":
-                kw["max_batch"] = args.max_batch
-                iterative = choose_sampler(steps, args.num_samples, args.max_batch)[0] != "serial"
+            if plan is not None:
+                kw["plan"] = plan
+                iterative = plan.choice.sampler != "serial"
             else:
                 kw["window"] = min(args.window or 32, steps)
             if args.max_iters is not None and iterative:  # auto may pick the serial sampler
@@ -659,7 +667,16 @@ def _run(args) -> int:
             out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, progress=True,
                               **kw)
             sample = out.sample
-            report.update(_window_report(out, steps, t0))
+            if plan is not None and plan.choice.sampler == "serial":
+                report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
+                out = None
+            elif plan is not None and plan.choice.sampler == "srds":
+                report.update(_srds_report(out, steps, plan.choice.options["pipelined"], t0,
+                                           "data in [-1, 1]"))
+            else:
+                report.update(_window_report(out, steps, t0))
+            if plan is not None:
+                report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s)
         else:
             out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
                               tol=args.tol, max_iters=args.max_iters, pipelined=pipelined,
@@ -671,6 +688,12 @@ def _run(args) -> int:
             ref = serial_sample(model, schedule, x_T, steps, progress=True)
             serial_s = time.perf_counter() - t1
             alone = serial_sample(model, schedule, x_T[:1], steps, progress=True)
+            if plan is not None:
+                report.update(serial_predicted_s=plan.serial.predicted_s)
+                print(f"auto: predicted {plan.choice.predicted_s:.2f} s ({plan.choice.label}), "
+                      f"measured {report['wall_s']:.2f} s; serial predicted "
+                      f"{plan.serial.predicted_s:.2f} s, measured {serial_s:.2f} s",
+                      file=sys.stderr)
             report.update(_serial_comparison(serial_s, report["wall_s"]),
                           max_abs_diff_vs_serial=float((sample - ref).abs().max()),
                           serial_floor=float((ref[:1] - alone).abs().max()),
@@ -792,6 +815,10 @@ def _main_text_to_image(args) -> int:
         except (ValueError, TypeError) as err:  # what only the loaded model can tell
             return _error(str(err))
         report.update(guidance_scale=res.guidance_scale, sampler_run=res.sampler)
+        plan = getattr(res.sampling, "plan", None)
+        if plan is not None:
+            print(plan.table(), file=sys.stderr)
+            report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s)
         out = None if res.sampler == "serial" else res.sampling
         if out is None:
             report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)

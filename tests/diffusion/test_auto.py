@@ -1,12 +1,13 @@
-"""sample(sampler="auto"): the choice for a width budget, dispatch, and bad input."""
+"""sample(sampler="auto"): the width budget, dispatch, and bad input (the planner itself:
+test_planner.py)."""
 
 import pytest
 import torch
 
 from adapters.diffusion import (
+    CostModel,
     GaussianMixtureDenoiser,
     VPSchedule,
-    choose_sampler,
     picard_sample,
     sample,
     serial_sample,
@@ -15,18 +16,6 @@ from adapters.diffusion import (
 
 SCHED = VPSchedule.linear(1000)
 M = GaussianMixtureDenoiser.random(SCHED, dim=8, components=4, seed=1)
-
-
-@pytest.mark.parametrize("N,batch,max_batch,guidance,expected", [
-    (1000, 16, 512, False, ("quasi_newton", {"window": 32})),
-    (1000, 16, 1024, True, ("quasi_newton", {"window": 32})),
-    (20, 4, 10_000, False, ("quasi_newton", {"window": 20})),   # never wider than N
-    (1000, 16, 16, False, ("serial", {})),                      # one step per call
-    (1000, 16, 31, False, ("serial", {})),
-    (100, 1, None, False, ("quasi_newton", {"window": 32})),
-])
-def test_choose_sampler(N, batch, max_batch, guidance, expected):
-    assert choose_sampler(N, batch, max_batch, guidance) == expected
 
 
 def test_auto_respects_the_width_budget_and_matches_serial():
@@ -40,11 +29,12 @@ def test_auto_respects_the_width_budget_and_matches_serial():
             return M(x, t)
 
     x = torch.randn(4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    out = sample(Counting(), SCHED, x, 200, max_batch=40, tol=1e-5)
-    assert max(widths) <= 40 and out.num_blocks == 10 and out.iterations < 200
+    flat = CostModel.knee(0.01, 10_000, 0.0, engine_s=0.0)       # a device far below its knee
+    out = sample(Counting(), SCHED, x, 200, max_batch=40, tol=1e-5, cost=flat)
+    assert max(widths) <= 40 and out.plan.choice.sampler != "serial" and out.iterations < 200
     assert (out.sample - serial_sample(M, SCHED, x, 200)).abs().max() < 1e-4
     widths.clear()
-    tight = sample(Counting(), SCHED, x, 50, max_batch=7)  # below two steps: serial
+    tight = sample(Counting(), SCHED, x, 50, max_batch=7, cost=flat)  # < two steps: serial
     assert max(widths) == 4 and tight.stats.model_calls == 50 == len(widths)
     assert torch.equal(tight.sample, serial_sample(M, SCHED, x, 50))
 

@@ -60,17 +60,33 @@ def test_serial_sampler_and_bundled_model(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--sampler", "quasi_newton", "--window", "16"],
-                                   ["--sampler", "picard"],
-                                   ["--sampler", "auto", "--max-batch", "40"]])
+                                   ["--sampler", "picard"]])
 def test_window_samplers(tiny_folder, tmp_path, extra):
     out = tmp_path / "out"
     assert main(["--model", str(tiny_folder), "--steps", "64", "--num-samples", "4",
                  "--compare-serial", "--out", str(out), *extra]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["window"] == {"--window": 16, "--max-batch": 10}.get(extra[-2], 32)
+    assert report["window"] == {"--window": 16}.get(extra[-2], 32)
     assert report["depth"] == report["iterations"] == len(report["history"]) < 64
     assert report["max_abs_diff_vs_serial"] < 1e-3
     assert (out / "convergence.png").stat().st_size > 2000
+
+
+def test_auto_prints_its_plan_and_predicted_vs_measured(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_folder), "--steps", "64", "--num-samples", "4",
+                 "--sampler", "auto", "--max-batch", "40", "--compare-serial",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    plan = report["plan"]
+    assert "candidate" in err and f"choice: {plan['choice']['label']}" in err
+    assert "auto: predicted" in err and "serial predicted" in err
+    assert plan["candidates"][0]["label"] == "serial" and len(plan["candidates"]) > 3
+    assert all(c["max_rows"] <= 40 for c in plan["candidates"])
+    assert report["predicted_s"] == plan["choice"]["predicted_s"] > 0
+    assert report["serial_predicted_s"] > 0 and report["serial_wall_s"] > 0
+    assert report["max_abs_diff_vs_serial"] < 1e-3
 
 
 def test_unknown_model_lists_what_exists(tmp_path, capsys):

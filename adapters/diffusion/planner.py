@@ -1,0 +1,511 @@
+"""Which sampler is fastest *on this device*: a measured cost model and a planner.
+
+A parallel sampler trades sequential model calls for wider ones. Whether that pays depends
+on the device: a call of ``R`` rows costs about as much as one row on a GPU below its knee,
+and ``R`` times as much on a saturated GPU or a CPU. :func:`plan_sampling` measures the
+latency of one model call against its rows on the user's model, shape, dtype, device and
+conditioning (:func:`measure_call_cost`, a few timed calls, cached for the process),
+predicts each candidate's call sequence with a model-free proxy, sums the latencies of its
+calls, and picks the fastest, choosing a parallel sampler only when its lead over serial
+exceeds the estimate's error.
+
+The proxy. A candidate's number of calls and the rows of each come from running it on the
+exact denoiser of a Gaussian mixture (:class:`~adapters.diffusion.GaussianMixtureDenoiser`,
+16 dimensions) on the same grid, solver, tolerance and noise, at almost no cost. The real
+model converges somewhat differently: over ``benchmarks/bench_samplers.py`` the call
+counts of the digits UNet and the mixture differ by up to 30 % (SRDS pipelined 93 vs 123,
+Picard 79 vs 59 at N = 1000), so a proxy estimate carries a 30 % error band. After a run,
+:func:`record_run` (which ``sample(sampler="auto")`` calls) stores the calls measured for
+that candidate, model and grid; later plans use them (10 % band).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .analytic import GaussianMixtureDenoiser
+from .grid import SamplingGrid
+from .model import Denoiser, Model, ModelOutputError
+from .picard import picard_sample, quasi_newton_sample
+from .samplers import Schedule, _check_x, denoiser_for, srds_sample
+from .schedule import SigmaSchedule, VPSchedule, check_num_steps
+
+#: relative error of a candidate's predicted calls: from the mixture proxy, and from a
+#: recorded run of the same candidate (see the module docstring)
+PROXY_ERROR = 0.30
+RECORDED_ERROR = 0.10
+#: the window widths and SRDS block counts (multiples of sqrt(N)) the planner considers
+WINDOWS = (8, 16, 32, 64, 128)
+BLOCK_FACTORS = (1.0, 2.0, 4.0)
+
+
+# ---------------------------------------------------------------------------- cost model
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per model call as a function of its network rows.
+
+    Piecewise linear through measured ``(rows, seconds)`` points; below the first point
+    the first latency, beyond the last the slope of the last two points (never below
+    zero). ``engine_s`` is added per call by the planner (the sampler's own work, from
+    the proxy runs, unless given).
+
+    Attributes:
+        rows: increasing network-row counts ``[P]``.
+        seconds: the latency of one call at each ``[P]``.
+        source: where the points come from (``"probe"``, ``"given"``).
+        engine_s: seconds of sampler work per call; ``None``: measured by the planner.
+    """
+
+    rows: tuple[int, ...]
+    seconds: tuple[float, ...]
+    source: str = "given"
+    engine_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.rows) == 0 or len(self.rows) != len(self.seconds):
+            raise ValueError("rows and seconds must be non-empty and of equal length")
+        if any(b <= a for a, b in zip(self.rows, self.rows[1:], strict=False)):
+            raise ValueError(f"rows must increase, got {self.rows}")
+        if any(not (math.isfinite(s) and s >= 0) for s in self.seconds):
+            raise ValueError(f"seconds must be finite and >= 0, got {self.seconds}")
+
+    def __call__(self, rows: int) -> float:
+        """The predicted seconds of one call holding ``rows`` network rows."""
+        r, s = self.rows, self.seconds
+        if rows <= r[0] or len(r) == 1:
+            return s[0] if rows <= r[0] else s[0] * rows / r[0]
+        for i in range(1, len(r)):
+            if rows <= r[i]:
+                w = (rows - r[i - 1]) / (r[i] - r[i - 1])
+                return s[i - 1] + w * (s[i] - s[i - 1])
+        slope = max(0.0, (s[-1] - s[-2]) / (r[-1] - r[-2]))
+        return s[-1] + slope * (rows - r[-1])
+
+    @classmethod
+    def knee(cls, latency_s: float, knee_rows: int, seconds_per_row: float,
+             engine_s: float | None = None) -> CostModel:
+        """A device whose call costs ``latency_s`` up to ``knee_rows`` rows and grows by
+        ``seconds_per_row`` beyond (a GPU that saturates at the knee)."""
+        return cls((1, knee_rows, knee_rows + 1), (latency_s, latency_s,
+                                                   latency_s + seconds_per_row), "given", engine_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "seconds": list(self.seconds), "source": self.source,
+                "engine_s": self.engine_s}
+
+
+_PROBES: dict[tuple, tuple[Any, CostModel]] = {}
+
+
+def _network(model: Any) -> Any:
+    """The object a latency belongs to: a wrapper may name its network as ``cost_key``."""
+    model = model.model if isinstance(model, Denoiser) else model
+    return getattr(model, "cost_key", model)
+
+
+def _model_key(denoiser: Denoiser, x_T: Tensor) -> tuple:
+    """What a call's latency depends on: the network, sample shape, dtype, device and the
+    conditioning's shapes (guidance doubles the rows)."""
+    def sig(kwargs: Mapping[str, Any]) -> tuple:
+        return tuple(sorted((k, tuple(v.shape), str(v.dtype)) if isinstance(v, Tensor)
+                            else (k, type(v).__name__) for k, v in kwargs.items()))
+    return (id(_network(denoiser)), tuple(x_T.shape[1:]), str(x_T.dtype), str(x_T.device),
+            sig(denoiser.model_kwargs), denoiser.guidance_scale is not None)
+
+
+def _ref(obj: Any) -> Any:
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int, *,
+                      max_rows: int | None = None, budget: float = 0.1, repeats: int = 2,
+                      cache: bool = True, **model_options: Any) -> CostModel:
+    """Time the model at a few call widths on ``x_T``'s device, dtype and shape.
+
+    After one untimed warm-up call, calls of ``n`` steps (``n * batch`` samples, twice
+    that with guidance) for ``n = 1, 2, 4, ...`` up to ``max_rows`` network rows, each
+    the fastest of ``repeats`` (synchronised on CUDA). Doubling stops early once the
+    latency has doubled with the rows twice in a row (the device is saturated: beyond,
+    the cost model extrapolates linearly) or the probe has spent ``budget`` times the
+    predicted serial run (``num_steps`` one-step calls). Cached per (model, sample shape,
+    dtype, device, conditioning) for the process; a wrapper that builds a new model object
+    per run around the same network names it as its ``cost_key`` attribute.
+
+    Raises:
+        ModelOutputError: the model returned NaN/Inf during the probe.
+    """
+    x = _check_x(x_T, model)
+    N = check_num_steps(num_steps, schedule.max_steps)
+    denoiser = denoiser_for(model, schedule, model_options)
+    key = _model_key(denoiser, x)
+    hit = _PROBES.get(key)
+    if cache and hit is not None and hit[0]() is _network(denoiser) and (
+            max_rows is None or hit[1].rows[-1] >= max_rows or hit[1].source == "probe:saturated"):
+        return hit[1]
+    per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
+    max_rows = max_rows or 256 * per_step
+    ts = SamplingGrid.build(schedule, N, None, 0.0).timesteps
+
+    def timed(n: int, times: int = repeats) -> float:
+        xs = x.unsqueeze(0).expand(n, *x.shape)
+        t = ts[torch.linspace(0, N - 1, n).round().long()]
+        best = math.inf
+        for _ in range(times):
+            _sync(x.device)
+            t0 = time.perf_counter()
+            denoiser.raw(xs, t)
+            _sync(x.device)
+            best = min(best, time.perf_counter() - t0)
+        try:
+            denoiser.check()
+        except ModelOutputError as e:
+            raise ModelOutputError(f"the cost probe of sampler='auto' found the model "
+                                   f"returning NaN/Inf on x_T ({n} steps per call): {e}") from e
+        return best
+
+    timed(1, 1)  # warm-up (allocator, autotuning, lazy initialisation), not counted
+    rows, secs, spent, doubled, n = [], [], 0.0, 0, 1
+    source = "probe"
+    while True:
+        t0 = time.perf_counter()
+        s = timed(n)
+        spent += time.perf_counter() - t0
+        doubled = doubled + 1 if secs and s >= 1.8 * secs[-1] else 0
+        rows.append(n * per_step)
+        secs.append(s)
+        if doubled >= 2:
+            source = "probe:saturated"
+            break
+        if 2 * n * per_step > max_rows or spent > budget * N * secs[0]:
+            break
+        n *= 2
+    cost = CostModel(tuple(rows), tuple(secs), source)
+    if cache:
+        _PROBES[key] = (_ref(_network(denoiser)), cost)
+    return cost
+
+
+# ----------------------------------------------------------------------------- the proxy
+
+
+class _GridMixture(GaussianMixtureDenoiser):
+    """The Gaussian-mixture denoiser on any grid: the levels the network sees at each of
+    the grid's timesteps come from a table (no closed form of the schedule needed)."""
+
+    def __init__(self, grid: SamplingGrid, prediction_type: str, dim: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        means = (torch.rand(8, dim, generator=g, dtype=torch.float64) * 2 - 1)
+        super().__init__(means, 0.15, VPSchedule.linear(1000))
+        self.prediction_type = prediction_type
+        c = grid.c_in.to(torch.float64) if grid.c_in is not None else 1.0
+        self.register_buffer("t_table", grid.timesteps.to(torch.float64))
+        self.register_buffer("a_table", (grid.alpha_from * c).to(torch.float64))
+        self.register_buffer("s_table", (grid.sigma_from * c).to(torch.float64))
+
+    def levels(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        i = (t.to(torch.float64)[:, None] - self.t_table[None]).abs().argmin(1)
+        return self.a_table[i], self.s_table[i]
+
+
+class _Recorder(torch.nn.Module):
+    """Records the rows and the time of every call of the proxy network."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.rows, self.seconds = net, [], 0.0
+        self.prediction_type = net.prediction_type
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        t0 = time.perf_counter()
+        out = self.net(x, t)
+        _sync(out.device)
+        self.seconds += time.perf_counter() - t0
+        self.rows.append(x.shape[0])
+        return out
+
+
+_PROXY_BATCH = 4
+_TRACES: dict[tuple, tuple[list[int], float]] = {}
+_RECORDS: dict[tuple, tuple[Any, int]] = {}
+
+
+def _schedule_key(schedule: Schedule) -> tuple:
+    return (type(schedule).__name__, getattr(schedule, "name", None), id(schedule))
+
+
+def _proxy_trace(schedule: Schedule, N: int, x_T: Tensor, sampler: str, options: dict,
+                 tol: float | None, eta: float, solver: str | None) -> tuple[list[int], float]:
+    """Steps per call of ``sampler`` on the mixture proxy, and its engine seconds per call."""
+    key = (_schedule_key(schedule), N, str(x_T.dtype), str(x_T.device), sampler,
+           tuple(sorted(options.items())), tol, eta, solver)
+    if key in _TRACES:
+        return _TRACES[key]
+    grid = SamplingGrid.build(schedule, N, solver, eta)
+    net = _Recorder(_GridMixture(grid, schedule.prediction_type, 16, 0).to(x_T.device))
+    b = min(_PROXY_BATCH, x_T.shape[0])
+    g = torch.Generator(device=x_T.device).manual_seed(0)
+    x = torch.randn(b, 16, generator=g, device=x_T.device, dtype=x_T.dtype)
+    run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
+    kw = dict(options, eta=eta, sampler=solver,
+              generator=torch.Generator(device=x_T.device).manual_seed(1))
+    if tol is not None:
+        kw["tol"] = tol
+    t0 = time.perf_counter()
+    run[sampler](net, schedule, x, N, **kw)
+    wall = time.perf_counter() - t0
+    steps = [r // b for r in net.rows]
+    trace = (steps, max(0.0, wall - net.seconds) / max(1, len(steps)))
+    _TRACES[key] = trace
+    return trace
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the sampler, with its predicted cost.
+
+    Attributes:
+        sampler: ``"serial"``, ``"srds"``, ``"picard"`` or ``"quasi_newton"``.
+        options: its arguments (``window``; ``num_blocks`` and ``pipelined``).
+        calls: predicted sequential model calls.
+        max_rows: network rows of the widest call.
+        rows: network rows summed over calls.
+        predicted_s: predicted seconds (model calls at the measured latency, plus the
+            sampler's own work per call).
+        estimate: where the calls come from (``"exact"``, ``"proxy"``, ``"recorded run"``).
+        error: relative error band of ``calls`` (and so of ``predicted_s``).
+    """
+
+    sampler: str
+    options: dict[str, Any]
+    calls: int
+    max_rows: int
+    rows: int
+    predicted_s: float
+    estimate: str
+    error: float
+
+    @property
+    def label(self) -> str:
+        """e.g. ``"quasi_newton window=32"``, ``"srds pipelined B=63"``."""
+        if self.sampler == "srds":
+            return (f"srds {'pipelined' if self.options.get('pipelined') else 'sweep'} "
+                    f"B={self.options['num_blocks']}")
+        if "window" in self.options:
+            return f"{self.sampler} window={self.options['window']}"
+        return self.sampler
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "sampler": self.sampler, "options": dict(self.options),
+                "calls": self.calls, "max_rows": self.max_rows, "rows": self.rows,
+                "predicted_s": self.predicted_s, "estimate": self.estimate, "error": self.error}
+
+
+@dataclass
+class SamplingPlan:
+    """What :func:`plan_sampling` found: every candidate and the choice.
+
+    Attributes:
+        candidates: serial first, then the parallel candidates, fastest predicted first.
+        choice: the candidate ``sample(sampler="auto")`` runs.
+        reason: one sentence on why.
+        cost: the device's :class:`CostModel`.
+        excluded: candidates left out and why (e.g. over ``max_batch``).
+    """
+
+    candidates: list[Candidate]
+    choice: Candidate
+    reason: str
+    cost: CostModel
+    excluded: list[str] = field(default_factory=list)
+    key: tuple = ()
+
+    @property
+    def serial(self) -> Candidate:
+        return self.candidates[0]
+
+    def table(self) -> str:
+        """The plan as a text table (candidate, calls, rows per call, predicted time)."""
+        head = f"{'candidate':<28} {'calls':>11} {'rows/call':>9} {'predicted':>14}  estimate"
+        lines = [head, "-" * len(head)]
+        for c in self.candidates:
+            mark = " <" if c is self.choice else ""
+            err = f"+-{c.error:.0%}" if c.error else "exact"
+            lines.append(f"{c.label:<28} {c.calls:>11} {c.max_rows:>9} "
+                         f"{c.predicted_s:>12.3f} s  {c.estimate} ({err}){mark}")
+        lines.append(f"choice: {self.choice.label}: {self.reason}")
+        lines += [f"left out: {e}" for e in self.excluded]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"candidates": [c.as_dict() for c in self.candidates],
+                "choice": self.choice.as_dict(), "reason": self.reason,
+                "cost": self.cost.as_dict(), "excluded": list(self.excluded)}
+
+
+def _world_size(executor: object | None) -> int:
+    if executor is None:
+        return 1
+    import torch.distributed as dist
+    return dist.get_world_size(getattr(executor, "group", None)) if dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int, *,
+                  tol: float | None = None, max_batch: int | None = None, eta: float = 0.0,
+                  solver: str | None = None, cost: CostModel | None = None, executor: object | None = None,
+                  samplers: tuple[str, ...] = ("srds", "picard", "quasi_newton"),
+                  **model_options: Any) -> SamplingPlan:
+    """Predict the wall-clock of each sampler configuration on this device; pick the fastest.
+
+    Args:
+        model, schedule, x_T, num_steps: as in :func:`~adapters.diffusion.srds_sample`
+            (``x_T [batch, *sample]`` fixes the rows per step, dtype and device).
+        tol: the samplers' tolerance (``None``: each sampler's default).
+        max_batch: network rows one call may hold (memory); candidates wider are left out.
+        eta: DDIM noise, as in the samplers.
+        solver: the samplers' ``sampler=`` (the solver; default: the schedule's).
+        cost: the device's :class:`CostModel`; default: measured here
+            (:func:`measure_call_cost`, cached).
+        executor: a :class:`pint.DistributedExecutor`: SRDS candidates split each call's
+            rows over its ranks (the window samplers run in one process).
+        samplers: the parallel samplers to consider.
+        **model_options: the model options, as in the samplers.
+
+    Returns:
+        A :class:`SamplingPlan`. A parallel candidate is chosen only when its predicted
+        time, raised by its error band, is below the serial time.
+    """
+    x = _check_x(x_T, model)
+    N = check_num_steps(num_steps, schedule.max_steps)
+    if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
+        raise TypeError(f"schedule must be a VPSchedule or SigmaSchedule, got "
+                        f"{type(schedule).__name__}")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
+                                  or max_batch < 1):
+        raise ValueError(f"max_batch must be an int >= 1 (network rows per call), got {max_batch!r}")
+    unknown = sorted(set(samplers) - {"srds", "picard", "quasi_newton"})
+    if unknown:
+        raise ValueError(f"samplers must be among srds, picard, quasi_newton; got {unknown}")
+    denoiser = denoiser_for(model, schedule, model_options)
+    per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
+    devices = _world_size(executor)
+
+    configs: list[tuple[str, dict[str, Any]]] = []
+    root = math.sqrt(N)
+    for pipelined in (True, False):
+        for f in BLOCK_FACTORS if pipelined else BLOCK_FACTORS[:2]:
+            B = min(N, max(2, round(f * root)))
+            cfg = ("srds", {"num_blocks": B, "pipelined": pipelined})
+            if "srds" in samplers and N >= 2 and cfg not in configs:
+                configs.append(cfg)
+    for s in ("quasi_newton", "picard"):
+        if s in samplers:
+            configs += [(s, {"window": w}) for w in WINDOWS if w <= N]
+    excluded = []
+    if max_batch is not None:
+        def widest(s: str, o: dict) -> int:
+            steps = o.get("window") or (2 * o["num_blocks"] if o.get("pipelined")
+                                        else o["num_blocks"])
+            return math.ceil(steps / (devices if s == "srds" else 1)) * per_step
+        keep = [c for c in configs if widest(*c) <= max_batch]
+        if len(keep) < len(configs):
+            excluded.append(f"{len(configs) - len(keep)} candidates wider than max_batch="
+                            f"{max_batch} rows ({per_step} rows per step)")
+        configs = keep
+    if executor is not None and devices > 1:
+        excluded.append(f"window samplers run in one process, not over the executor's "
+                        f"{devices} ranks")
+        configs = [c for c in configs if c[0] == "srds"]
+
+    widest_rows = max([per_step] + [per_step * (c[1].get("window") or 2 * c[1]["num_blocks"])
+                                    for c in configs])
+    if cost is None:
+        cost = measure_call_cost(denoiser, schedule, x, N, max_rows=widest_rows)
+    mkey = _model_key(denoiser, x)
+
+    traces = {}
+    for s, o in configs:
+        traces[(s, tuple(sorted(o.items())))] = _proxy_trace(schedule, N, x, s, o, tol, eta, solver)
+    engine = cost.engine_s
+    if engine is None:
+        per_call = [e for _, e in traces.values()]
+        engine = sum(per_call) / len(per_call) if per_call else 0.0
+
+    serial = Candidate("serial", {}, N, per_step, N * per_step,
+                       N * (cost(per_step) + engine), "exact", 0.0)
+    parallel = []
+    for s, o in configs:
+        steps, _ = traces[(s, tuple(sorted(o.items())))]
+        share = devices if s == "srds" else 1
+        rows = [math.ceil(n / share) * per_step for n in steps]
+        calls, estimate, error = len(rows), "proxy", PROXY_ERROR
+        rec = _RECORDS.get((mkey, _schedule_key(schedule), N, tol, eta, solver, s,
+                            tuple(sorted(o.items()))))
+        if rec is not None and rec[0]() is _network(denoiser):
+            calls, estimate, error = rec[1], "recorded run", RECORDED_ERROR
+        scale = calls / max(1, len(rows))
+        t = scale * sum(cost(r) + engine for r in rows)
+        parallel.append(Candidate(s, o, calls, max(rows), round(scale * sum(rows)), t,
+                                  estimate, error))
+    parallel.sort(key=lambda c: c.predicted_s)
+    candidates = [serial] + parallel
+    if not parallel:
+        reason = ("no parallel candidate fits" + (f" max_batch={max_batch} (a window of two "
+                  f"steps needs {2 * per_step} rows)" if max_batch is not None else "")
+                  + ": serial")
+        choice = serial
+    else:
+        best = parallel[0]
+        bound = best.predicted_s * (1 + best.error)
+        if bound < serial.predicted_s:
+            choice = best
+            reason = (f"predicted {serial.predicted_s / best.predicted_s:.2f}x faster than "
+                      f"serial, {serial.predicted_s / bound:.2f}x at the edge of its error band")
+        else:
+            choice = serial
+            reason = (f"no parallel candidate is predicted faster than serial by more than its "
+                      f"error band (best: {best.label}, {serial.predicted_s / best.predicted_s:.2f}x)")
+    return SamplingPlan(candidates, choice, reason, cost, excluded,
+                        key=(mkey, _schedule_key(schedule), N, tol, eta, solver))
+
+
+def record_run(plan: SamplingPlan, candidate: Candidate, calls: int, model: Any) -> None:
+    """Store the sequential calls a run of ``candidate`` took, for later plans of the same
+    model, grid and tolerance (their estimate becomes ``"recorded run"``)."""
+    if candidate.sampler == "serial" or not plan.key:
+        return
+    key = (*plan.key, candidate.sampler, tuple(sorted(candidate.options.items())))
+    _RECORDS[key] = (_ref(_network(model)), int(calls))
+
+
+def clear_caches() -> None:
+    """Forget every probe, proxy trace and recorded run of this process."""
+    _PROBES.clear()
+    _TRACES.clear()
+    _RECORDS.clear()
+
+
+__all__ = ["CostModel", "Candidate", "SamplingPlan", "measure_call_cost", "plan_sampling",
+           "record_run", "clear_caches", "PROXY_ERROR", "RECORDED_ERROR"]
