@@ -112,9 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="sampler steps N (default 1000; for a text-to-image pipeline its own: "
                         "50 for SD, 28 for SD3 and Flux)")
-    p.add_argument("--blocks", type=_positive_int, default=None,
-                   help="Parareal blocks, --sampler srds only, <= --steps (default "
-                        "round(2 sqrt(N)) pipelined, round(sqrt(N)) for the sweep)")
+    p.add_argument("--num-blocks", type=_positive_int, default=None, dest="blocks",
+                   help="Parareal blocks (the API's num_blocks), --sampler srds only, <= "
+                        "--steps (default round(2 sqrt(N)) pipelined, round(sqrt(N)) for the "
+                        "sweep)")
+    # the former name, still accepted (same dest), no longer listed
+    p.add_argument("--blocks", type=_positive_int, default=None, dest="blocks",
+                   help=argparse.SUPPRESS)
     p.add_argument("--tol", type=_positive_float, default=None,
                    help="stop when the final sample moves less than this in one iteration "
                         "(default 2e-3 in float32, 1e-6 in float64; window samplers: 1e-4 per "
@@ -349,7 +353,7 @@ def _check_sampler_flags(args) -> str | None:
     if args.max_batch is not None and s != "auto":
         return f"--max-batch is for --sampler auto, not --sampler {s}"
     if args.blocks is not None and s != "srds":
-        return f"--blocks (Parareal blocks) is for --sampler srds, not --sampler {s}"
+        return f"--num-blocks (Parareal blocks) is for --sampler srds, not --sampler {s}"
     if args.pipelined is not None and s != "srds":
         flag = "--pipelined" if args.pipelined else "--no-pipelined"
         return f"{flag} is for --sampler srds, not --sampler {s}"
@@ -361,7 +365,8 @@ def _check_sampler_flags(args) -> str | None:
     if args.max_iters == 0 and s in (*WINDOW_SAMPLERS, "auto"):
         return f"--max-iters must be >= 1 with --sampler {s}, got 0"
     if args.blocks is not None and args.steps is not None and args.blocks > args.steps:
-        return f"--blocks must be <= --steps, got --blocks {args.blocks} and --steps {args.steps}"
+        return (f"--num-blocks must be <= --steps, got --num-blocks {args.blocks} and "
+                f"--steps {args.steps}")
     return None
 
 
@@ -456,7 +461,7 @@ def _check_steps(args, steps: int, train_timesteps: int | None) -> str | None:
     if train_timesteps is not None and steps > train_timesteps:
         return f"--steps must be <= {train_timesteps}, the model's training timesteps, got {steps}"
     if args.blocks is not None and args.blocks > steps:
-        return f"--blocks must be <= --steps ({steps}), got --blocks {args.blocks}"
+        return f"--num-blocks must be <= --steps ({steps}), got --num-blocks {args.blocks}"
     return None
 
 

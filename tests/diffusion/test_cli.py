@@ -203,15 +203,17 @@ BAD_ARGS = [
     (["--out", "/proc/pint-x"], "--out /proc/pint-x cannot be created: no new folder can be made in /proc"),
     (["--out", "FILE"], "is an existing file"),
     (["--out", "FILE/sub"], "is a file, so the folder cannot be created"),
-    (["--blocks", "50", "--steps", "10"], "--blocks must be <= --steps"),
+    (["--num-blocks", "50", "--steps", "10"], "--num-blocks must be <= --steps"),
+    (["--blocks", "50", "--steps", "10"], "--num-blocks must be <= --steps"),  # former name
     (["--sampler", "picard", "--max-iters", "0"], "--max-iters must be >= 1 with --sampler picard"),
     (["--sampler", "quasi_newton", "--max-iters", "0"], "--max-iters must be >= 1"),
     (["--device", "cuda"], "--device cuda: CUDA is not available"),
     (["--device", "bogus"], "--device: expected cpu, cuda, cuda:N, mps or xpu, got 'bogus'"),
     (["--window", "8"], "--window is for --sampler quasi_newton or picard, not --sampler srds"),
     (["--sampler", "auto", "--window", "8"], "--window is for"),
-    (["--sampler", "picard", "--blocks", "4"], "--blocks (Parareal blocks) is for --sampler srds"),
-    (["--sampler", "serial", "--blocks", "4"], "--blocks"),
+    (["--sampler", "picard", "--num-blocks", "4"],
+     "--num-blocks (Parareal blocks) is for --sampler srds"),
+    (["--sampler", "serial", "--num-blocks", "4"], "--num-blocks"),
     (["--sampler", "quasi_newton", "--no-pipelined"], "--no-pipelined is for --sampler srds"),
     (["--max-batch", "40"], "--max-batch is for --sampler auto"),
     (["--sampler", "serial", "--tol", "1e-3"], "--tol: --sampler serial does not iterate"),
@@ -236,6 +238,14 @@ def test_bad_arguments_fail_in_one_line_before_loading(args, msg, tmp_path, monk
     assert err.startswith("pint-sample: error: ") and err.count("\n") == 1, err
     assert msg in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]  # created nothing
+
+
+def test_num_blocks_is_the_listed_name_and_blocks_still_works():
+    parser = cli.build_parser()
+    help_text = parser.format_help()
+    assert "--num-blocks" in help_text and "--blocks " not in help_text
+    assert parser.parse_args(["--num-blocks", "4", "--out", "o"]).blocks == 4
+    assert parser.parse_args(["--blocks", "5", "--out", "o"]).blocks == 5  # the former name
 
 
 def test_broken_model_folder_is_one_line(tiny_folder, tmp_path, capsys):
