@@ -55,14 +55,17 @@ class CostModel:
     """Seconds per model call as a function of its network rows.
 
     Piecewise linear through measured ``(rows, seconds)`` points; below the first point
-    the first latency, beyond the last the slope of the last two points (never below
-    zero). ``engine_s`` is added per call by the planner (the sampler's own work, from
-    the proxy runs, unless given).
+    the first latency. Beyond the last point a measured curve (``source`` starting with
+    ``"probe"``) grows in proportion to the rows (the pessimistic guess: what was not
+    measured is never assumed flat), a given curve with the slope of its last two points.
+    ``engine_s`` is added per call by the planner (the sampler's own work, from the proxy
+    runs, unless given).
 
     Attributes:
         rows: increasing network-row counts ``[P]``.
         seconds: the latency of one call at each ``[P]``.
-        source: where the points come from (``"probe"``, ``"given"``).
+        source: where the points come from (``"probe"``, ``"probe:saturated"``,
+            ``"given"``).
         engine_s: seconds of sampler work per call; ``None``: measured by the planner.
     """
 
@@ -82,12 +85,14 @@ class CostModel:
     def __call__(self, rows: int) -> float:
         """The predicted seconds of one call holding ``rows`` network rows."""
         r, s = self.rows, self.seconds
-        if rows <= r[0] or len(r) == 1:
-            return s[0] if rows <= r[0] else s[0] * rows / r[0]
+        if rows <= r[0]:
+            return s[0]
         for i in range(1, len(r)):
             if rows <= r[i]:
                 w = (rows - r[i - 1]) / (r[i] - r[i - 1])
                 return s[i - 1] + w * (s[i] - s[i - 1])
+        if len(r) == 1 or self.source.startswith("probe"):
+            return s[-1] * rows / r[-1]
         slope = max(0.0, (s[-1] - s[-2]) / (r[-1] - r[-2]))
         return s[-1] + slope * (rows - r[-1])
 
@@ -96,6 +101,8 @@ class CostModel:
              engine_s: float | None = None) -> CostModel:
         """A device whose call costs ``latency_s`` up to ``knee_rows`` rows and grows by
         ``seconds_per_row`` beyond (a GPU that saturates at the knee)."""
+        if knee_rows <= 1:
+            return cls((1, 2), (latency_s, latency_s + seconds_per_row), "given", engine_s)
         return cls((1, knee_rows, knee_rows + 1), (latency_s, latency_s,
                                                    latency_s + seconds_per_row), "given", engine_s)
 
@@ -137,15 +144,15 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int, *,
-                      max_rows: int | None = None, budget: float = 0.1, repeats: int = 2,
+                      max_rows: int | None = None, budget: float = 0.15, repeats: int = 2,
                       cache: bool = True, **model_options: Any) -> CostModel:
     """Time the model at a few call widths on ``x_T``'s device, dtype and shape.
 
     After one untimed warm-up call, calls of ``n`` steps (``n * batch`` samples, twice
     that with guidance) for ``n = 1, 2, 4, ...`` up to ``max_rows`` network rows, each
     the fastest of ``repeats`` (synchronised on CUDA). Doubling stops early once the
-    latency has doubled with the rows twice in a row (the device is saturated: beyond,
-    the cost model extrapolates linearly) or the probe has spent ``budget`` times the
+    latency has doubled with the rows twice in a row (the device is saturated) or the
+    probe has spent ``budget`` times the
     predicted serial run (``num_steps`` one-step calls). Cached per (model, sample shape,
     dtype, device, conditioning) for the process; a wrapper that builds a new model object
     per run around the same network names it as its ``cost_key`` attribute.

@@ -44,6 +44,8 @@ def test_cost_model_interpolates_and_extrapolates():
     k = CostModel.knee(0.01, 64, 0.001)
     assert k(1) == k(64) == 0.01 and k(164) == pytest.approx(0.11)
     assert CostModel((2,), (0.5,))(8) == pytest.approx(2.0)  # one point: proportional beyond
+    probed = CostModel((1, 4, 16), (1.0, 1.0, 1.0), source="probe")
+    assert probed(64) == pytest.approx(4.0)                   # unmeasured is never flat
 
 
 @pytest.mark.parametrize("rows,seconds,match", [
@@ -87,12 +89,17 @@ def test_probe_recovers_the_device_curve(monkeypatch):
     monkeypatch.setattr(planner, "time", clock)
     dev = _Device(clock, 0.02, knee=16, per_row=0.001)
     cost = measure_call_cost(dev, SCHED, X, 1000, max_rows=256)
-    for rows in (2, 8, 16, 32, 100, 256, 512):
-        assert cost(rows) == pytest.approx(0.02 + 0.001 * max(0, rows - 16), rel=1e-9)
+    def true(rows):
+        return 0.02 + 0.001 * max(0, rows - 16)
+
+    for rows in (2, 8, 16, 32, 50, 64):                       # measured: exact
+        assert cost(rows) == pytest.approx(true(rows), rel=1e-9)
+    for rows in (100, 256, 512):                              # beyond: never optimistic
+        assert true(rows) <= cost(rows) <= 1.1 * true(rows)
     assert cost.rows[0] == 2 and cost.source == "probe:saturated"   # 16 -> 32 -> 64 rows
     calls = len(dev.widths)
     assert calls == 2 * len(cost.rows) + 1                   # warm-up + 2 per width
-    assert clock.now < 0.1 * 1000 * 0.02                     # under 10 % of a serial run
+    assert clock.now < 0.15 * 1000 * 0.02                    # under 15 % of a serial run
     assert measure_call_cost(dev, SCHED, X, 1000, max_rows=256) is cost   # cached
     assert len(dev.widths) == calls
     other = measure_call_cost(dev, SCHED, X.float(), 1000, max_rows=256)    # dtype is a key
