@@ -448,7 +448,7 @@ class _Relay:
     def __init__(self, link: _Link, problem: ODEProblem, coarse: Propagator, fine: Propagator,
                  times: Tensor, stopping: StoppingRule, max_iters: int, pipelined: bool,
                  callback: Callable[[IterationInfo], None] | None) -> None:
-        from .parareal import Runner
+        from .runner import Runner
 
         self.link, self.problem, self.coarse, self.fine = link, problem, coarse, fine
         self.times, self.stopping, self.max_iters, self.callback = times, stopping, max_iters, callback

@@ -23,16 +23,16 @@ from torch import Tensor
 
 from ._checks import check_int, check_number
 from .grid import make_partition
+from .pipeline import pipelined_parareal
 from .problem import ODEProblem
 from .propagators.base import Propagator
-from .result import IterationInfo, Result, Stats
+from .result import IterationInfo, Result
+from .runner import NonFiniteStateError, Runner
 from .stopping import MaxAbsChange, StoppingRule
 
+__all__ = ["parareal", "serial", "Runner", "NonFiniteStateError"]
+
 Callback = Callable[[IterationInfo], None]
-
-
-class NonFiniteStateError(FloatingPointError):
-    """A state became NaN or Inf during a solve; the message names block and iteration."""
 
 
 def parareal(
@@ -134,8 +134,6 @@ def parareal(
             problem, coarse, fine, times, stopping, max_iters, pipelined, callback
         )
     if pipelined:
-        from .pipeline import pipelined_parareal
-
         return pipelined_parareal(problem, coarse, fine, times, stopping, max_iters, callback,
                                   initial)
 
@@ -215,61 +213,6 @@ def serial(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class Runner:
-    """Runs propagators on one problem and keeps the cost accounting in ``stats``."""
-
-    def __init__(self, problem: ODEProblem) -> None:
-        self.stats = Stats()
-        rhs = problem.batched_rhs() if problem.f is not None else _missing_rhs
-
-        def counted(t: Tensor, y: Tensor) -> Tensor:
-            self.stats.f_calls += 1
-            self.stats.f_evals += y.shape[0]
-            return rhs(t, y)
-
-        self.rhs = counted
-
-    def __call__(self, prop: Propagator, y: Tensor, t0: Tensor, t1: Tensor, kind: str) -> Tensor:
-        calls_before = self.stats.f_calls
-        out = prop(self.rhs, y, t0, t1)
-        if not isinstance(out, Tensor) or out.shape != y.shape or out.dtype != y.dtype:
-            raise TypeError(
-                f"{kind} propagator {prop!r} returned "
-                f"{getattr(out, 'shape', type(out).__name__)} / {getattr(out, 'dtype', '')}, "
-                f"expected a tensor of shape {tuple(y.shape)} and dtype {y.dtype}"
-            )
-        steps = prop.steps_per_block(t0, t1)
-        if steps is None:
-            n_seq = self.stats.f_calls - calls_before
-            total = n_seq * y.shape[0]
-        else:
-            n_seq, total = int(steps.max()), int(steps.sum())
-        self.stats.depth += n_seq
-        self.stats.rows += y.shape[0]
-        if kind == "coarse":
-            self.stats.coarse_steps += total
-        else:
-            self.stats.fine_steps += total
-        return out
-
-    @staticmethod
-    def check_finite(states: Tensor, iteration: int, first_block: int, what: str) -> None:
-        """Raise :class:`NonFiniteStateError` if any row of ``states`` is not finite;
-        row ``j`` belongs to block ``first_block + j``."""
-        ok = torch.isfinite(states.reshape(states.shape[0], -1)).all(dim=1)
-        if not bool(ok.all()):
-            j = int((~ok).nonzero()[0])
-            raise NonFiniteStateError(
-                f"non-finite state (NaN or Inf) in block {first_block + j} during the "
-                f"{what} of iteration {iteration}"
-            )
-
-
-def _missing_rhs(t: Tensor, y: Tensor) -> Tensor:
-    raise TypeError("this ODEProblem has f=None, so only propagators with their own "
-                    "dynamics can solve it")
 
 
 def _check_problem(problem: object) -> None:

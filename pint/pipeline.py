@@ -24,6 +24,7 @@ from torch import Tensor
 from .problem import ODEProblem
 from .propagators.base import StepPropagator
 from .result import IterationInfo, Result
+from .runner import Runner
 from .stopping import StoppingRule
 
 
@@ -41,8 +42,6 @@ class _Task:
 def pipelined_parareal(problem: ODEProblem, coarse, fine, times: Tensor,
                        stopping: StoppingRule, max_iters: int, callback,
                        initial: Tensor | None = None) -> Result:
-    from .parareal import Runner
-
     for name, prop in (("coarse", coarse), ("fine", fine)):
         if not isinstance(prop, StepPropagator):
             raise ValueError(
