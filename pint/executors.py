@@ -81,7 +81,7 @@ from .propagators.base import Propagator, StepPropagator
 from .result import IterationInfo, Result, Stats
 from .stopping import FinalStateChange, MaxAbsChange, StoppingRule
 
-__all__ = ["DistributedExecutor", "DistributedError", "DistributedStats"]
+__all__ = ["DistributedExecutor", "DistributedError", "DistributedStats", "agree", "tensor_digest"]
 
 
 class DistributedError(RuntimeError):
@@ -135,6 +135,23 @@ class DistributedExecutor:
 
     def __repr__(self) -> str:
         return f"DistributedExecutor(group={self.group!r}, timeout={self.timeout:g})"
+
+    def connect(self, device: torch.device, fields: dict[str, str], caller: str,
+                what: str, hints: dict[str, str] | None = None) -> _Link:
+        """This rank's link to the group, for a parallel method outside :func:`pint.parareal`
+        that splits its own work (the window samplers of :mod:`adapters.diffusion.picard`).
+
+        With more than one rank, every rank first checks that the others describe their
+        arguments by the same ``fields`` (see :func:`agree`: the same ``ValueError`` on every
+        rank otherwise, before any work). The link's ``rank``, ``world``,
+        ``all_gather_into`` and ``all_gather`` (every wait bounded by ``timeout``, raising
+        :class:`DistributedError` naming a failed rank) are what the caller uses; on an
+        error of its own it calls ``link.report(err, 0)`` and re-raises, so that the other
+        ranks stop with a :class:`DistributedError` naming it."""
+        link = _Link(self.group, device, self.timeout)
+        if link.world > 1:
+            agree(link, fields, caller, what, hints)
+        return link
 
     def parareal(self, problem: ODEProblem, coarse: Propagator, fine: Propagator, times: Tensor,
                  stopping: StoppingRule, max_iters: int, pipelined: bool,
@@ -275,6 +292,20 @@ class _Link:
                               what)], what)
         return out
 
+    def all_gather_into(self, out: Tensor, mine: Tensor, what: str) -> Tensor:
+        """Every rank's ``mine`` (the same shape on every rank) into the preallocated
+        ``out [world, *mine.shape]`` (contiguous), with one collective and no host copy;
+        returns ``out``."""
+        if self.poll:  # NCCL: one flat buffer
+            start = lambda: dist.all_gather_into_tensor(out, mine, group=self.group,  # noqa: E731
+                                                        async_op=True)
+        else:  # gloo: views into the buffer
+            views = list(out.unbind(0))
+            start = lambda: dist.all_gather(views, mine, group=self.group,  # noqa: E731
+                                            async_op=True)
+        self.wait([self._post(start, what)], what)
+        return out
+
     def _post(self, start: Callable[[], Any], what: str) -> Any:
         try:
             return start()
@@ -346,8 +377,6 @@ def _agree(link: _Link, problem: ODEProblem, coarse: Propagator, fine: Propagato
            stopping: StoppingRule, max_iters: int, pipelined: bool, callback: object) -> None:
     """Check that every rank got the same arguments (one small ``all_gather`` of digests)
     and agree on the store prefix of this call. Raises the same ValueError on every rank."""
-    key = "world" if link.group is None else tuple(dist.get_process_group_ranks(link.group))
-    call = next(_CALLS.setdefault(key, itertools.count()))
     y0 = problem.y0
     t = times.detach().double().cpu()
     fields = {
@@ -364,8 +393,22 @@ def _agree(link: _Link, problem: ODEProblem, coarse: Propagator, fine: Propagato
         "coarse": _describe_prop(coarse, times),
         "fine": _describe_prop(fine, times),
         "callback": "given" if callback is not None else "none",
-        "executor call number": str(call),
     }
+    agree(link, fields, "parareal", "problem, partition, propagators and settings",
+          {"y0 values": "seed every rank's generator identically, or broadcast y0 from rank 0"})
+
+
+def agree(link: _Link, fields: dict[str, str], caller: str, what: str,
+          hints: dict[str, str] | None = None) -> None:
+    """Check that every rank describes its arguments by the same ``fields`` (name -> text;
+    one small ``all_gather`` of their digests) and agree on the store prefix of this call
+    (which :meth:`_Link.report` needs). Where they differ, every rank raises the same
+    ``ValueError`` naming the fields and each rank's value (``hints[field]``: advice
+    appended when that field differs). Also checks the call number: ranks must make their
+    executor calls in the same order."""
+    key = "world" if link.group is None else tuple(dist.get_process_group_ranks(link.group))
+    call = next(_CALLS.setdefault(key, itertools.count()))
+    fields = {**fields, "executor call number": str(call)}
     digests = [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little",
                               signed=True) for v in fields.values()]
     nonce = int.from_bytes(os.urandom(7), "little")
@@ -377,13 +420,17 @@ def _agree(link: _Link, problem: ODEProblem, coarse: Propagator, fine: Propagato
         dist.all_gather_object(seen, {k: fields[k] for k in bad}, group=link.group)
         parts = [f"{k}: " + ", ".join(f"rank {r} {seen[r][k]}" for r in range(link.world))
                  for k in bad]
-        hint = (" (seed every rank's generator identically, or broadcast y0 from rank 0)"
-                if "y0 values" in bad else "")
+        hint = "".join(f" ({h})" for k, h in (hints or {}).items() if k in bad)
         raise ValueError(
-            "DistributedExecutor: the ranks called parareal with different arguments; "
-            + "; ".join(parts) + ". Every rank must pass the same problem, partition, "
-            "propagators and settings" + hint)
+            f"DistributedExecutor: the ranks called {caller} with different arguments; "
+            + "; ".join(parts) + f". Every rank must pass the same {what}" + hint)
     link.prefix = f"pint/{int(table[0, -1]):x}/"
+
+
+def tensor_digest(y: Tensor) -> str:
+    """``"checksum N"``: an exact integer digest of ``y``'s bytes (computed on its device),
+    for the ``fields`` of :func:`agree`."""
+    return f"checksum {_checksum(y)}"
 
 
 def _checksum(y: Tensor) -> int:

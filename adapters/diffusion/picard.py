@@ -67,6 +67,20 @@ _COMMON_ARGS = """
         progress: a tqdm bar on stderr of ``num_steps`` steps, advanced after every model
             call by the steps that call made exact (the window's slide); the postfix counts
             the calls.
+        executor: a :class:`pint.DistributedExecutor` (under ``torchrun``, the model on
+            every rank): every window call's steps are split into contiguous slices over
+            the ranks (the first ``n mod R`` of ``R`` ranks get one step more), each rank
+            evaluates its slice (with its conditioning and guidance rows) and one
+            ``all_gather`` per call hands every rank the whole window; the rebuild and the
+            stopping test then run on every rank, on the same numbers (checked at every
+            call: ranks that diverge raise :class:`pint.DistributedError`). Every rank
+            returns the single-process result; ``stats.model_calls`` and ``model_rows``
+            count this rank's own calls (``stats.engine``: a
+            :class:`pint.DistributedStats` with every rank's), ``stats.depth`` the
+            sequential calls. Ranks with different arguments raise the same
+            ``ValueError`` before any model call; a rank that raises makes the others raise
+            :class:`pint.DistributedError` naming it; every wait is bounded by the
+            executor's ``timeout``.
 
     Returns:
         :class:`~adapters.diffusion.SampleOutput`; ``iterations`` and ``stats.depth`` are
@@ -92,11 +106,12 @@ def picard_sample(
     initial: Tensor | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
+    executor: object | None = None,
     **model_options: Any,
 ) -> SampleOutput:
     return _window_sample(model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator,
                           callback, sampler, noise, initial, return_trajectory, model_options,
-                          progress=progress, coupling="identity")
+                          progress=progress, coupling="identity", executor=executor)
 
 
 picard_sample.__doc__ = """Sample with sliding-window Picard iteration (ParaDiGMS), the peer
@@ -121,11 +136,12 @@ def quasi_newton_sample(
     initial: Tensor | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
+    executor: object | None = None,
     **model_options: Any,
 ) -> SampleOutput:
     return _window_sample(model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator,
                           callback, sampler, noise, initial, return_trajectory, model_options,
-                          progress=progress, coupling="secant")
+                          progress=progress, coupling="secant", executor=executor)
 
 
 quasi_newton_sample.__doc__ = """Sample with the sliding window and a secant coarse correction
@@ -138,6 +154,7 @@ quasi_newton_sample.__doc__ = """Sample with the sliding window and a secant coa
 def _window_sample(
     model, schedule, x_T, num_steps, window, tol, max_iters, eta, generator, callback, sampler,
     noise, initial, return_trajectory, model_options, coupling: str, progress: bool = False,
+    executor: object | None = None,
 ) -> SampleOutput:
     _check_callback(callback)
     check_progress(progress)
@@ -188,16 +205,47 @@ def _window_sample(
     ones = torch.ones(window, dtype=torch.float64, device=dev)
     secant = _Secant(smp(traj), window) if coupling == "secant" else None
     history: list[float] = []
-    a, it = 0, 0
     tol2 = tol * tol
     name = "picard" if coupling == "identity" else "quasi_newton"
+    ranks = None
+    if executor is not None:
+        ranks = _Ranks.connect(executor, y0, window, _arguments(
+            name, denoiser, grid, x_T, N, window, tol, max_iters, noise, initial, callback,
+            return_trajectory))
+    try:
+        out = _window_loop(N, window, max_iters, tol2, progress, name, traj, guide, smp, grid,
+                           sample_slots, stepper, ones, secant, var, dim, y0, dev, denoiser,
+                           callback, history, ranks)
+    except BaseException as err:
+        if ranks is not None:
+            ranks.link.report(err, 0)  # the other ranks stop with a DistributedError naming it
+        raise
+    a, it = out
+    denoiser.check()
+    converged = a >= N
+    stats = SamplerStats(denoiser.calls, denoiser.rows, it)
+    if ranks is not None:
+        stats.engine = ranks.finish(denoiser, it, traj[N])
+    return SampleOutput(sample_of(grid, traj[N]).clone(), it, converged, history, stats, float(tol), window,
+                        trajectory=traj if return_trajectory else None)
+
+
+def _window_loop(N, window, max_iters, tol2, progress, name, traj, guide, smp, grid, sample_slots,
+                 stepper, ones, secant, var, dim, y0, dev, denoiser, callback, history,
+                 ranks) -> tuple[int, int]:
+    """The iterations of :func:`_window_sample` (``traj`` and ``history`` in place);
+    returns the window start and the iterations done."""
+    a, it = 0, 0
     with progress_bar(progress, N, name, unit="step") as bar:
         while a < N and it < max_iters:
             e = min(a + window, N)
             n = e - a
             pos = torch.arange(a, e, dtype=torch.float64, device=dev)
             y = traj[a:e]
-            phi = stepper.step(None, pos, y, ones[:n])
+            if ranks is None:
+                phi, diverged = stepper.step(None, pos, y, ones[:n]), None
+            else:  # this rank's slice of the window, then every rank's (one collective)
+                phi, diverged = ranks.evaluate(stepper.step, pos, y, ones[:n])
             ys, ps = smp(y), smp(phi)
             if secant is None:  # J = I: the rebuild is a cumulative sum
                 new_s = ys[0] + torch.cumsum(ps - ys, dim=0)
@@ -228,8 +276,13 @@ def _window_sample(
             # (always checked: a non-finite window must never pass the test)
             first_bad = torch.where(err > tol2, torch.arange(n, device=dev), n).min()
             finite = torch.isfinite(err).all()
-            first_bad, worst, finite = torch.stack([first_bad.double(), err.max(),
-                                                    finite.double()]).tolist()
+            decision = torch.stack([first_bad.double(), err.max(), finite.double()])
+            if ranks is not None:  # sent with the next call, and compared there
+                ranks.record(decision)
+                decision = torch.cat([decision, diverged.double().view(1)])
+            first_bad, worst, finite, *other = decision.tolist()
+            if other and other[0]:
+                raise ranks.divergence(it)
             stride = max(1, int(first_bad))
             worst = math.sqrt(worst)
             history.append(worst)
@@ -249,11 +302,162 @@ def _window_sample(
             a = new_a
             if callback is not None:
                 callback(it, traj[a], worst)
-    denoiser.check()
-    converged = a >= N
-    stats = SamplerStats(denoiser.calls, denoiser.rows, it)
-    return SampleOutput(sample_of(grid, traj[N]).clone(), it, converged, history, stats, float(tol), window,
-                        trajectory=traj if return_trajectory else None)
+    return a, it
+
+
+class _Ranks:
+    """A window sampler's model calls split over the ranks of a
+    :class:`pint.DistributedExecutor` (see ``executor`` in :func:`picard_sample`).
+
+    Every call exchanges one buffer per rank with one ``all_gather`` into a preallocated
+    buffer: ``payload`` bytes for up to ``ceil(window / R)`` steps of model outputs, then a
+    tail of float64 slots ``[kind, first_bad, worst, finite, calls, rows, sample_sum, 0]``
+    (kind 0: a model call, carrying the previous call's stopping decision; kind 1: the end
+    of the run, with this rank's counters). The buffer has the same size in every call, so a
+    rank that stopped while others go on meets them in the same collective, and every rank
+    compares the tails of all: ranks whose rebuilds or decisions differ all raise."""
+
+    TAIL = 8
+
+    def __init__(self, link: Any, y0: Tensor, window: int) -> None:
+        self.link, self.R, self.rank = link, link.world, link.rank
+        self.shape, self.dtype = tuple(y0.shape), y0.dtype
+        self.row_bytes = y0.numel() * y0.element_size()
+        width = -(-window // self.R)
+        self.payload = -(-width * self.row_bytes // 8) * 8
+        size = self.payload + 8 * self.TAIL
+        self.send = torch.zeros(size, dtype=torch.uint8, device=y0.device)
+        self.recv = torch.empty((self.R, size), dtype=torch.uint8, device=y0.device)
+        self.tail = self.send[self.payload:].view(torch.float64)
+
+    @classmethod
+    def connect(cls, executor: object, y0: Tensor, window: int,
+                fields: dict[str, str]) -> _Ranks | None:
+        """``None`` with one rank (the local sampler runs)."""
+        connect = getattr(executor, "connect", None)
+        if not callable(connect):
+            raise TypeError(f"executor must be a pint.DistributedExecutor, got "
+                            f"{type(executor).__name__}")
+        link = connect(y0.device, fields, "the window sampler",
+                       "x_T, noise, model, conditioning and settings",
+                       {"x_T values": "seed every rank's generator identically, or broadcast "
+                                      "x_T from rank 0"})
+        return cls(link, y0, window) if link.world > 1 else None
+
+    def bounds(self, n: int) -> list[int]:
+        """Where each rank's slice of a window of ``n`` steps starts (and ``n``)."""
+        q, m = divmod(n, self.R)
+        return [r * q + min(r, m) for r in range(self.R + 1)]
+
+    def evaluate(self, step: Callable, pos: Tensor, y: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``step(None, pos, y, h)`` for the whole window, this rank evaluating its slice;
+        and whether the ranks' previous decisions differ (a device bool)."""
+        starts = self.bounds(y.shape[0])
+        lo, hi = starts[self.rank], starts[self.rank + 1]
+        if hi > lo:
+            mine = step(None, pos[lo:hi], y[lo:hi], h[lo:hi])
+            self._rows(self.send, hi - lo).copy_(mine)
+        out = self._exchange("the window's model outputs")
+        parts = [self._rows(out[r], starts[r + 1] - starts[r]) for r in range(self.R)
+                 if starts[r + 1] > starts[r]]
+        bits = out[:, self.payload:].view(torch.int64)[:, :4]
+        return torch.cat(parts), (bits != bits[:1]).any()
+
+    def record(self, decision: Tensor) -> None:
+        """This call's ``[first_bad, worst, finite]``, sent with the next exchange."""
+        self.tail[1:4].copy_(decision)
+
+    def divergence(self, it: int) -> Exception:
+        from pint import DistributedError
+
+        return DistributedError(
+            f"the ranks' stopping decisions differ after iteration {it}: the rebuild ran on "
+            "the same model outputs but gave different numbers (non-deterministic kernels, "
+            "or different devices on the ranks)")
+
+    def finish(self, denoiser: Any, it: int, last: Tensor) -> Any:
+        """The end of the run: every rank's counters, and a check that every rank ends
+        with the same decisions and final state. Returns a :class:`pint.DistributedStats`."""
+        from pint import DistributedError, DistributedStats
+
+        self.tail[0] = 1.0
+        self.tail[4], self.tail[5] = float(denoiser.calls), float(denoiser.rows)
+        self.tail[6] = last.double().sum()
+        out = self._exchange("the end of the run")
+        tails = out[:, self.payload:].view(torch.float64)
+        bits = tails.view(torch.int64)[:, [0, 1, 2, 3, 6]]
+        if bool((bits != bits[:1]).any()):
+            kinds = tails[:, 0].tolist()
+            if any(k != 1.0 for k in kinds):
+                raise DistributedError(
+                    f"the ranks stopped after different iterations (ranks "
+                    f"{[r for r, k in enumerate(kinds) if k != 1.0]} went on): their stopping "
+                    "decisions differ (non-deterministic kernels, or different devices)")
+            raise self.divergence(it)
+        counts = tails[:, 4:6].tolist()
+        per_rank = [{"model_calls": int(c), "model_rows": int(r)} for c, r in counts]
+        return DistributedStats(f_calls=sum(p["model_calls"] for p in per_rank),
+                                rows=sum(p["model_rows"] for p in per_rank), depth=it,
+                                world_size=self.R, per_rank=per_rank)
+
+    def _rows(self, buf: Tensor, k: int) -> Tensor:
+        return buf[:k * self.row_bytes].view(self.dtype).view(k, *self.shape)
+
+    def _exchange(self, what: str) -> Tensor:
+        return self.link.all_gather_into(self.recv, self.send, what)
+
+
+def _describe(value: Any) -> str:
+    """A value of the arguments, for the ranks' agreement: tensors by shape, dtype and a
+    digest of their bytes, modules by their type, size and a digest of a few weights."""
+    from pint.executors import tensor_digest
+
+    if value is None:
+        return "none"
+    if isinstance(value, Tensor):
+        return f"{tuple(value.shape)} {value.dtype} {tensor_digest(value)}"
+    if isinstance(value, torch.nn.Module):
+        ts = [t.detach().reshape(-1)[:16] for t in [*value.parameters(), *value.buffers()]]
+        size = sum(p.numel() for p in value.parameters())
+        head = [t.to(device=ts[0].device, dtype=torch.float64) for t in ts if t.is_floating_point()]
+        return (f"{type(value).__qualname__} {size} parameters"
+                + (f" {tensor_digest(torch.cat(head))}" if head else ""))
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in sorted(value.items())) + "}"
+    text = repr(value)
+    return type(value).__qualname__ if " at 0x" in text else text
+
+
+def _arguments(name: str, denoiser: Any, grid: Any, x_T: Tensor, N: int, window: int, tol: float,
+               max_iters: int, noise: Tensor | None, initial: Tensor | None, callback: Any,
+               return_trajectory: bool) -> dict[str, str]:
+    """What every rank must agree on (see :func:`pint.executors.agree`)."""
+    from pint.executors import tensor_digest
+
+    tables = torch.cat([grid.timesteps.double().reshape(-1), grid.coef.double().reshape(-1)])
+    return {
+        "sampler": name,
+        "x_T shape": str(tuple(x_T.shape)),
+        "x_T dtype": str(x_T.dtype),
+        "x_T device type": x_T.device.type,
+        "x_T values": tensor_digest(x_T),
+        "num_steps": str(N),
+        "window": str(window),
+        "tol": repr(float(tol)),
+        "max_iters": str(max_iters),
+        "solver": f"{grid.solver} {tensor_digest(tables)}",
+        "noise": _describe(noise),
+        "initial": _describe(initial),
+        "model": _describe(denoiser.model),
+        "model options": (f"prediction_type={denoiser.prediction_type} "
+                          f"clip={denoiser.clip_sample}/{denoiser.clip_range} "
+                          f"guidance_scale={denoiser.guidance_scale!r} "
+                          f"check_finite={denoiser.check_finite}"),
+        "model_kwargs": _describe(denoiser.model_kwargs),
+        "uncond_kwargs": _describe(denoiser.uncond_kwargs),
+        "callback": "given" if callback is not None else "none",
+        "return_trajectory": str(bool(return_trajectory)),
+    }
 
 
 def _affine_scan(A: Tensor, B: Tensor) -> Tensor:
