@@ -71,5 +71,5 @@ out.images[0].save("cat.png")
 #         --prompt "a photo of a cat" --negative-prompt blurry --guidance-scale 7.5 \
 #         --steps 25 --num-samples 4 --compare-serial --out out/
 #
-# writes ``samples.png``, ``convergence.png`` (the change per iteration and the decoded
-# images after each one), ``report.json``, every image under ``images/`` and the latents.
+# writes ``samples.png``, ``convergence.png`` (the change per iteration, the final decoded
+# images and each iteration's difference to them), ``report.json``, every image under ``images/`` and the latents.

@@ -248,6 +248,27 @@ def test_num_blocks_is_the_listed_name_and_blocks_still_works():
     assert parser.parse_args(["--blocks", "5", "--out", "o"]).blocks == 5  # the former name
 
 
+def test_figures_are_readable_sizes(tmp_path):
+    """samples.png shows each 8x8 digit >= 160 px (integer nearest-neighbour upscaling, so
+    every digit pixel is a flat 20 x 20 block); convergence.png holds the curve, the
+    final samples and one difference row per iteration."""
+    from matplotlib.image import imread
+
+    torch.manual_seed(0)
+    x = torch.rand(9, 1, 8, 8) * 2 - 1
+    cli.save_grid(x, tmp_path / "samples.png", "SRDS, N = 1000: 4 iterations")
+    img = imread(tmp_path / "samples.png")
+    assert img.shape[0] >= 3 * cli.GRID_MIN_PX and img.shape[1] >= 3 * cli.GRID_MIN_PX
+    grey = img[..., 0]
+    blocks = grey[grey.shape[0] - 8 - 160 : grey.shape[0] - 8].reshape(-1, 20, grey.shape[1])
+    assert (blocks.std(axis=1) < 1e-6).mean() > 0.9  # the bottom row's pixels are flat blocks
+
+    iterates = torch.rand(4, 9, 1, 8, 8) * 2 - 1  # coarse, iterations 1-2, final (iteration 3)
+    cli.save_convergence([1e-1, 1e-2, 1e-4], iterates, 1e-3, tmp_path / "convergence.png")
+    h, w = imread(tmp_path / "convergence.png").shape[:2]
+    assert h >= 400 and w >= 900
+
+
 def test_broken_model_folder_is_one_line(tiny_folder, tmp_path, capsys):
     import shutil
 
