@@ -115,6 +115,14 @@ def two_rank_worker(rank, world):
         for name, fn in bad.items():
             out[f"mismatch {name}"] = _error(fn)
         out["mismatch calls"] = len(counted.seen)
+        # sampler="auto": every rank plans with rank 0's cost model and runs the same choice
+        from adapters.diffusion import CostModel, sample
+
+        flat = CostModel.knee(0.010, 10_000, 1e-5, engine_s=None)
+        auto = sample(model, sched, x, N, tol=1e-6, cost=flat, executor=ex)
+        out["auto"] = {**_as_dict(auto), "choice": auto.plan.choice.label,
+                       "options": auto.plan.choice.options, "sampler": auto.plan.choice.sampler,
+                       "max_rows": auto.plan.choice.max_rows, "excluded": auto.plan.excluded}
         # the group still works afterwards
         out["again"] = _as_dict(picard_sample(model, sched, x, N, window=16, tol=1e-6,
                                               executor=ex))
@@ -224,6 +232,20 @@ def test_two_ranks_match_one_process():
     assert out[0]["mismatch calls"] == out[1]["mismatch calls"] == 0
     for o in out.values():
         _same(o["again"], ref["picard w=16"], 2)
+    # auto: the same choice on both ranks, a window sampler (no longer excluded), whose
+    # calls are priced at half the window's rows, and the single-process result of it
+    from adapters.diffusion import picard_sample, quasi_newton_sample
+
+    a0 = out[0]["auto"]
+    assert out[1]["auto"]["choice"] == a0["choice"] and not a0["excluded"]
+    assert a0["sampler"] in ("picard", "quasi_newton")
+    assert a0["max_rows"] == -(-a0["options"]["window"] // 2) * 3
+    model, sched, x = gmm_setup()
+    run = {"picard": picard_sample, "quasi_newton": quasi_newton_sample}[a0["sampler"]]
+    with torch.no_grad():
+        ref_a = run(model, sched, x, N, tol=1e-6, **a0["options"])
+    for o in out.values():
+        _same(o["auto"], ref_a, 2)
 
 
 def test_four_ranks_uneven_slices_and_a_failing_rank():

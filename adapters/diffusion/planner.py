@@ -11,10 +11,12 @@ exceeds the estimate's error.
 
 The proxy. A candidate's number of calls and the rows of each come from running it on the
 exact denoiser of a Gaussian mixture (:class:`~adapters.diffusion.GaussianMixtureDenoiser`,
-16 dimensions) on the same grid, solver, tolerance and noise, at almost no cost. The real
-model converges somewhat differently: over ``benchmarks/bench_samplers.py`` the call
-counts of the digits UNet and the mixture differ by up to 30 % (SRDS pipelined 93 vs 123,
-Picard 79 vs 59 at N = 1000), so a proxy estimate carries a 30 % error band. After a run,
+64 dimensions) on the same grid, solver, tolerance and noise, at almost no cost. A real
+model converges somewhat differently: on the digits UNet at N = 100 (tol 1e-3) the proxy
+predicts 18, 11 and 9 quasi-Newton calls for windows 16, 32 and 64 where the UNet needs
+21, 15 and 13, Picard 20 and 12 for 22 and 14, SRDS pipelined 36 for 36; at N = 1000
+(``benchmarks/bench_samplers.py``) mixture and UNet differ by up to 30 % either way. A
+proxy estimate carries a 30 % error band. After a run,
 :func:`record_run` (which ``sample(sampler="auto")`` calls) stores the calls measured for
 that candidate, model and grid; later plans use them (10 % band).
 """
@@ -251,6 +253,10 @@ class _Recorder(torch.nn.Module):
 
 
 _PROXY_BATCH = 4
+#: the proxy mixture's dimension: of the variants measured against the digits UNet at
+#: N = 100 (16 or 64 dimensions, 8 to 64 components, spreads 0.05 to 0.3), 64 dimensions
+#: with 8 components of spread 0.15 came closest to the UNet's calls
+_PROXY_DIM = 64
 _TRACES: dict[tuple, tuple[list[int], float]] = {}
 _RECORDS: dict[tuple, tuple[Any, int]] = {}
 
@@ -267,10 +273,10 @@ def _proxy_trace(schedule: Schedule, N: int, x_T: Tensor, sampler: str, options:
     if key in _TRACES:
         return _TRACES[key]
     grid = SamplingGrid.build(schedule, N, solver, eta)
-    net = _Recorder(_GridMixture(grid, schedule.prediction_type, 16, 0).to(x_T.device))
+    net = _Recorder(_GridMixture(grid, schedule.prediction_type, _PROXY_DIM, 0).to(x_T.device))
     b = min(_PROXY_BATCH, x_T.shape[0])
     g = torch.Generator(device=x_T.device).manual_seed(0)
-    x = torch.randn(b, 16, generator=g, device=x_T.device, dtype=x_T.dtype)
+    x = torch.randn(b, _PROXY_DIM, generator=g, device=x_T.device, dtype=x_T.dtype)
     run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
     kw = dict(options, eta=eta, sampler=solver,
               generator=torch.Generator(device=x_T.device).manual_seed(1))
@@ -296,8 +302,9 @@ class Candidate:
         sampler: ``"serial"``, ``"srds"``, ``"picard"`` or ``"quasi_newton"``.
         options: its arguments (``window``; ``num_blocks`` and ``pipelined``).
         calls: predicted sequential model calls.
-        max_rows: network rows of the widest call.
-        rows: network rows summed over calls.
+        max_rows: network rows of the widest call (with an executor: of the widest rank's
+            slice of it).
+        rows: network rows summed over calls (with an executor: the widest rank's).
         predicted_s: predicted seconds (model calls at the measured latency, plus the
             sampler's own work per call).
         estimate: where the calls come from (``"exact"``, ``"proxy"``, ``"recorded run"``).
@@ -372,10 +379,22 @@ class SamplingPlan:
 
 
 def _world_size(executor: object | None) -> int:
+    """The ranks an executor splits every parallel candidate's calls over (1 without one)."""
     if executor is None:
         return 1
     import torch.distributed as dist
     return dist.get_world_size(getattr(executor, "group", None)) if dist.is_initialized() else 1
+
+
+def _from_rank_0(executor: object, cost: CostModel, engine: float) -> tuple[CostModel, float]:
+    """Rank 0's cost model and engine seconds, on every rank of the executor's group."""
+    import torch.distributed as dist
+
+    group = getattr(executor, "group", None)
+    src = 0 if group is None else dist.get_global_rank(group, 0)
+    box: list[Any] = [(cost, engine)]
+    dist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
 
 
 @torch.no_grad()
@@ -383,7 +402,7 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
                   tol: float | None = None, max_batch: int | None = None, eta: float = 0.0,
                   solver: str | None = None, cost: CostModel | None = None, executor: object | None = None,
                   samplers: tuple[str, ...] = ("srds", "picard", "quasi_newton"),
-                  **model_options: Any) -> SamplingPlan:
+                  gather_s: float = 0.0, **model_options: Any) -> SamplingPlan:
     """Predict the wall-clock of each sampler configuration on this device; pick the fastest.
 
     Args:
@@ -395,8 +414,13 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         solver: the samplers' ``sampler=`` (the solver; default: the schedule's).
         cost: the device's :class:`CostModel`; default: measured here
             (:func:`measure_call_cost`, cached).
-        executor: a :class:`pint.DistributedExecutor`: SRDS candidates split each call's
-            rows over its ranks (the window samplers run in one process).
+        executor: a :class:`pint.DistributedExecutor` over ``R`` ranks: every parallel
+            candidate splits each model call over the ranks, contiguous slices of its steps
+            (SRDS blocks, window steps), so a call of ``n`` steps costs the latency of
+            ``ceil(n / R) * rows_per_step`` rows (the widest rank's slice; ``max_batch``
+            applies to it as well) plus ``gather_s`` (the all_gather of the outputs, per
+            call, default 0). Every rank gets the same plan: rank 0's measured cost model
+            is broadcast to the others.
         samplers: the parallel samplers to consider.
         **model_options: the model options, as in the samplers.
 
@@ -435,19 +459,17 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         def widest(s: str, o: dict) -> int:
             steps = o.get("window") or (2 * o["num_blocks"] if o.get("pipelined")
                                         else o["num_blocks"])
-            return math.ceil(steps / (devices if s == "srds" else 1)) * per_step
+            return math.ceil(steps / devices) * per_step
         keep = [c for c in configs if widest(*c) <= max_batch]
         if len(keep) < len(configs):
             excluded.append(f"{len(configs) - len(keep)} candidates wider than max_batch="
                             f"{max_batch} rows ({per_step} rows per step)")
         configs = keep
-    if executor is not None and devices > 1:
-        excluded.append(f"window samplers run in one process, not over the executor's "
-                        f"{devices} ranks")
-        configs = [c for c in configs if c[0] == "srds"]
+    if not (isinstance(gather_s, (int, float)) and math.isfinite(gather_s) and gather_s >= 0):
+        raise ValueError(f"gather_s must be a finite number >= 0 (seconds), got {gather_s!r}")
 
-    widest_rows = max([per_step] + [per_step * (c[1].get("window") or 2 * c[1]["num_blocks"])
-                                    for c in configs])
+    widest_rows = max([per_step] + [per_step * math.ceil(
+        (c[1].get("window") or 2 * c[1]["num_blocks"]) / devices) for c in configs])
     if cost is None:
         cost = measure_call_cost(denoiser, schedule, x, N, max_rows=widest_rows)
     mkey = _model_key(denoiser, x)
@@ -459,21 +481,22 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     if engine is None:
         per_call = [e for _, e in traces.values()]
         engine = sum(per_call) / len(per_call) if per_call else 0.0
+    if devices > 1:  # every rank plans with rank 0's measurements (else the choices may differ)
+        cost, engine = _from_rank_0(executor, cost, engine)
 
     serial = Candidate("serial", {}, N, per_step, N * per_step,
                        N * (cost(per_step) + engine), "exact", 0.0)
     parallel = []
     for s, o in configs:
         steps, _ = traces[(s, tuple(sorted(o.items())))]
-        share = devices if s == "srds" else 1
-        rows = [math.ceil(n / share) * per_step for n in steps]
+        rows = [math.ceil(n / devices) * per_step for n in steps]
         calls, estimate, error = len(rows), "proxy", PROXY_ERROR
         rec = _RECORDS.get((mkey, _schedule_key(schedule), N, tol, eta, solver, s,
                             tuple(sorted(o.items()))))
         if rec is not None and rec[0]() is _network(denoiser):
             calls, estimate, error = rec[1], "recorded run", RECORDED_ERROR
         scale = calls / max(1, len(rows))
-        t = scale * sum(cost(r) + engine for r in rows)
+        t = scale * sum(cost(r) + engine + (gather_s if devices > 1 else 0.0) for r in rows)
         parallel.append(Candidate(s, o, calls, max(rows), round(scale * sum(rows)), t,
                                   estimate, error))
     parallel.sort(key=lambda c: c.predicted_s)

@@ -206,3 +206,28 @@ def test_bad_input(kw, err, match):
 def test_bad_samplers_argument():
     with pytest.raises(ValueError, match="samplers must be among"):
         plan_sampling(M, SCHED, X, 20, cost=FLAT, samplers=("ddim",))
+
+
+def test_an_executor_splits_every_candidates_calls_over_its_ranks(monkeypatch):
+    # R ranks: a call of n steps costs the latency of its widest rank's slice,
+    # ceil(n / R) steps (window samplers and SRDS alike), plus gather_s
+    one = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=LINEAR)
+    monkeypatch.setattr(planner, "_world_size", lambda executor: 4)
+    monkeypatch.setattr(planner, "_from_rank_0", lambda executor, cost, engine: (cost, engine))
+    four = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=LINEAR, executor=object(),
+                         gather_s=0.001)
+    assert not four.excluded
+    by = {c.label: c for c in one.candidates}
+    for c in four.candidates[1:]:
+        if c.sampler != "srds":  # (a pipelined SRDS call holds up to 2 B steps)
+            assert c.max_rows == math.ceil(c.options["window"] / 4) * X.shape[0]
+        assert c.calls == by[c.label].calls
+        assert c.predicted_s < by[c.label].predicted_s
+    w32 = next(c for c in four.candidates if c.label == "quasi_newton window=32")
+    steps, _ = planner._TRACES[next(k for k in planner._TRACES
+                                    if k[4] == "quasi_newton" and k[5] == (("window", 32),))]
+    assert w32.predicted_s == pytest.approx(sum(LINEAR(math.ceil(n / 4) * 2) + 0.001
+                                                for n in steps))
+    assert four.serial.predicted_s == one.serial.predicted_s   # serial runs on one device
+    with pytest.raises(ValueError, match="gather_s"):
+        plan_sampling(M, SCHED, X, 200, cost=LINEAR, gather_s=-1.0)
