@@ -343,7 +343,7 @@ def _plan(sampler: str, N: int, rows_per_step_batch: int, cfg: bool,
         if fixed:
             raise ValueError(f"sampler='auto' chooses {', '.join(fixed)} itself; give "
                              "sampler='quasi_newton' or 'srds' to set it")
-        bad = sorted(set(opts) - {"max_batch", "tol", "max_iters", "cost"})
+        bad = sorted(set(opts) - {"max_batch", "tol", "max_iters", "cost", "executor"})
         if bad:
             raise ValueError(f"sampler='auto' takes no {', '.join(bad)}: they differ between "
                              "the samplers it may choose; name the sampler to use them")
@@ -603,6 +603,10 @@ def srds_pipeline(
         output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (no VAE decode).
         **sampler_kwargs: further arguments of the sampler (``stopping``, ``coarse``,
             ``partition`` for SRDS; ``return_trajectory`` for the window samplers, ...).
+            ``executor=pint.DistributedExecutor()`` (under ``torchrun``, the pipeline loaded
+            on every rank, the same ``generator`` seed): SRDS, the window samplers and
+            ``"auto"`` split every model call over the ranks, and every rank returns the
+            same latents (see :func:`~adapters.diffusion.picard_sample`).
 
     Returns:
         :class:`TextToImageOutput`; only the final latents are decoded.
@@ -751,7 +755,7 @@ def srds_pipeline(
     if ran == "auto":  # the fastest candidate on this device, measured on this model
         plan = plan_sampling(model, schedule, x_T, N, tol=kw.get("tol"),
                              max_batch=kw.pop("max_batch", None), eta=eta, solver=kind,
-                             cost=kw.pop("cost", None),
+                             cost=kw.pop("cost", None), executor=kw.get("executor"),
                              model_kwargs=model_kwargs, guidance_scale=cfg_scale,
                              uncond_kwargs=uncond_kwargs)
         ran, kw = plan.choice.sampler, {**plan.choice.options, **kw}
