@@ -22,16 +22,19 @@ Devices:
 
 * ``cpu-digits-b1`` / ``cpu-digits-b8``: the bundled digits UNet on this CPU, batch 1 and 8
   (a CPU call is flat up to ~16 rows for this small net, then grows with the rows);
-* simulated devices (the denoiser of a 64-dimensional Gaussian mixture, not the proxy's,
-  whose every call sleeps what the device's curve says for its rows): the H100 figures of
+* simulated devices (the denoiser of a 32-dimensional, 12-component Gaussian mixture, not
+  the proxy's 64-dimensional one, whose every call sleeps what the device's curve says for its rows): the H100 figures of
   ``shared/gpu-notes.md`` (35.7M-parameter UNet, fp16: eager ~14 ms flat to 64 rows;
   CUDA graphs 1.96 ms at 1 row to 26.8 ms at 256), a compute-bound GPU (114M UNet: batch 32
   costs 7.2x batch 1), a knee at 16 rows, and a device whose cost is proportional to the
   rows (a CPU).
 
 Wall-clock is measured in this one run (a busy machine blurs it; the ratios are what to
-read). Outputs (``--out``, default ``benchmarks/results``): ``planner.json`` and
-``planner.png`` (predicted vs measured per candidate; auto against the best).
+read). Torch runs one CPU thread (``--threads``): with two threads on a machine shared with
+other jobs, a call's latency jumps by 10x whenever a thread is descheduled; each CPU
+candidate runs ``--repeats`` times and the fastest counts. Outputs (``--out``, default
+``benchmarks/results``): ``planner.json`` and ``planner.png`` (predicted vs measured per
+candidate; auto against the best).
 """
 
 from __future__ import annotations
@@ -82,10 +85,10 @@ class SimulatedDevice(torch.nn.Module):
     """A denoiser whose calls take what ``curve`` says for their rows (sleep), recording
     the rows of every call."""
 
-    def __init__(self, curve: CostModel, dim: int = 64) -> None:
+    def __init__(self, curve: CostModel, dim: int = 32) -> None:
         super().__init__()
         self.curve = curve
-        self.net = GaussianMixtureDenoiser.random(SCHED, dim=dim, components=6, seed=3)
+        self.net = GaussianMixtureDenoiser.random(SCHED, dim=dim, components=12, std=0.1, seed=3)
         self.sample_shape = (dim,)
         self.widths: list[int] = []
 
@@ -113,20 +116,24 @@ class Recording(torch.nn.Module):
         return self.net(x, t, **kw)
 
 
-def run_candidate(model, schedule, x, N, cand, tol):
-    """Measured seconds, sequential calls and the rows of each call of one candidate."""
-    model.widths.clear()
-    t0 = time.perf_counter()
-    if cand.sampler == "serial":
-        serial_sample(model, schedule, x, N)
-        calls = N
-    else:
-        out = RUN[cand.sampler](model, schedule, x, N, tol=tol, **cand.options)
-        calls = out.stats.depth
-    return time.perf_counter() - t0, calls, list(model.widths)
+def run_candidate(model, schedule, x, N, cand, tol, repeats=1):
+    """Measured seconds (the fastest of ``repeats`` runs), sequential calls and the rows
+    of each call of one candidate."""
+    best = float("inf")
+    for _ in range(repeats):
+        model.widths.clear()
+        t0 = time.perf_counter()
+        if cand.sampler == "serial":
+            serial_sample(model, schedule, x, N)
+            calls = N
+        else:
+            out = RUN[cand.sampler](model, schedule, x, N, tol=tol, **cand.options)
+            calls = out.stats.depth
+        best = min(best, time.perf_counter() - t0)
+    return best, calls, list(model.widths)
 
 
-def bench_device(name, model, schedule, x, N, tol, note):
+def bench_device(name, model, schedule, x, N, tol, note, repeats=1):
     planner.clear_caches()
     t0 = time.perf_counter()
     plan = plan_sampling(model, schedule, x, N, tol=tol)
@@ -136,7 +143,7 @@ def bench_device(name, model, schedule, x, N, tol, note):
     engine = _engine_of(plan)
     rows = []
     for cand in plan.candidates:
-        wall, calls, widths = run_candidate(model, schedule, x, N, cand, tol)
+        wall, calls, widths = run_candidate(model, schedule, x, N, cand, tol, repeats)
         per_call = [plan.cost(w) for w in widths]
         replayed = sum(per_call) + engine * len(widths)
         planner.record_run(plan, cand, calls, model)
@@ -153,7 +160,7 @@ def bench_device(name, model, schedule, x, N, tol, note):
     best = min(rows, key=lambda r: r["measured_s"])
     chosen = next(r for r in rows if r["label"] == plan.choice.label)
     serial = rows[0]
-    res = dict(note=note, N=N, batch=x.shape[0], tol=tol, plan_s=plan_s,
+    res = dict(note=note, N=N, batch=x.shape[0], tol=tol, plan_s=plan_s, repeats=repeats,
                cost=plan.cost.as_dict(), engine_s=_engine_of(plan), choice=plan.choice.label,
                reason=plan.reason, best=best["label"], candidates=rows,
                auto_vs_best=chosen["measured_s"] / best["measured_s"],
@@ -225,9 +232,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--devices", nargs="*", default=None)
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs per candidate on the CPU devices (the fastest counts)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: a busy machine does not stall the model's "
+                        "parallel regions, which makes CPU timings erratic)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     N = args.steps or (50 if args.quick else 100)
     tol = 1e-3
     names = args.devices or (["knee-16", "proportional"] if args.quick else
@@ -240,12 +253,15 @@ def main(argv=None):
                 b = int(name.rsplit("b", 1)[1])
                 x = torch.randn(b, *net.sample_shape, generator=torch.Generator().manual_seed(0))
                 model, note = Recording(net), f"bundled digits UNet on this CPU, batch {b}"
+                repeats = args.repeats
             else:
                 curve, note = SIMULATED[name]
                 model, schedule = SimulatedDevice(curve), SCHED
-                x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
-            results[name] = bench_device(name, model, schedule, x, N, tol, note)
+                x = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+                repeats = 1
+            results[name] = bench_device(name, model, schedule, x, N, tol, note, repeats)
     out = dict(machine=platform.platform(), torch=torch.__version__, N=N, tol=tol,
+               threads=args.threads,
                runtime_s=time.perf_counter() - t_all, devices=results,
                note="wall-clock of one run on a shared 2-core CPU; simulated devices sleep "
                     "their curve's latency per call")
@@ -260,6 +276,7 @@ def main(argv=None):
               f"{1 / r['auto_vs_serial']:.2f} | {r['predicted_s_within_15pct']:.0%} / "
               f"{r['recorded_s_within_15pct']:.0%} |")
     print(f"wrote {args.out / 'planner.json'}, {args.out / 'planner.png'}")
+    return out
 
 
 if __name__ == "__main__":

@@ -103,3 +103,18 @@ def test_overhead_benchmark_quick(load_script, tmp_path):
             assert r["held_per_block"] <= 5, name
             assert r["width_rows"] <= 2 * r["blocks"], name
     assert rows["serial"]["held_states"] <= 3
+
+
+def test_planner_benchmark_quick(load_script, tmp_path):
+    """Every candidate of each plan is run and priced; on a device whose cost grows with the
+    rows (a CPU) auto keeps the serial sampler, below a knee it runs a parallel one."""
+    rep = load_script("benchmarks", "bench_planner").main(["--quick", "--out", str(tmp_path)])
+    assert set(rep["devices"]) == {"knee-16", "proportional"}
+    for dev in rep["devices"].values():
+        labels = [c["label"] for c in dev["candidates"]]
+        assert labels[0] == "serial" and len(labels) > 8 and dev["best"] in labels
+        for c in dev["candidates"]:
+            assert c["measured_s"] > 0 and c["calls"] >= 1 and c["recorded_s"] > 0
+    assert rep["devices"]["proportional"]["choice"] == "serial"
+    assert rep["devices"]["knee-16"]["choice"] != "serial"
+    assert (tmp_path / "planner.json").is_file() and (tmp_path / "planner.png").is_file()
