@@ -23,7 +23,8 @@ Devices:
 * ``cpu-digits-b1`` / ``cpu-digits-b8``: the bundled digits UNet on this CPU, batch 1 and 8
   (a CPU call is flat up to ~16 rows for this small net, then grows with the rows);
 * simulated devices (the denoiser of a 32-dimensional, 12-component Gaussian mixture, not
-  the proxy's 64-dimensional one, whose every call sleeps what the device's curve says for its rows): the H100 figures of
+  the proxy's 64-dimensional one, whose every call sleeps what the device's curve says
+  for its rows): the H100 figures of
   ``shared/gpu-notes.md`` (35.7M-parameter UNet, fp16: eager ~14 ms flat to 64 rows;
   CUDA graphs 1.96 ms at 1 row to 26.8 ms at 256), a compute-bound GPU (114M UNet: batch 32
   costs 7.2x batch 1), a knee at 16 rows, and a device whose cost is proportional to the
