@@ -10,7 +10,7 @@ Public names::
 
 from .executors import DistributedError, DistributedExecutor, DistributedStats
 from .grid import TimeResolutionWarning
-from .parareal import NonFiniteStateError, parareal, serial
+from .parareal import NonFiniteStateError, SwappedPropagatorsWarning, parareal, serial
 from .problem import ODEProblem
 from .propagators import (
     RK4,
@@ -36,4 +36,5 @@ __all__ = [
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
     "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
     "DistributedExecutor", "DistributedError", "DistributedStats", "TimeResolutionWarning",
+    "SwappedPropagatorsWarning",
 ]

@@ -16,6 +16,7 @@ most ``tol + rtol * |U^k_i|`` (max-abs norms) in one iteration.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,14 +26,21 @@ from ._checks import check_int, check_number
 from .grid import make_partition
 from .pipeline import pipelined_parareal
 from .problem import ODEProblem
-from .propagators.base import Propagator
+from .propagators.base import FixedStepPropagator, Propagator
+from .propagators.explicit import RK4, Euler, Heun
+from .propagators.implicit import SDIRK2, BackwardEuler, ImplicitMidpoint
 from .result import IterationInfo, Result
 from .runner import NonFiniteStateError, Runner
 from .stopping import MaxAbsChange, StoppingRule
 
-__all__ = ["parareal", "serial", "Runner", "NonFiniteStateError"]
+__all__ = ["parareal", "serial", "Runner", "NonFiniteStateError", "SwappedPropagatorsWarning"]
 
 Callback = Callable[[IterationInfo], None]
+
+
+class SwappedPropagatorsWarning(UserWarning):
+    """:func:`parareal` got a ``coarse`` propagator that costs more per block than ``fine``:
+    the two were most likely passed the wrong way round (``parareal(problem, coarse, fine)``)."""
 
 
 def parareal(
@@ -100,10 +108,16 @@ def parareal(
     Raises:
         TypeError, ValueError: bad arguments (the message names the argument).
         NonFiniteStateError: a state became NaN/Inf; names the block and the iteration.
+
+    Warns:
+        SwappedPropagatorsWarning: ``coarse`` costs more per block than ``fine`` (judged for
+        the built-in fixed-step methods: steps times ``f`` evaluations per step), i.e. the
+        two were most likely passed the wrong way round.
     """
     _check_problem(problem)
     _check_propagator("coarse", coarse)
     _check_propagator("fine", fine)
+    _warn_if_swapped(coarse, fine)
     times = make_partition(problem, num_blocks, partition)
     B = times.shape[0] - 1
     tol = check_number("tol", tol, positive=False)
@@ -218,6 +232,44 @@ def serial(
 def _check_problem(problem: object) -> None:
     if not isinstance(problem, ODEProblem):
         raise TypeError(f"problem must be a pint.ODEProblem, got {type(problem).__name__}")
+
+
+# f evaluations per step of the built-in one-step methods: exact for the explicit ones, a
+# lower bound for the implicit ones (one f evaluation per stage and Newton iteration, plus
+# Jacobians)
+_EXPLICIT_EVALS = {Euler: 1, Heun: 2, RK4: 4}
+_IMPLICIT_STAGES = {BackwardEuler: 1, ImplicitMidpoint: 1, SDIRK2: 2}
+
+
+def _warn_if_swapped(coarse: Propagator, fine: Propagator) -> None:
+    """Warn when ``coarse`` certainly costs more ``f`` evaluations per block than ``fine``.
+
+    Decided only where the cost is known without running anything: two fixed-step
+    propagators of the same class (compare ``steps``), or built-in methods where the coarse
+    cost (exact, or a lower bound for an implicit method) exceeds the fine one's exact cost
+    (``fine`` explicit). Equal costs, adaptive solvers and other classes never warn."""
+    if not (isinstance(coarse, FixedStepPropagator) and isinstance(fine, FixedStepPropagator)):
+        return
+    if type(coarse) is type(fine):
+        c_cost, f_cost = coarse.steps, fine.steps
+        unit = "steps"
+    else:
+        per_step = _EXPLICIT_EVALS.get(type(coarse)) or _IMPLICIT_STAGES.get(type(coarse))
+        f_per_step = _EXPLICIT_EVALS.get(type(fine))  # exact costs only
+        if per_step is None or f_per_step is None:
+            return
+        c_cost, f_cost = coarse.steps * per_step, fine.steps * f_per_step
+        unit = "f evaluations"
+    if c_cost > f_cost:
+        at_least = "at least " if type(coarse) in _IMPLICIT_STAGES else ""
+        warnings.warn(
+            f"coarse={coarse!r} costs more per block ({at_least}{c_cost} {unit}) than "
+            f"fine={fine!r} "
+            f"({f_cost}): coarse and fine look swapped. The call is parareal(problem, "
+            f"coarse, fine, ...): coarse is the cheap propagator run block after block, fine "
+            f"the accurate one run for all blocks at once",
+            SwappedPropagatorsWarning, stacklevel=3,
+        )
 
 
 def _check_propagator(name: str, prop: object) -> None:

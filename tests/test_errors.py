@@ -138,3 +138,47 @@ def test_custom_propagator_in_ten_lines():
     res = pint.parareal(good_problem(), pint.Euler(1), Midpoint(50), num_blocks=4, tol=1e-12)
     assert torch.allclose(res.y, Y0 * math.exp(-1.0), atol=1e-5)
     assert res.stats.fine_steps > 0
+
+
+@pytest.mark.parametrize("coarse, fine", [
+    (pint.RK4(steps=100), pint.RK4(steps=2)),
+    (pint.RK4(steps=3), pint.Euler(steps=10)),      # 12 f evaluations against 10
+    (pint.SDIRK2(steps=4), pint.Heun(steps=3)),     # at least 8 against 6
+])
+def test_swapped_coarse_and_fine_warn(coarse, fine):
+    with pytest.warns(pint.SwappedPropagatorsWarning, match="coarse and fine look swapped") as rec:
+        pint.parareal(good_problem(), coarse, fine, num_blocks=2, tol=1e-6)
+    assert "coarse=" in str(rec[0].message) and "fine=" in str(rec[0].message)
+    assert rec[0].filename == __file__  # points at the caller's line
+
+
+@pytest.mark.parametrize("coarse, fine", [
+    (pint.RK4(steps=2), pint.RK4(steps=100)),       # the README's Lorenz setup
+    (pint.RK4(steps=4), pint.RK4(steps=4)),         # equal costs
+    (pint.Heun(steps=2), pint.RK4(steps=1)),        # 4 f evaluations each
+    (pint.Heun(steps=2), pint.Euler(steps=5)),
+    (pint.BackwardEuler(steps=5), pint.SDIRK2(steps=2)),   # implicit fine: cost unknown
+    (pint.RK4(steps=50), pint.SciPy()),             # adaptive fine: cost unknown
+])
+def test_plausible_coarse_and_fine_do_not_warn(coarse, fine):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pint.SwappedPropagatorsWarning)
+        pint.parareal(good_problem(), coarse, fine, num_blocks=2, tol=1e-6)
+
+
+def test_readme_lorenz_does_not_warn():
+    import warnings
+
+    from pint import problems
+    from pint.parareal import _warn_if_swapped
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pint.SwappedPropagatorsWarning)
+        case = problems.get("lorenz")
+        pint.parareal(case.problem, pint.RK4(steps=2), pint.RK4(steps=100), num_blocks=20,
+                      tol=1e-8, pipelined=True)
+        for name in problems.names():  # every catalog setup, without running it
+            case = problems.get(name)
+            _warn_if_swapped(case.coarse, case.fine)

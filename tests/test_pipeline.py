@@ -17,6 +17,7 @@ def problem(seed, d=3, dtype=torch.float64):
     return pint.ODEProblem(lambda t, y: A @ y + 0.1 * torch.sin(y), y0, (0.0, 3.0))
 
 
+@pytest.mark.filterwarnings("ignore::pint.SwappedPropagatorsWarning")  # g > f is drawn too
 @settings(max_examples=20, deadline=None)
 @given(B=st.integers(1, 10), K=st.integers(0, 10), g=st.integers(1, 3), f=st.integers(1, 8),
        seed=st.integers(0, 1000), tol=st.sampled_from([0.0, 1e-6, 1e-3]))
