@@ -1,0 +1,449 @@
+"""Whole-trajectory fixed-point samplers of the published peers, reproduced on pint's grid.
+
+:func:`taa_sample` is ParaTAA (Tang et al., ICML 2024, "Accelerating Parallel Sampling of
+Diffusion Models"), as its authors' code runs it, with the initialisations of ParaSolver
+(Lu, Zhu, Hou, ICLR 2025) and SRDS as options; :func:`coarse_trajectory` is SRDS's coarse
+sweep as a whole trajectory, the initial guess of any window sampler
+(``picard_sample(..., initial=coarse_trajectory(...))``).
+
+The serial sampler is ``x_{j+1} = Phi_j(x_j)`` (``x_0 = x_T``). A one-step solver's step is
+affine in the model's prediction: ``Phi_j(x) = J_j x + d_j(x)``, with ``J_j`` the step's
+gain on its input while the noise prediction ``eps`` is held fixed (``sqrt(abar_{j+1} /
+abar_j)`` for DDIM: ParaTAA's ``coeff_x``) and ``d_j`` the rest (ParaTAA's ``coeff_d *
+direction``). ParaTAA solves the *triangular* system
+
+    ``x_{j+1} = prod_{l=s..j} J_l x_s + sum_{p=s..j} prod_{l=p+1..j} J_l d_p(x_p)``,
+    ``s = max(a, j + 1 - order)``
+
+(each state written through the last ``order`` steps; ``order = 1`` is the plain Jacobi
+fixed point, ``order >= window`` unrolls from the window's known first state ``x_a``) on a
+window of ``w`` steps (ParaTAA: all steps) with *triangular Anderson acceleration*: with the
+states ``X`` and residuals ``R = G(X) - X`` of the last ``memory`` iterations (float64), each
+step ``j`` solves its own ``(memory - 1)``-dimensional least-squares problem whose Gram
+matrix and right-hand side sum ``<dR, dR>`` and ``<dR, R>`` over the steps ``a .. j``
+only (itself and upstream, so the triangular structure stays), Tikhonov ``lambda`` on the
+Gram matrix, and updates ``x <- x + R - (dX + dR) gamma`` (:func:`_anderson`).
+
+Stopping (ParaTAA's two-part rule, per step, on the one-step residual
+``r_j = Phi_j(x_j) - x_{j+1}`` before the update): step ``j`` has converged when
+``rms(r_j) <= tol_abs`` or ``rms(r_j) <= tol * sigma_j`` (``sigma_j^2`` the DDPM posterior
+variance of the step, as in ParaDiGMS's rule); the worst sample of the batch decides. The
+window then slides past its first unconverged step, which is accepted after this update
+(ParaTAA's and ParaDiGMS's ``1 + ind``; its input had converged and it takes the plain
+update), so ``N`` iterations always reproduce the serial sampler.
+
+Initialisation (``init``):
+
+* ``"copy"`` (ParaTAA): unknown states are copies of the last known one (``x_T`` at first;
+  a state entering the window copies the window's last state).
+* ``"extrapolate"`` (ParaSolver): ``preconditioning`` serial steps (sequential model calls),
+  then every later state is a DDIM jump with the last data prediction ``x0`` (no model
+  call); a state entering the window is a DDIM jump from the window's last state with the
+  data prediction of the window's last evaluated step.
+* ``"coarse"`` (SRDS): the coarse sweep over ``num_blocks`` blocks (``num_blocks``
+  sequential calls); inside block ``i`` every state is the DDIM jump from the block's
+  start with its prediction (:func:`coarse_trajectory`). States entering the window follow
+  the guess's increments from the window's last state.
+
+``stats.depth`` counts every sequential model call, the initialisation's included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .grid import SamplingGrid
+from .model import Model
+from .ode import block_partition
+from .samplers import (
+    SampleOutput,
+    SamplerStats,
+    Schedule,
+    _check_callback,
+    _check_finite_input,
+    _setup,
+)
+
+INITS = ("copy", "extrapolate", "coarse")
+LINEAR = ("eps", "identity", "secant")
+TESTS = ("residual", "change")
+
+
+def _levels(grid: SamplingGrid) -> tuple[Tensor, Tensor]:
+    """``(alpha, sigma)`` of every state ``x_0 .. x_N`` ``[N + 1]`` (float64)."""
+    return (torch.cat([grid.alpha_from, grid.alpha_to[-1:]]),
+            torch.cat([grid.sigma_from, grid.sigma_to[-1:]]))
+
+
+def _gain(grid: SamplingGrid, linear: str) -> Tensor:
+    """``J_j`` ``[N]``: the step's gain on its input with ``eps`` held fixed (``x0 = (x - sigma
+    eps) / alpha``), ``c_x + c_x0 / alpha``; where ``alpha`` vanishes (pure noise of flow
+    matching) ``x0`` is held fixed instead (``c_x + c_eps / sigma``). ``"identity"``: 1."""
+    if linear == "identity":
+        return torch.ones(grid.num_steps, dtype=torch.float64)
+    a, s = grid.alpha_from, grid.sigma_from
+    eps_fixed = grid.c_x + grid.c_x0 / a.clamp(min=1e-300)
+    x0_fixed = grid.c_x + grid.c_eps / s.clamp(min=1e-300)
+    return torch.where(a > 1e-6, eps_fixed, x0_fixed).clamp(min=1e-12)
+
+
+def _predict(denoiser, grid: SamplingGrid, y: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x0, eps)`` of the states ``y [n, batch, *sample]`` before steps ``j [n]``: one model
+    call."""
+    dev = y.device
+    c_in = grid.c_in[j].to(dev) if bool((grid.c_in != 1).any()) else None
+    return denoiser.predict(y, grid.timesteps[j].to(dev), grid.alpha_from[j].to(dev),
+                            grid.sigma_from[j].to(dev), c_in)
+
+
+def _jump(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """``alpha x0 + sigma eps`` for levels ``[k]`` and one prediction ``[batch, ...]``:
+    ``[k, batch, ...]`` (first-order jumps to every level)."""
+    shape = (-1,) + (1,) * x0.dim()
+    return (alpha.to(x0).view(shape) * x0.unsqueeze(0)
+            + sigma.to(x0).view(shape) * eps.unsqueeze(0))
+
+
+def _scan(A: Tensor, B: Tensor) -> Tensor:
+    """``[g_1 .. g_m]`` of ``g_{i+1} = A_i g_i + B_i`` with ``g_0 = 0`` (``A`` ``[m, 1, ...]``,
+    ``B`` ``[m, ...]``): log2(m) batched rounds (Hillis-Steele), products of ``A`` only."""
+    s, m = 1, B.shape[0]
+    while s < m:
+        B = torch.cat([B[:s], A[s:] * B[:-s] + B[s:]])
+        A = torch.cat([A[:s], A[s:] * A[:-s]])
+        s *= 2
+    return B
+
+
+def _unroll(traj: Tensor, a: int, d: Tensor, J: Tensor, order: int) -> Tensor:
+    """``G(X)`` ``[n, batch, D]`` for the window ``a .. a + n - 1``: state ``j + 1`` written
+    through its last ``order`` steps from ``x_s``, ``s = max(a, j + 1 - order)``, with the
+    directions ``d`` ``[n, batch, D]`` and gains ``J`` ``[n, 1, 1]`` (or ``[n, batch, 1]``
+    where ``order >= n``; all float64)."""
+    n = d.shape[0]
+    if order >= n:  # from the window's known first state: an affine scan
+        B = d.clone()
+        B[0] = B[0] + J[0] * traj[a]
+        return _scan(J, B)
+    J = J.reshape(n)
+    # banded: M[j, p] = prod_{l=p+1..j} J_l for s_j <= p <= j, anchor prod_{l=s_j..j} J_l
+    lc = torch.cat([J.new_zeros(1), torch.cumsum(J.log(), 0)])  # lc[k] = sum_{l<k} log J
+    j = torch.arange(n, device=d.device)
+    s = (j + 1 - order).clamp(min=0)
+    band = (j.view(-1, 1) >= j.view(1, -1)) & (j.view(1, -1) >= s.view(-1, 1))
+    M = torch.where(band, (lc[j + 1].view(-1, 1) - lc[j + 1].view(1, -1)).exp(),
+                    torch.zeros((), dtype=J.dtype, device=J.device))
+    anchor = (lc[j + 1] - lc[s]).exp()
+    flat = d.reshape(n, -1)
+    out = M @ flat + anchor.view(-1, 1) * traj[a + s].reshape(n, -1)
+    return out.reshape(d.shape)
+
+
+def _anderson(mem: list[tuple[int, int, Tensor, Tensor]], a: int, e: int, R: Tensor,
+              start: int, lam: float) -> Tensor:
+    """Triangular Anderson correction ``(dX + dR) gamma`` ``[n, batch, D]`` for the window
+    ``a .. e - 1`` from the memory ``[(a_i, e_i, X_i, R_i)]`` (oldest first, the current
+    iteration last), zero for the window's first ``start`` steps. A difference column of
+    a step is zero where the step was not in both iterations' windows."""
+    n = e - a
+    cols = []
+    for (a0, e0, X0, R0), (a1, e1, X1, R1) in zip(mem[:-1], mem[1:]):
+        lo, hi = max(a, a0, a1), min(e, e0, e1)
+        dX, dR = torch.zeros_like(R), torch.zeros_like(R)
+        if hi > lo:
+            dX[lo - a:hi - a] = X1[lo - a1:hi - a1] - X0[lo - a0:hi - a0]
+            dR[lo - a:hi - a] = R1[lo - a1:hi - a1] - R0[lo - a0:hi - a0]
+        cols.append((dX, dR))
+    dX = torch.stack([c[0] for c in cols])  # [m, n, batch, D]
+    dR = torch.stack([c[1] for c in cols])
+    m = dX.shape[0]
+    gram = torch.einsum("pnbd,qnbd->nbpq", dR, dR).cumsum(0)  # steps a .. j
+    rhs = torch.einsum("pnbd,nbd->nbp", dR, R).cumsum(0)
+    eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
+    gamma = torch.linalg.solve(gram + lam * eye, rhs.unsqueeze(-1)).squeeze(-1)  # [n, b, m]
+    out = torch.einsum("nbp,pnbd->nbd", gamma, dX + dR)
+    out[:start] = 0
+    return out
+
+
+@torch.no_grad()
+def coarse_trajectory(
+    model: Model,
+    schedule: Schedule,
+    x_T: Tensor,
+    num_steps: int,
+    num_blocks: int | None = None,
+    *,
+    sampler: str | None = None,
+    **model_options: Any,
+) -> Tensor:
+    """SRDS's coarse sweep as a whole trajectory ``[num_steps + 1, *x_T.shape]``: the grid
+    in ``num_blocks`` blocks (default ``round(sqrt(N))``), one model call at each block's
+    first state (``num_blocks`` sequential calls of ``x_T``'s batch), and inside block
+    ``i`` every state the first-order (DDIM) jump from the block's first state with that
+    prediction; the block's last state starts the next block. Pass it as ``initial=`` to
+    :func:`~adapters.diffusion.picard_sample` or :func:`taa_sample` (deterministic
+    one-step solvers; for stochastic grids it is a guess without the noise)."""
+    N, denoiser, grid, _, problem = _setup(model, schedule, x_T, num_steps, 0.0, None, sampler,
+                                           None, model_options)
+    if grid.num_slots != 1:
+        raise ValueError(f"coarse_trajectory needs a one-step solver, not {grid.solver!r}")
+    B = _blocks(num_blocks, N)
+    traj = problem.y0.unsqueeze(0).repeat(N + 1, *([1] * problem.y0.dim()))
+    _coarse_fill(denoiser, grid, traj, B)
+    denoiser.check()
+    return traj
+
+
+def _blocks(num_blocks: int | None, N: int) -> int:
+    if num_blocks is None:
+        return min(N, max(1, round(math.sqrt(N))))
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
+        raise TypeError(f"num_blocks must be an int, got {type(num_blocks).__name__}")
+    if not 1 <= num_blocks <= N:
+        raise ValueError(f"num_blocks must be between 1 and num_steps={N}, got {num_blocks}")
+    return num_blocks
+
+
+def _coarse_fill(denoiser, grid: SamplingGrid, traj: Tensor, B: int) -> None:
+    """Overwrite ``traj[1:]`` with the coarse sweep over ``B`` blocks (``B`` calls)."""
+    N = grid.num_steps
+    A, S = _levels(grid)
+    edges = block_partition(N, B).round().long().tolist()
+    for s0, s1 in zip(edges[:-1], edges[1:]):
+        j = torch.tensor([s0], device=traj.device)
+        x0, eps = _predict(denoiser, grid, traj[s0:s0 + 1], j)
+        traj[s0 + 1:s1 + 1] = _jump(x0[0], eps[0], A[s0 + 1:s1 + 1], S[s0 + 1:s1 + 1]).to(traj)
+
+
+@torch.no_grad()
+def taa_sample(
+    model: Model,
+    schedule: Schedule,
+    x_T: Tensor,
+    num_steps: int,
+    window: int | None = None,
+    tol: float = 1e-3,
+    max_iters: int | None = None,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, Tensor, float], None] | None = None,
+    *,
+    order: int | None = None,
+    memory: int = 2,
+    tikhonov: float = 1e-3,
+    tol_abs: float | None = None,
+    linear: str = "eps",
+    test: str = "residual",
+    init: str = "copy",
+    preconditioning: int = 1,
+    num_blocks: int | None = None,
+    sampler: str | None = None,
+    noise: Tensor | None = None,
+    initial: Tensor | None = None,
+    return_trajectory: bool = False,
+    **model_options: Any,
+) -> SampleOutput:
+    """Sample with ParaTAA: the triangular system over a window (default: all steps, as
+    ParaTAA runs it) with triangular Anderson acceleration (see the module doc).
+
+    ``model``, ``schedule``, ``x_T``, ``num_steps``, ``eta``, ``generator``, ``sampler``,
+    ``noise`` and ``**model_options`` are as in :func:`~adapters.diffusion.srds_sample`
+    (one-step solvers: DDIM/DDPM, Euler, Euler ancestral).
+
+    Args:
+        window: steps evaluated per model call (default ``num_steps``: ParaTAA's window =
+            all steps); each call holds ``window * batch`` rows.
+        tol: relative part of the stopping rule: ``rms(residual) <= tol * sigma_j``.
+        max_iters: limit on the window's model calls (default ``num_steps``: always enough).
+        callback: ``callback(iteration, window_start_state, worst_relative_residual)``.
+        order: steps each equation is unrolled over (ParaTAA: 20 for SD with 50 steps, 100
+            for DiT with 100); default: the window.
+        memory: Anderson history ``m`` (ParaTAA: 2-5); ``1`` is the plain fixed point.
+        tikhonov: ``lambda`` added to each step's ``(m-1) x (m-1)`` Gram matrix (ParaTAA:
+            1e-3, on sums over the sample's elements).
+        tol_abs: absolute part: ``rms(residual) <= tol_abs`` (default ``tol``, as ParaTAA's
+            ``tol1 = tol2``).
+        linear: ``"eps"`` (ParaTAA: the step's gain with the noise prediction fixed) or
+            ``"identity"`` (ParaDiGMS's cumulative sum) or ``"secant"`` (per step and
+            sample, the secant gain of the step's last two evaluations, clamped to
+            ``[0, 2]``, 1 before: :func:`~adapters.diffusion.quasi_newton_sample`'s
+            coupling; needs ``order >= window``).
+        test: ``"residual"`` (ParaTAA's two-part rule on the one-step residual before the
+            update) or ``"change"`` (ParaDiGMS/ParaSolver: ``rms(x_new - x_old) <= tol *
+            sigma_j``, no absolute part).
+        init: ``"copy"`` (ParaTAA), ``"extrapolate"`` (ParaSolver, after
+            ``preconditioning`` serial steps) or ``"coarse"`` (SRDS coarse sweep over
+            ``num_blocks`` blocks); ignored where ``initial`` is given.
+        initial: a trajectory guess ``[num_steps + 1, *x_T.shape]`` (its increments,
+            anchored at ``x_T``), e.g. :func:`coarse_trajectory` or ``out.trajectory``.
+        return_trajectory: keep the final trajectory in ``out.trajectory``.
+
+    Returns:
+        :class:`~adapters.diffusion.SampleOutput`: ``iterations`` the window's calls,
+        ``stats.depth`` all sequential calls (initialisation included), ``history`` the
+        worst relative residual of each iteration, ``num_blocks`` the window.
+    """
+    _check_callback(callback)
+    N, denoiser, grid, noise, problem = _setup(
+        model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
+    if grid.num_slots != 1:
+        raise ValueError(f"taa_sample needs a one-step solver, not {grid.solver!r}")
+    window = N if window is None else window
+    for name, v, lo in (("window", window, 1), ("memory", memory, 1),
+                        ("preconditioning", preconditioning, 0)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if v < lo:
+            raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if window > N:
+        raise ValueError(f"window must be between 1 and num_steps={N}, got {window}")
+    order = window if order is None else order
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be an int >= 1, got {order!r}")
+    tol_abs = tol if tol_abs is None else tol_abs
+    for name, v in (("tol", tol), ("tol_abs", tol_abs), ("tikhonov", tikhonov)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
+    if linear not in LINEAR:
+        raise ValueError(f"linear must be one of {LINEAR}, got {linear!r}")
+    max_iters = N if max_iters is None else max_iters
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+        raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
+
+    dev, dt = x_T.device, x_T.dtype
+    f64 = torch.float64
+    y0 = problem.y0
+    batch, D = y0.shape[0], y0[0].numel()
+    std = grid.step_noise_var().sqrt().to(dev)
+    J = _gain(grid, linear).to(dev)
+    A, S = (v.to(dev) for v in _levels(grid))
+    coef = grid.coef[:, 0].to(dev)  # [N, 4]: c_x, c_x0, c_eps, noise
+    zs = noise.reshape(N, batch, D).to(f64) if noise is not None else None
+    traj = y0.reshape(1, batch, D).to(f64).repeat(N + 1, 1, 1)  # float64 bookkeeping
+
+    def phi_of(y: Tensor, a: int, e: int) -> tuple[Tensor, Tensor]:
+        """``Phi_j(y_j)`` for ``j = a .. e - 1`` (one model call) and the data prediction."""
+        j = torch.arange(a, e, device=dev)
+        yin = y.to(dt).reshape(e - a, *y0.shape)
+        x0, eps = _predict(denoiser, grid, yin, j)
+        x0 = x0.reshape(e - a, batch, D).to(f64)
+        eps = eps.reshape(e - a, batch, D).to(f64)
+        c = coef[a:e].view(-1, 4, 1, 1)
+        out = c[:, 0] * y + c[:, 1] * x0 + c[:, 2] * eps
+        if zs is not None:
+            out = out + c[:, 3] * zs[a:e]
+        return out, x0
+
+    guide = None
+    a = 0
+    x0_last = None
+    if initial is not None:
+        if not isinstance(initial, Tensor) or tuple(initial.shape) != (N + 1, *y0.shape):
+            raise ValueError(f"initial must have shape {(N + 1, *y0.shape)}, got "
+                             f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
+        _check_finite_input("initial", initial)
+        guide = initial.to(device=dev, dtype=f64).reshape(N + 1, batch, D)
+        traj[1:] = traj[0] + (guide[1:] - guide[0])
+    elif init == "coarse":
+        _coarse_fill(denoiser, grid, traj, _blocks(num_blocks, N))
+        guide = traj.clone()
+    elif init == "extrapolate":
+        P = min(preconditioning, N)
+        for k in range(P):  # serial steps: exact states, P sequential calls
+            traj[k + 1], x0_last = (v[0] for v in phi_of(traj[k:k + 1], k, k + 1))
+        a = P
+        if a < N and x0_last is not None:
+            traj[a + 1:] = _extrapolate(traj[a], x0_last, A, S, a, N)
+
+    if linear == "secant":
+        if order < window:
+            raise ValueError("linear='secant' unrolls from the window's first state: "
+                             "order must be >= window")
+        last_x, last_phi = torch.zeros_like(traj[:N]), torch.zeros_like(traj[:N])
+        seen = torch.zeros(N, dtype=torch.bool, device=dev)
+    history: list[float] = []
+    mem: list[tuple[int, int, Tensor, Tensor]] = []
+    it = 0
+    while a < N and it < max_iters:
+        e = min(a + window, N)
+        n = e - a
+        y = traj[a:e]
+        phi, x0 = phi_of(y, a, e)
+        it += 1
+        X = traj[a + 1:e + 1].clone()
+        if linear == "secant":  # per step and sample, from the step's last two evaluations
+            dx, df = y - last_x[a:e], phi - last_phi[a:e]
+            den = dx.pow(2).sum(-1, keepdim=True)
+            r = (dx * df).sum(-1, keepdim=True) / den.clamp(min=1e-300)
+            good = seen[a:e].view(-1, 1, 1) & (den > 1e-30) & torch.isfinite(r)
+            Jw = torch.where(good, r.clamp(0.0, 2.0), torch.ones_like(r))  # [n, batch, 1]
+            last_x[a:e], last_phi[a:e], seen[a:e] = y, phi, True
+        else:
+            Jw = J[a:e].view(-1, 1, 1)
+        d = phi - Jw * y
+        R = _unroll(traj, a, d, Jw, order) - X
+        # ParaTAA's test: the one-step residual before the update; ParaDiGMS's: the change
+        # (rms per step, the worst sample decides)
+        rms = (phi - X if test == "residual" else R).pow(2).mean(-1).sqrt().amax(-1)  # [n]
+        ok = rms <= tol * std[a:e]
+        if test == "residual":
+            ok = ok | (rms <= tol_abs)
+        finite = torch.isfinite(rms).all() & torch.isfinite(R).all()
+        bad = torch.where(~ok, torch.arange(n, device=dev), n).min()
+        bad, worst, finite = torch.stack([bad.double(), (rms / std[a:e]).max(),
+                                          finite.double()]).tolist()
+        bad = int(bad)
+        history.append(worst)
+        if not finite:
+            denoiser.check()  # a NaN/Inf from the model is named by its timestep
+            bad_step = a + int((~torch.isfinite(R.reshape(n, -1)).all(-1)).nonzero()[0])
+            raise FloatingPointError(f"non-finite state at step {bad_step} in the taa window "
+                                     f"starting at step {a} (iteration {it})")
+        mem = (mem + [(a, e, X, R)])[-memory:]
+        new = X + R
+        if len(mem) > 1 and bad < n - 1:  # steps after the first unconverged one
+            new = new - _anderson(mem, a, e, R, bad + 1, tikhonov)
+            if not bool(torch.isfinite(new).all()):
+                bad_step = a + int((~torch.isfinite(new.reshape(n, -1)).all(-1)).nonzero()[0])
+                raise FloatingPointError(f"non-finite state at step {bad_step} after the Anderson "
+                                         f"update (window from step {a}, iteration {it})")
+        traj[a + 1:e + 1] = new
+        new_a = a + min(bad + 1, n)
+        new_e = min(new_a + window, N)
+        if new_e > e:  # states entering the window
+            if guide is not None:
+                traj[e + 1:new_e + 1] = traj[e] + guide[e + 1:new_e + 1] - guide[e]
+            elif init == "extrapolate":
+                traj[e + 1:new_e + 1] = _extrapolate(traj[e], x0[-1], A, S, e, new_e)
+            else:
+                traj[e + 1:new_e + 1] = traj[e]
+        a = new_a
+        if callback is not None:
+            callback(it, traj[a].reshape(y0.shape).to(dt), worst)
+    denoiser.check()
+    converged = a >= N
+    out = traj.reshape(N + 1, *y0.shape).to(dt)
+    stats = SamplerStats(denoiser.calls, denoiser.rows, denoiser.calls)
+    return SampleOutput(out[N].clone(), it, converged, history, stats, float(tol), window,
+                        trajectory=out if return_trajectory else None)
+
+
+def _extrapolate(x: Tensor, x0: Tensor, A: Tensor, S: Tensor, e: int, end: int) -> Tensor:
+    """States ``e + 1 .. end`` from ``x`` (state ``e``) by DDIM jumps with the data
+    prediction ``x0`` (ParaSolver's approximate reverse process: no model call); copies
+    of ``x`` where state ``e`` has no noise left."""
+    if float(S[e]) <= 0:
+        return x.unsqueeze(0).expand(end - e, *x.shape).clone()
+    eps = (x - A[e] * x0) / S[e]
+    return _jump(x0, eps, A[e + 1:end + 1], S[e + 1:end + 1])
