@@ -4,6 +4,7 @@ Public names::
 
     VPSchedule, SigmaSchedule, SamplingGrid, GridStep, Denoiser, ModelOutputError
     srds_sample, serial_sample, picard_sample, quasi_newton_sample, SampleOutput,
+    taa_sample (ParaTAA / ParaSolver / SRDS-initialised), coarse_trajectory,
     sample (sampler="auto"), plan_sampling, CostModel, SamplingPlan, measure_call_cost,
     SamplerStats, DEFAULT_TOL
     load_pretrained, available
@@ -27,11 +28,12 @@ from .samplers import (
     srds_sample,
 )
 from .schedule import SigmaSchedule, VPSchedule
+from .taa import coarse_trajectory, taa_sample
 
 __all__ = [
     "VPSchedule", "SigmaSchedule", "GridStep", "SamplingGrid", "Denoiser", "ModelOutputError", "DDIMStep",
     "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
     "DEFAULT_TOL", "serial_floor", "GaussianMixtureDenoiser", "picard_sample",
     "quasi_newton_sample", "sample", "plan_sampling", "CostModel", "SamplingPlan",
-    "measure_call_cost", "load_pretrained", "available",
+    "measure_call_cost", "load_pretrained", "available", "taa_sample", "coarse_trajectory",
 ]
