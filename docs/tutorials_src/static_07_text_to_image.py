@@ -72,4 +72,5 @@ out.images[0].save("cat.png")
 #         --steps 25 --num-samples 4 --compare-serial --out out/
 #
 # writes ``samples.png``, ``convergence.png`` (the change per iteration, the final decoded
-# images and each iteration's difference to them), ``report.json``, every image under ``images/`` and the latents.
+# images and each iteration's difference to them), ``report.json``, every image under
+# ``images/`` and the latents.
