@@ -253,7 +253,7 @@ def plot(results: dict, path: Path) -> None:
         return
     panels = [(s, N) for s in results for N in results[s]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
-    for ax, (s, N) in zip(axes[0], panels):
+    for ax, (s, N) in zip(axes[0], panels, strict=True):
         runs = results[s][N]
         for fam in dict.fromkeys(r["family"] for r in runs):
             if fam == "serial":

@@ -150,9 +150,8 @@ def _anderson(mem: list[tuple[int, int, Tensor, Tensor]], a: int, e: int, R: Ten
     ``a .. e - 1`` from the memory ``[(a_i, e_i, X_i, R_i)]`` (oldest first, the current
     iteration last), zero for the window's first ``start`` steps. A difference column of
     a step is zero where the step was not in both iterations' windows."""
-    n = e - a
     cols = []
-    for (a0, e0, X0, R0), (a1, e1, X1, R1) in zip(mem[:-1], mem[1:]):
+    for (a0, e0, X0, R0), (a1, e1, X1, R1) in zip(mem[:-1], mem[1:], strict=True):
         lo, hi = max(a, a0, a1), min(e, e0, e1)
         dX, dR = torch.zeros_like(R), torch.zeros_like(R)
         if hi > lo:
@@ -215,7 +214,7 @@ def _coarse_fill(denoiser, grid: SamplingGrid, traj: Tensor, B: int) -> None:
     N = grid.num_steps
     A, S = _levels(grid)
     edges = block_partition(N, B).round().long().tolist()
-    for s0, s1 in zip(edges[:-1], edges[1:]):
+    for s0, s1 in zip(edges[:-1], edges[1:], strict=True):
         j = torch.tensor([s0], device=traj.device)
         x0, eps = _predict(denoiser, grid, traj[s0:s0 + 1], j)
         traj[s0 + 1:s1 + 1] = _jump(x0[0], eps[0], A[s0 + 1:s1 + 1], S[s0 + 1:s1 + 1]).to(traj)
