@@ -290,3 +290,45 @@ def test_executor_must_be_an_executor():
     model, sched, x = gmm_setup()
     with pytest.raises(TypeError, match="DistributedExecutor"):
         picard_sample(model, sched, x, N, executor=object())
+
+
+CLI_RUNS = {"quasi_newton": ["--sampler", "quasi_newton", "--window", "8"]}
+
+
+def _cli_args(sampler, out):
+    return ["--model", "digits", "--steps", "20", "--num-samples", "2", "--dtype", "float64",
+            "--seed", "3", *CLI_RUNS[sampler], "--out", str(out)]
+
+
+def cli_worker(rank, world, folder):
+    import io
+    from contextlib import redirect_stdout
+
+    from adapters.diffusion.cli import main
+
+    os.environ["WORLD_SIZE"] = str(world)  # as torchrun sets it (the group exists already)
+    out = {}
+    for sampler in CLI_RUNS:
+        with redirect_stdout(io.StringIO()) as text:
+            rc = main(_cli_args(sampler, f"{folder}/{sampler}-{rank}"))
+        out[sampler] = (rc, text.getvalue())
+    return out
+
+
+def test_pint_sample_under_torchrun_rank_0_writes_the_single_process_result(tmp_path):
+    import json
+
+    from adapters.diffusion.cli import main
+
+    out = launch(cli_worker, 2, str(tmp_path), deadline=180)
+    assert sorted(out) == [0, 1]
+    for sampler in CLI_RUNS:
+        assert out[0][sampler][0] == out[1][sampler][0] == 0
+        assert "wrote" in out[0][sampler][1] and out[1][sampler][1] == ""
+        assert not (tmp_path / f"{sampler}-1").exists()  # rank 1 writes nothing
+        got = json.loads((tmp_path / f"{sampler}-0" / "report.json").read_text())
+        assert main(_cli_args(sampler, tmp_path / f"{sampler}-single")) == 0
+        ref = json.loads((tmp_path / f"{sampler}-single" / "report.json").read_text())
+        assert got["world_size"] == 2 and ref["world_size"] == 1
+        assert got["iterations"] == ref["iterations"] and got["converged"] == ref["converged"]
+        assert got["history"] == pytest.approx(ref["history"], rel=1e-9, abs=1e-14)

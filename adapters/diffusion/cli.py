@@ -9,6 +9,13 @@ StableDiffusion3Pipeline or FluxPipeline) is sampled through
 :func:`adapters.text_to_image.srds_pipeline` (prompt, guidance, latents, VAE decode) with
 any sampler; it also writes every image and the latents.
 
+Under ``torchrun`` the model is loaded on every rank and SRDS, the window samplers
+(``quasi_newton``, ``picard``) and ``auto`` split every model call over the ranks
+(:class:`pint.DistributedExecutor`; gloo for ``--device cpu``, NCCL with one GPU per rank
+for ``--device cuda``); every rank computes the same sample and rank 0 writes the outputs::
+
+    torchrun --nproc-per-node 4 -m adapters.diffusion.cli --device cuda --sampler quasi_newton --out out/
+
 Every argument and the output folder are checked before a model is loaded. The outputs are
 written under temporary names in ``--out`` and moved into place at the end (``report.json``
 last), replacing the files of a previous run there; an interrupted run leaves the previous
@@ -607,7 +614,9 @@ def _write_outputs(args, report: dict[str, Any], grid, title: str, out, iterates
                    latents: dict[str, torch.Tensor] | None = None) -> int:
     """Write samples.png, convergence.png (iterative samplers), images/ and latents (given),
     and report.json into ``args.out``: all or none of them, see :class:`_OutputWriter`.
-    Returns the exit status."""
+    Returns the exit status. Under torchrun only rank 0 writes (the others return 0)."""
+    if getattr(args, "rank", 0) != 0:
+        return 0
     try:
         with _OutputWriter(args.out) as w:
             args.writer = w
@@ -658,10 +667,46 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _distributed(args) -> str | None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (gloo for
+    ``--device cpu``, NCCL with this rank's GPU ``cuda:LOCAL_RANK`` for ``--device cuda``)
+    and set ``args.executor`` to a :class:`pint.DistributedExecutor`, which SRDS, the
+    window samplers and ``auto`` split their model calls over; every rank samples, rank 0
+    alone shows progress and writes the outputs. Returns why not, or ``None``."""
+    args.executor, args.rank, args.world = None, 0, 1
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    import pint
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        if dev.index is None:  # one GPU per rank
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK") or 0))
+            args.device = str(dev)
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    elif dev.type == "cpu":
+        backend = "gloo"
+    else:
+        return f"--device {args.device}: under torchrun the ranks need cpu (gloo) or cuda (nccl)"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    args.executor = pint.DistributedExecutor()
+    args.rank, args.world = dist.get_rank(), dist.get_world_size()
+    return None
+
+
 def _run(args) -> int:
     for err in (_check_device(args.device), _check_sampler_flags(args), _check_out(args.out)):
         if err:
             return _error(err)
+    err = _distributed(args)
+    if err:
+        return _error(err)
+    args.progress = args.rank == 0
     if args.prompt is not None or _is_text_to_image(args.model):
         return _main_text_to_image(args)
     given = [f for f, v in (("--negative-prompt", args.negative_prompt),
@@ -694,7 +739,7 @@ def _run(args) -> int:
         return _error(err)
     pipelined = True if args.pipelined is None else args.pipelined
     note = _memory_note(args, steps, tuple(model.sample_shape), dtype, pipelined)
-    if note:
+    if note and args.rank == 0:
         print(note, file=sys.stderr)
     g = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(args.num_samples, *model.sample_shape, generator=g).to(args.device, dtype)
@@ -704,18 +749,21 @@ def _run(args) -> int:
 
         with torch.inference_mode():
             plan = plan_sampling(model, schedule, x_T, steps, max_batch=args.max_batch,
-                                 tol=args.tol if args.tol is not None else 1e-4)
-        print(plan.table(), file=sys.stderr)
+                                 tol=args.tol if args.tol is not None else 1e-4,
+                                 executor=args.executor)
+        if args.rank == 0:
+            print(plan.table(), file=sys.stderr)
 
     report: dict[str, Any] = {
         "model": str(args.model), "sampler": args.sampler, "steps": steps,
         "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
         "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
+        "world_size": args.world,
     }
     with torch.inference_mode():
         t0 = time.perf_counter()
         if args.sampler == "serial":
-            sample = serial_sample(model, schedule, x_T, steps, progress=True)
+            sample = serial_sample(model, schedule, x_T, steps, progress=args.progress)
             report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
             out = None
         elif args.sampler != "srds":
@@ -730,7 +778,9 @@ def _run(args) -> int:
                 kw["window"] = min(args.window or 32, steps)
             if args.max_iters is not None and iterative:  # auto may pick the serial sampler
                 kw["max_iters"] = args.max_iters
-            out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, progress=True,
+            if args.executor is not None:
+                kw["executor"] = args.executor
+            out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, progress=args.progress,
                               **kw)
             sample = out.sample
             if plan is not None and plan.choice.sampler == "serial":
@@ -746,14 +796,15 @@ def _run(args) -> int:
         else:
             out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
                               tol=args.tol, max_iters=args.max_iters, pipelined=pipelined,
-                              return_iterates=True, progress=True)
+                              return_iterates=True, progress=args.progress,
+                              executor=args.executor)
             sample = out.sample
             report.update(_srds_report(out, steps, pipelined, t0, "data in [-1, 1]"))
         if args.compare_serial:
             t1 = time.perf_counter()
-            ref = serial_sample(model, schedule, x_T, steps, progress=True)
+            ref = serial_sample(model, schedule, x_T, steps, progress=args.progress)
             serial_s = time.perf_counter() - t1
-            alone = serial_sample(model, schedule, x_T[:1], steps, progress=True)
+            alone = serial_sample(model, schedule, x_T[:1], steps, progress=args.progress)
             if plan is not None:
                 report.update(serial_predicted_s=plan.serial.predicted_s)
                 print(f"auto: predicted {plan.choice.predicted_s:.2f} s ({plan.choice.label}), "
@@ -859,10 +910,13 @@ def _main_text_to_image(args) -> int:
         "scheduler": type(pipe.scheduler).__name__, "sampler": args.sampler, "steps": steps,
         "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
         "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
+        "world_size": args.world,
     }
     opts: dict[str, Any] = {}
     if args.sampler != "serial":
         opts = dict(max_iters=args.max_iters, tol=args.tol)
+        if args.executor is not None:
+            opts["executor"] = args.executor
         if args.sampler == "srds":
             opts.update(num_blocks=args.blocks, pipelined=pipelined, return_iterates=True)
         else:  # window samplers: ParaDiGMS's per-step rule, as for unconditional models
@@ -877,12 +931,12 @@ def _main_text_to_image(args) -> int:
         try:
             res = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
                                 sampler=args.sampler, num_images_per_prompt=args.num_samples,
-                                generator=g, progress=True, **opts, **common)
+                                generator=g, progress=args.progress, **opts, **common)
         except (ValueError, TypeError) as err:  # what only the loaded model can tell
             return _error(str(err))
         report.update(guidance_scale=res.guidance_scale, sampler_run=res.sampler)
         plan = getattr(res.sampling, "plan", None)
-        if plan is not None:
+        if plan is not None and args.rank == 0:
             print(plan.table(), file=sys.stderr)
             report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s)
         out = None if res.sampler == "serial" else res.sampling
@@ -898,10 +952,10 @@ def _main_text_to_image(args) -> int:
             t1 = time.perf_counter()
             ref = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale, sampler="serial",
                                 num_images_per_prompt=args.num_samples, latents=x_T,
-                                progress=True, **common)
+                                progress=args.progress, **common)
             serial_s = time.perf_counter() - t1
             alone = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
-                                  sampler="serial", latents=x_T[:1], progress=True, **common)
+                                  sampler="serial", latents=x_T[:1], progress=args.progress, **common)
             report.update(_serial_comparison(serial_s, report["wall_s"]),
                           max_abs_diff_vs_serial=float((res.latents - ref.latents).abs().max()),
                           serial_floor=float((ref.latents[:1] - alone.latents).abs().max()),
