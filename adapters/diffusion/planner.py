@@ -282,9 +282,15 @@ def _proxy_trace(schedule: Schedule, N: int, x_T: Tensor, sampler: str, options:
               generator=torch.Generator(device=x_T.device).manual_seed(1))
     if tol is not None:
         kw["tol"] = tol
-    t0 = time.perf_counter()
-    run[sampler](net, schedule, x, N, **kw)
-    wall = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    if x.device.type == "cpu":  # the proxy's tensors are tiny: one thread is fastest, and
+        torch.set_num_threads(1)  # on a busy machine several threads stall each other
+    try:
+        t0 = time.perf_counter()
+        run[sampler](net, schedule, x, N, **kw)
+        wall = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
     steps = [r // b for r in net.rows]
     trace = (steps, max(0.0, wall - net.seconds) / max(1, len(steps)))
     _TRACES[key] = trace

@@ -31,9 +31,13 @@ LINEAR = CostModel((1, 2), (0.004, 0.008), engine_s=0.0)   # a CPU: cost in prop
 
 @pytest.fixture(autouse=True)
 def fresh_caches():
-    planner.clear_caches()
+    """Every test probes and records afresh; the proxy traces (pure functions of the grid,
+    tolerance and candidate) are shared."""
+    planner._PROBES.clear()
+    planner._RECORDS.clear()
     yield
-    planner.clear_caches()
+    planner._PROBES.clear()
+    planner._RECORDS.clear()
 
 
 def test_cost_model_interpolates_and_extrapolates():
