@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_samplers import machine_info  # noqa: E402
 
 from adapters.diffusion import (  # noqa: E402
     CostModel,
@@ -261,8 +263,7 @@ def main(argv=None):
                 x = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
                 repeats = 1
             results[name] = bench_device(name, model, schedule, x, N, tol, note, repeats)
-    out = dict(machine=platform.platform(), torch=torch.__version__, N=N, tol=tol,
-               threads=args.threads,
+    out = dict(machine=machine_info(args.threads), N=N, tol=tol,
                runtime_s=time.perf_counter() - t_all, devices=results,
                note="wall-clock of one run on a shared 2-core CPU; simulated devices sleep "
                     "their curve's latency per call")
