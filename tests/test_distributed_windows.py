@@ -332,3 +332,30 @@ def test_pint_sample_under_torchrun_rank_0_writes_the_single_process_result(tmp_
         assert got["world_size"] == 2 and ref["world_size"] == 1
         assert got["iterations"] == ref["iterations"] and got["converged"] == ref["converged"]
         assert got["history"] == pytest.approx(ref["history"], rel=1e-9, abs=1e-14)
+
+
+def test_benchmark_quick(tmp_path, monkeypatch):
+    import importlib
+    import json
+    import sys
+
+    from test_distributed import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the rank processes import it by name
+    try:
+        bench = importlib.import_module("bench_distributed_windows")
+        data = bench.main(["--quick", "--out", str(tmp_path)])
+    finally:
+        sys.modules.pop("bench_distributed_windows", None)
+    saved = json.loads((tmp_path / "distributed_windows.json").read_text())
+    assert (tmp_path / "distributed_windows.png").stat().st_size > 1000
+    assert "T_R = sum_k" in saved["cost_model"]
+    assert {(r["sampler"], r["ranks"]) for r in data["runs"]} == {
+        (s, R) for s in ("picard", "quasi_newton", "srds") for R in (1, 2)}
+    for r in data["runs"]:
+        assert r["wall_s"] > 0 and r["predicted_s"] > 0
+        assert r["difference_vs_one_rank"] < 1e-12   # every rank count: the one-rank sample
+    for s in ("picard", "quasi_newton"):   # the same calls on any number of ranks
+        one, two = (next(r for r in data["runs"] if r["sampler"] == s and r["ranks"] == R)
+                    for R in (1, 2))
+        assert one["depth"] == two["depth"] and two["predicted_s"] < one["predicted_s"]
