@@ -56,6 +56,12 @@ in turn. Arguments that differ across ranks (shapes, dtypes, the values of ``y0`
 ``max_iters``, propagators, settings) raise the same ``ValueError`` on every rank before any
 work. After a :class:`DistributedError` the process group may hold unmatched operations:
 end the processes (torchrun does).
+
+The window samplers of :mod:`adapters.diffusion.picard` take the same executor and use
+its machinery through :meth:`DistributedExecutor.connect` (the argument check of
+:func:`agree`, the bounded waits, the error reports): each rank evaluates a contiguous
+slice of every window call's steps and one ``all_gather`` into a preallocated buffer hands
+every rank the whole window.
 """
 
 from __future__ import annotations
@@ -142,7 +148,7 @@ class DistributedExecutor:
         that splits its own work (the window samplers of :mod:`adapters.diffusion.picard`).
 
         With more than one rank, every rank first checks that the others describe their
-        arguments by the same ``fields`` (see :func:`agree`: the same ``ValueError`` on every
+        arguments by the same ``fields`` (see ``pint.executors.agree``: the same ``ValueError`` on every
         rank otherwise, before any work). The link's ``rank``, ``world``,
         ``all_gather_into`` and ``all_gather`` (every wait bounded by ``timeout``, raising
         :class:`DistributedError` naming a failed rank) are what the caller uses; on an
