@@ -30,7 +30,15 @@ Stopping (ParaTAA's two-part rule, per step, on the one-step residual
 variance of the step, as in ParaDiGMS's rule); the worst sample of the batch decides. The
 window then slides past its first unconverged step, which is accepted after this update
 (ParaTAA's and ParaDiGMS's ``1 + ind``; its input had converged and it takes the plain
-update), so ``N`` iterations always reproduce the serial sampler.
+update), so ``N`` iterations always reproduce the serial sampler. ``test="change"`` uses
+ParaDiGMS's (and ParaSolver's) rule instead: ``rms(x_new - x_old) <= tol * sigma_j``.
+``linear="secant"`` replaces ``J_j`` by the per-sample secant gain of the step's last two
+evaluations (:func:`~adapters.diffusion.quasi_newton_sample`'s coupling) and
+``linear="identity"`` by 1 (ParaDiGMS's cumulative sum).
+
+Measured in ``benchmarks/bench_fastest.py`` (float64 Gaussian mixtures): ParaTAA with its
+window of all steps needs 2-4x Picard's model rows; at Picard's rows the best of these
+options is ``linear="secant", test="change", init="extrapolate"``.
 
 Initialisation (``init``):
 
