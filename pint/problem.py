@@ -110,8 +110,13 @@ class ODEProblem:
             if not isinstance(dy, Tensor):
                 raise TypeError(_not_a_tensor(dy))
             if tuple(dy.shape) != tuple(y.shape):
-                got = tuple(dy.shape) if batched else tuple(dy.shape[1:])
-                raise ValueError(f"f returned shape {got}, expected the shape of y0 {shape}")
+                if batched:
+                    raise ValueError(
+                        f"f (batched=True) returned shape {tuple(dy.shape)} for y of shape "
+                        f"{tuple(y.shape)}; expected [n, *y0.shape] = {tuple(y.shape)}, one "
+                        f"row of the shape of y0 {shape} per block (n = {y.shape[0]})")
+                raise ValueError(f"f returned shape {tuple(dy.shape[1:])}, expected the shape "
+                                 f"of y0 {shape}")
             if dy.dtype != dtype:
                 raise TypeError(f"f returned dtype {dy.dtype}, expected the dtype of y0 {dtype}")
             return dy

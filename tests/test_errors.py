@@ -90,6 +90,12 @@ def test_rhs_with_wrong_shape_or_dtype():
     bad_shape = pint.ODEProblem(lambda t, y: y[:1], Y0, (0.0, 1.0))
     with pytest.raises(ValueError, match=r"f returned shape \(1,\), expected the shape of y0"):
         pint.parareal(bad_shape, pint.Euler(1), pint.RK4(2), num_blocks=2)
+    # batched: the message names f, batched=True and the expected [n, *y0.shape]
+    for bad in (lambda t, y: y[:, :1], lambda t, y: y[0], lambda t, y: y.reshape(-1)):
+        prob = pint.ODEProblem(bad, Y0, (0.0, 1.0), batched=True)
+        with pytest.raises(ValueError, match=r"f \(batched=True\) returned shape .* expected "
+                           r"\[n, \*y0.shape\] = \(1, " + str(Y0.shape[0])):
+            pint.serial(prob, pint.RK4(2), num_blocks=2)
     bad_dtype = pint.ODEProblem(lambda t, y: y.float(), Y0, (0.0, 1.0))
     with pytest.raises(TypeError, match="f returned dtype torch.float32"):
         pint.serial(bad_dtype, pint.RK4(2), num_blocks=2)

@@ -76,8 +76,15 @@ class Case:
 def scipy_reference(problem: ODEProblem, stiff: bool, rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
     from scipy.integrate import solve_ivp
 
-    assert problem.f is not None and not problem.batched
-    f, shape, dtype = problem.f, problem.y0.shape, problem.y0.dtype
+    assert problem.f is not None
+    shape, dtype = problem.y0.shape, problem.y0.dtype
+    if problem.batched:  # one state as a batch of one
+        fb = problem.f
+
+        def f(t: Tensor, y: Tensor) -> Tensor:
+            return fb(t.reshape(1), y.unsqueeze(0))[0]
+    else:
+        f = problem.f
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
         with torch.no_grad():
