@@ -35,6 +35,7 @@ from adapters.diffusion.pretrained import PretrainedNotFoundError
 from adapters.diffusion.progress import check_progress
 from adapters.diffusion.samplers import SampleOutput, SamplerStats, serial_sample, srds_sample
 from adapters.diffusion.schedule import VPSchedule, check_num_steps
+from adapters.diffusion.taa import taa_sample
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ TEXT_TO_IMAGE_PIPELINES = tuple(FAMILIES)
 COMPONENTS = FAMILIES["StableDiffusionPipeline"].components
 SAMPLERS = ("srds", "serial", "picard", "quasi_newton", "auto")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-_RUN = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
+_RUN = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample,
+        "taa": taa_sample}  # taa: what sampler="auto" may choose
 _ITERATIVE = ("tol", "max_iters", "callback", "return_iterates", "initial")
 
 

@@ -28,8 +28,9 @@ from .samplers import (
     serial_sample,
     srds_sample,
 )
+from .taa import taa_sample
 
-SAMPLERS = ("auto", "serial", "srds", "picard", "quasi_newton")
+SAMPLERS = ("auto", "serial", "srds", "picard", "quasi_newton", "taa")
 #: what ``"auto"`` chooses itself, so they may not be passed with it
 _CHOSEN = ("window", "num_blocks", "pipelined")
 #: options whose meaning differs between the samplers ``"auto"`` may choose
@@ -45,7 +46,8 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
 
     Args:
         model, schedule, x_T, num_steps: as in :func:`~adapters.diffusion.srds_sample`.
-        sampler: ``"auto"``, ``"serial"``, ``"srds"``, ``"picard"`` or ``"quasi_newton"``.
+        sampler: ``"auto"``, ``"serial"``, ``"srds"``, ``"picard"``, ``"quasi_newton"`` or
+            ``"taa"`` (:func:`~adapters.diffusion.taa_sample`).
         max_batch: ``"auto"`` only: network rows one call may hold (memory).
         tol: the sampler's tolerance (``None``: its default).
         cost: ``"auto"`` only: the device's :class:`~adapters.diffusion.planner.CostModel`
@@ -97,7 +99,8 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         stats = SamplerStats(num_steps, num_steps * rows, num_steps)
         out = SampleOutput(x0, 0, True, [], stats, 0.0, 1)
     else:
-        run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
+        run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample,
+               "taa": taa_sample}
         out = run[sampler](model, schedule, x_T, num_steps, **kwargs)
     if chosen_plan is not None:
         record_run(chosen_plan, chosen_plan.choice, out.stats.depth, model)

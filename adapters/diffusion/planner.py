@@ -39,6 +39,7 @@ from .model import Denoiser, Model, ModelOutputError
 from .picard import picard_sample, quasi_newton_sample
 from .samplers import Schedule, _check_x, denoiser_for, srds_sample
 from .schedule import SigmaSchedule, VPSchedule, check_num_steps
+from .taa import taa_sample
 
 #: relative error of a candidate's predicted calls: from the mixture proxy, and from a
 #: recorded run of the same candidate (see the module docstring)
@@ -47,6 +48,10 @@ RECORDED_ERROR = 0.10
 #: the window widths and SRDS block counts (multiples of sqrt(N)) the planner considers
 WINDOWS = (8, 16, 32, 64, 128)
 BLOCK_FACTORS = (1.0, 2.0, 4.0)
+#: the :func:`~adapters.diffusion.taa_sample` setting the planner considers: the fewest calls
+#: within Picard's rows in ``benchmarks/bench_fastest.py`` (secant coupling, memory 1,
+#: ParaDiGMS's change test, extrapolated start; up to 1.4x fewer calls than Picard)
+TAA_OPTIONS = {"linear": "secant", "memory": 1, "test": "change", "init": "extrapolate"}
 
 
 # ---------------------------------------------------------------------------- cost model
@@ -109,6 +114,7 @@ class CostModel:
                                                    latency_s + seconds_per_row), "given", engine_s)
 
     def as_dict(self) -> dict[str, Any]:
+        """The curve as plain JSON values."""
         return {"rows": list(self.rows), "seconds": list(self.seconds), "source": self.source,
                 "engine_s": self.engine_s}
 
@@ -277,7 +283,8 @@ def _proxy_trace(schedule: Schedule, N: int, x_T: Tensor, sampler: str, options:
     b = min(_PROXY_BATCH, x_T.shape[0])
     g = torch.Generator(device=x_T.device).manual_seed(0)
     x = torch.randn(b, _PROXY_DIM, generator=g, device=x_T.device, dtype=x_T.dtype)
-    run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
+    run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample,
+           "taa": taa_sample}
     kw = dict(options, eta=eta, sampler=solver,
               generator=torch.Generator(device=x_T.device).manual_seed(1))
     if tol is not None:
@@ -305,7 +312,7 @@ class Candidate:
     """One way to run the sampler, with its predicted cost.
 
     Attributes:
-        sampler: ``"serial"``, ``"srds"``, ``"picard"`` or ``"quasi_newton"``.
+        sampler: ``"serial"``, ``"srds"``, ``"picard"``, ``"quasi_newton"`` or ``"taa"``.
         options: its arguments (``window``; ``num_blocks`` and ``pipelined``).
         calls: predicted sequential model calls.
         max_rows: network rows of the widest call (with an executor: of the widest rank's
@@ -332,11 +339,14 @@ class Candidate:
         if self.sampler == "srds":
             return (f"srds {'pipelined' if self.options.get('pipelined') else 'sweep'} "
                     f"B={self.options['num_blocks']}")
+        if self.sampler == "taa":
+            return f"taa ({self.options.get('linear', 'eps')}) window={self.options['window']}"
         if "window" in self.options:
             return f"{self.sampler} window={self.options['window']}"
         return self.sampler
 
     def as_dict(self) -> dict[str, Any]:
+        """The candidate as plain JSON values (``label`` included)."""
         return {"label": self.label, "sampler": self.sampler, "options": dict(self.options),
                 "calls": self.calls, "max_rows": self.max_rows, "rows": self.rows,
                 "predicted_s": self.predicted_s, "estimate": self.estimate, "error": self.error}
@@ -363,6 +373,7 @@ class SamplingPlan:
 
     @property
     def serial(self) -> Candidate:
+        """The serial candidate (always first)."""
         return self.candidates[0]
 
     def table(self) -> str:
@@ -379,6 +390,7 @@ class SamplingPlan:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
+        """The plan as plain JSON values (for ``report.json``)."""
         return {"candidates": [c.as_dict() for c in self.candidates],
                 "choice": self.choice.as_dict(), "reason": self.reason,
                 "cost": self.cost.as_dict(), "excluded": list(self.excluded)}
@@ -407,7 +419,7 @@ def _from_rank_0(executor: object, cost: CostModel, engine: float) -> tuple[Cost
 def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int, *,
                   tol: float | None = None, max_batch: int | None = None, eta: float = 0.0,
                   solver: str | None = None, cost: CostModel | None = None, executor: object | None = None,
-                  samplers: tuple[str, ...] = ("srds", "picard", "quasi_newton"),
+                  samplers: tuple[str, ...] = ("srds", "picard", "quasi_newton", "taa"),
                   gather_s: float = 0.0, **model_options: Any) -> SamplingPlan:
     """Predict the wall-clock of each sampler configuration on this device; pick the fastest.
 
@@ -442,9 +454,9 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
                                   or max_batch < 1):
         raise ValueError(f"max_batch must be an int >= 1 (network rows per call), got {max_batch!r}")
-    unknown = sorted(set(samplers) - {"srds", "picard", "quasi_newton"})
+    unknown = sorted(set(samplers) - {"srds", "picard", "quasi_newton", "taa"})
     if unknown:
-        raise ValueError(f"samplers must be among srds, picard, quasi_newton; got {unknown}")
+        raise ValueError(f"samplers must be among srds, picard, quasi_newton, taa; got {unknown}")
     denoiser = denoiser_for(model, schedule, model_options)
     per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
     devices = _world_size(executor)
@@ -461,6 +473,13 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         if s in samplers:
             configs += [(s, {"window": w}) for w in WINDOWS if w <= N]
     excluded = []
+    if "taa" in samplers:
+        if SamplingGrid.build(schedule, N, solver, eta).num_slots > 1:
+            excluded.append("taa: one-step solvers only (this grid's solver is multistep)")
+        elif devices > 1:
+            excluded.append(f"taa: runs in one process, not over the executor's {devices} ranks")
+        else:
+            configs += [("taa", {"window": w, **TAA_OPTIONS}) for w in WINDOWS[1:] if w <= N]
     if max_batch is not None:
         def widest(s: str, o: dict) -> int:
             steps = o.get("window") or (2 * o["num_blocks"] if o.get("pipelined")

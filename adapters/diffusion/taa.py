@@ -68,6 +68,7 @@ from torch import Tensor
 from .grid import SamplingGrid
 from .model import Model
 from .ode import block_partition
+from .progress import check_progress, progress_bar
 from .samplers import (
     SampleOutput,
     SamplerStats,
@@ -254,6 +255,7 @@ def taa_sample(
     noise: Tensor | None = None,
     initial: Tensor | None = None,
     return_trajectory: bool = False,
+    progress: bool = False,
     **model_options: Any,
 ) -> SampleOutput:
     """Sample with ParaTAA: the triangular system over a window (default: all steps, as
@@ -290,6 +292,8 @@ def taa_sample(
         initial: a trajectory guess ``[num_steps + 1, *x_T.shape]`` (its increments,
             anchored at ``x_T``), e.g. :func:`coarse_trajectory` or ``out.trajectory``.
         return_trajectory: keep the final trajectory in ``out.trajectory``.
+        progress: a tqdm bar on stderr of ``num_steps`` steps, advanced by the steps each
+            window call makes exact.
 
     Returns:
         :class:`~adapters.diffusion.SampleOutput`: ``iterations`` the window's calls,
@@ -297,6 +301,7 @@ def taa_sample(
         worst relative residual of each iteration, ``num_blocks`` the window.
     """
     _check_callback(callback)
+    check_progress(progress)
     N, denoiser, grid, noise, problem = _setup(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     if grid.num_slots != 1:
@@ -382,62 +387,68 @@ def taa_sample(
     history: list[float] = []
     mem: list[tuple[int, int, Tensor, Tensor]] = []
     it = 0
-    while a < N and it < max_iters:
-        e = min(a + window, N)
-        n = e - a
-        y = traj[a:e]
-        phi, x0 = phi_of(y, a, e)
-        it += 1
-        X = traj[a + 1:e + 1].clone()
-        if linear == "secant":  # per step and sample, from the step's last two evaluations
-            dx, df = y - last_x[a:e], phi - last_phi[a:e]
-            den = dx.pow(2).sum(-1, keepdim=True)
-            r = (dx * df).sum(-1, keepdim=True) / den.clamp(min=1e-300)
-            good = seen[a:e].view(-1, 1, 1) & (den > 1e-30) & torch.isfinite(r)
-            Jw = torch.where(good, r.clamp(0.0, 2.0), torch.ones_like(r))  # [n, batch, 1]
-            last_x[a:e], last_phi[a:e], seen[a:e] = y, phi, True
-        else:
-            Jw = J[a:e].view(-1, 1, 1)
-        d = phi - Jw * y
-        R = _unroll(traj, a, d, Jw, order) - X
-        # ParaTAA's test: the one-step residual before the update; ParaDiGMS's: the change
-        # (rms per step, the worst sample decides)
-        rms = (phi - X if test == "residual" else R).pow(2).mean(-1).sqrt().amax(-1)  # [n]
-        ok = rms <= tol * std[a:e]
-        if test == "residual":
-            ok = ok | (rms <= tol_abs)
-        finite = torch.isfinite(rms).all() & torch.isfinite(R).all()
-        bad = torch.where(~ok, torch.arange(n, device=dev), n).min()
-        bad, worst, finite = torch.stack([bad.double(), (rms / std[a:e]).max(),
-                                          finite.double()]).tolist()
-        bad = int(bad)
-        history.append(worst)
-        if not finite:
-            denoiser.check()  # a NaN/Inf from the model is named by its timestep
-            bad_step = a + int((~torch.isfinite(R.reshape(n, -1)).all(-1)).nonzero()[0])
-            raise FloatingPointError(f"non-finite state at step {bad_step} in the taa window "
-                                     f"starting at step {a} (iteration {it})")
-        mem = (mem + [(a, e, X, R)])[-memory:]
-        new = X + R
-        if len(mem) > 1 and bad < n - 1:  # steps after the first unconverged one
-            new = new - _anderson(mem, a, e, R, bad + 1, tikhonov)
-            if not bool(torch.isfinite(new).all()):
-                bad_step = a + int((~torch.isfinite(new.reshape(n, -1)).all(-1)).nonzero()[0])
-                raise FloatingPointError(f"non-finite state at step {bad_step} after the Anderson "
-                                         f"update (window from step {a}, iteration {it})")
-        traj[a + 1:e + 1] = new
-        new_a = a + min(bad + 1, n)
-        new_e = min(new_a + window, N)
-        if new_e > e:  # states entering the window
-            if guide is not None:
-                traj[e + 1:new_e + 1] = traj[e] + guide[e + 1:new_e + 1] - guide[e]
-            elif init == "extrapolate":
-                traj[e + 1:new_e + 1] = _extrapolate(traj[e], x0[-1], A, S, e, new_e)
+    with progress_bar(progress, N, "taa", unit="step") as bar:
+        if bar is not None:
+            bar.update(a)
+        while a < N and it < max_iters:
+            e = min(a + window, N)
+            n = e - a
+            y = traj[a:e]
+            phi, x0 = phi_of(y, a, e)
+            it += 1
+            X = traj[a + 1:e + 1].clone()
+            if linear == "secant":  # per step and sample, from the step's last two evaluations
+                dx, df = y - last_x[a:e], phi - last_phi[a:e]
+                den = dx.pow(2).sum(-1, keepdim=True)
+                r = (dx * df).sum(-1, keepdim=True) / den.clamp(min=1e-300)
+                good = seen[a:e].view(-1, 1, 1) & (den > 1e-30) & torch.isfinite(r)
+                Jw = torch.where(good, r.clamp(0.0, 2.0), torch.ones_like(r))  # [n, batch, 1]
+                last_x[a:e], last_phi[a:e], seen[a:e] = y, phi, True
             else:
-                traj[e + 1:new_e + 1] = traj[e]
-        a = new_a
-        if callback is not None:
-            callback(it, traj[a].reshape(y0.shape).to(dt), worst)
+                Jw = J[a:e].view(-1, 1, 1)
+            d = phi - Jw * y
+            R = _unroll(traj, a, d, Jw, order) - X
+            # ParaTAA's test: the one-step residual before the update; ParaDiGMS's: the change
+            # (rms per step, the worst sample decides)
+            rms = (phi - X if test == "residual" else R).pow(2).mean(-1).sqrt().amax(-1)  # [n]
+            ok = rms <= tol * std[a:e]
+            if test == "residual":
+                ok = ok | (rms <= tol_abs)
+            finite = torch.isfinite(rms).all() & torch.isfinite(R).all()
+            bad = torch.where(~ok, torch.arange(n, device=dev), n).min()
+            bad, worst, finite = torch.stack([bad.double(), (rms / std[a:e]).max(),
+                                              finite.double()]).tolist()
+            bad = int(bad)
+            history.append(worst)
+            if not finite:
+                denoiser.check()  # a NaN/Inf from the model is named by its timestep
+                bad_step = a + int((~torch.isfinite(R.reshape(n, -1)).all(-1)).nonzero()[0])
+                raise FloatingPointError(f"non-finite state at step {bad_step} in the taa window "
+                                         f"starting at step {a} (iteration {it})")
+            mem = (mem + [(a, e, X, R)])[-memory:]
+            new = X + R
+            if len(mem) > 1 and bad < n - 1:  # steps after the first unconverged one
+                new = new - _anderson(mem, a, e, R, bad + 1, tikhonov)
+                if not bool(torch.isfinite(new).all()):
+                    bad_step = a + int((~torch.isfinite(new.reshape(n, -1)).all(-1)).nonzero()[0])
+                    raise FloatingPointError(f"non-finite state at step {bad_step} after the Anderson "
+                                             f"update (window from step {a}, iteration {it})")
+            traj[a + 1:e + 1] = new
+            new_a = a + min(bad + 1, n)
+            new_e = min(new_a + window, N)
+            if new_e > e:  # states entering the window
+                if guide is not None:
+                    traj[e + 1:new_e + 1] = traj[e] + guide[e + 1:new_e + 1] - guide[e]
+                elif init == "extrapolate":
+                    traj[e + 1:new_e + 1] = _extrapolate(traj[e], x0[-1], A, S, e, new_e)
+                else:
+                    traj[e + 1:new_e + 1] = traj[e]
+            if bar is not None:
+                bar.update(new_a - a)
+                bar.set_postfix(calls=denoiser.calls, refresh=False)
+            a = new_a
+            if callback is not None:
+                callback(it, traj[a].reshape(y0.shape).to(dt), worst)
     denoiser.check()
     converged = a >= N
     out = traj.reshape(N + 1, *y0.shape).to(dt)

@@ -49,7 +49,7 @@ def test_named_samplers_dispatch():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(sampler="ddim"), "sampler must be one of auto, serial, srds, picard, quasi_newton"),
+    (dict(sampler="ddim"), "sampler must be one of auto, serial, srds, picard, quasi_newton, taa"),
     (dict(max_batch=0), "max_batch must be an int >= 1"),
     (dict(max_batch=8.5), "max_batch must be an int >= 1"),
     (dict(sampler="picard", max_batch=64), "max_batch is only used with sampler='auto'"),

@@ -10,6 +10,7 @@ from adapters.diffusion import (
     CostModel,
     GaussianMixtureDenoiser,
     ModelOutputError,
+    SigmaSchedule,
     VPSchedule,
     measure_call_cost,
     picard_sample,
@@ -220,7 +221,7 @@ def test_an_executor_splits_every_candidates_calls_over_its_ranks(monkeypatch):
     monkeypatch.setattr(planner, "_from_rank_0", lambda executor, cost, engine: (cost, engine))
     four = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=LINEAR, executor=object(),
                          gather_s=0.001)
-    assert not four.excluded
+    assert [e for e in four.excluded if not e.startswith("taa")] == []   # taa: one process
     by = {c.label: c for c in one.candidates}
     for c in four.candidates[1:]:
         if c.sampler != "srds":  # (a pipelined SRDS call holds up to 2 B steps)
@@ -235,3 +236,24 @@ def test_an_executor_splits_every_candidates_calls_over_its_ranks(monkeypatch):
     assert four.serial.predicted_s == one.serial.predicted_s   # serial runs on one device
     with pytest.raises(ValueError, match="gather_s"):
         plan_sampling(M, SCHED, X, 200, cost=LINEAR, gather_s=-1.0)
+
+
+def test_taa_is_a_candidate_for_one_step_solvers_only():
+    plan = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=FLAT)
+    taa = [c for c in plan.candidates if c.sampler == "taa"]
+    assert [c.options["window"] for c in taa] and all(
+        c.options["linear"] == "secant" and c.label.startswith("taa (secant)") for c in taa)
+    ddpm = plan_sampling(M, SCHED, X, 100, tol=1e-4, cost=FLAT, solver="ddpm")
+    assert [c for c in ddpm.candidates if c.sampler == "taa"]   # one-step, stochastic
+    sig = SigmaSchedule.flow_matching(shift=3.0).with_solver("dpmpp_2m")
+    flow = GaussianMixtureDenoiser.random(sig, dim=8, components=4, seed=1)
+    p2 = plan_sampling(flow, sig, X, 50, tol=1e-4, cost=FLAT)
+    assert not [c for c in p2.candidates if c.sampler == "taa"]
+    assert any("one-step solvers only" in e for e in p2.excluded)
+
+
+def test_sample_auto_with_progress_runs_any_choice(capsys):
+    plan = plan_sampling(M, SCHED, X, 100, tol=1e-4, cost=FLAT, samplers=("taa",))
+    assert plan.choice.sampler == "taa"
+    out = sample(M, SCHED, X, 100, tol=1e-4, plan=plan, progress=True)
+    assert "100/100" in capsys.readouterr().err and out.stats.depth < 100
