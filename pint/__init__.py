@@ -5,6 +5,7 @@ Public names::
     pint.ODEProblem, pint.parareal, pint.serial, pint.Result, pint.Stats
     pint.Propagator, pint.FixedStepPropagator
     pint.Euler, pint.Heun, pint.RK4, pint.TorchDiffEq, pint.SciPy
+    pint.DormandPrince (adaptive, step size control per block: exact under Parareal)
     pint.DistributedExecutor (multi-process Parareal over torch.distributed)
 """
 
@@ -16,6 +17,7 @@ from .propagators import (
     RK4,
     SDIRK2,
     BackwardEuler,
+    DormandPrince,
     Euler,
     FixedStepPropagator,
     Heun,
@@ -23,6 +25,7 @@ from .propagators import (
     NewtonConvergenceError,
     Propagator,
     SciPy,
+    StepLimitError,
     StepPropagator,
     TorchDiffEq,
 )
@@ -33,7 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ODEProblem", "parareal", "serial", "Result", "Stats", "IterationInfo",
     "NonFiniteStateError", "Propagator", "StepPropagator", "FixedStepPropagator",
-    "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
+    "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy", "DormandPrince", "StepLimitError",
     "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
     "DistributedExecutor", "DistributedError", "DistributedStats", "TimeResolutionWarning",
     "SwappedPropagatorsWarning",

@@ -1,5 +1,6 @@
 """Propagators: solvers that advance a batch of block states over per-block intervals."""
 
+from .adaptive import DormandPrince, StepLimitError
 from .base import FixedStepPropagator, Propagator, StepPropagator, expand_as_state
 from .explicit import RK4, Euler, Heun
 from .external import SciPy, TorchDiffEq
@@ -7,6 +8,6 @@ from .implicit import SDIRK2, BackwardEuler, ImplicitMidpoint, NewtonConvergence
 
 __all__ = [
     "Propagator", "StepPropagator", "FixedStepPropagator", "expand_as_state",
-    "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy",
+    "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy", "DormandPrince", "StepLimitError",
     "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
 ]
