@@ -11,6 +11,7 @@ Public names::
 
 from .executors import DistributedError, DistributedExecutor, DistributedStats
 from .grid import TimeResolutionWarning
+from .mgrit import mgrit
 from .parareal import NonFiniteStateError, SwappedPropagatorsWarning, parareal, serial
 from .problem import ODEProblem
 from .propagators import (
@@ -39,5 +40,5 @@ __all__ = [
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy", "DormandPrince", "StepLimitError",
     "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
     "DistributedExecutor", "DistributedError", "DistributedStats", "TimeResolutionWarning",
-    "SwappedPropagatorsWarning",
+    "SwappedPropagatorsWarning", "mgrit",
 ]
