@@ -171,3 +171,20 @@ def test_lowercase_relax_and_public_name():
     res = mgrit(P, [BE, BE], 8, coarsening=2, relax="fcf", tol=1e-6)
     assert res.converged and math.isfinite(res.history[-1])
     assert pint.mgrit is mgrit
+
+
+def test_mgrit_benchmark_quick_matches_pymgrit(load_script, tmp_path):
+    bench = load_script("benchmarks", "bench_mgrit")
+    pm, why = bench.load_pymgrit()
+    if pm is None:
+        pytest.skip(f"pymgrit not available: {why}")
+    report = bench.main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "mgrit.json").is_file() and report["pymgrit"]
+    assert {(r["problem"], r["levels"], r["relax"]) for r in report["runs"]} == {
+        (p, n, r) for p in ("dahlquist", "heat") for n in (2, 3) for r in ("F", "FCF")}
+    for r in report["runs"]:
+        assert r["iterations"] == r["pymgrit_iterations"] and r["converged"]
+        assert r["max_iterate_diff"] < 1e-12 and r["error_vs_serial"] < 1e-8
+        # pint keeps Phi(u_{C_i - 1}) from the F-relaxation: never more fine steps
+        assert r["fine_steps"] <= r["pymgrit_fine_steps"]
+        assert r["coarse_steps"] == r["pymgrit_coarse_steps"]
