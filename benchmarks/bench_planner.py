@@ -64,9 +64,11 @@ from adapters.diffusion import (  # noqa: E402
     quasi_newton_sample,
     serial_sample,
     srds_sample,
+    taa_sample,
 )
 
-RUN = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample}
+RUN = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample,
+       "taa": taa_sample}
 SCHED = VPSchedule.linear(1000)
 
 #: simulated devices: name -> (CostModel of the device's true latency, note)
@@ -234,7 +236,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--devices", nargs="*", default=None)
+    p.add_argument("--devices", nargs="*", default=None,
+                   help=f"cpu-digits-b1, cpu-digits-b8, {', '.join(SIMULATED)}")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other devices of an existing planner.json in --out")
     p.add_argument("--repeats", type=int, default=2,
                    help="runs per candidate on the CPU devices (the fastest counts)")
     p.add_argument("--threads", type=int, default=1,
@@ -268,7 +273,14 @@ def main(argv=None):
                note="wall-clock of one run on a shared 2-core CPU; simulated devices sleep "
                     "their curve's latency per call")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "planner.json").write_text(json.dumps(out, indent=1))
+    path = args.out / "planner.json"
+    if args.merge and path.is_file():  # re-measured devices replace their earlier rows
+        old = json.loads(path.read_text())
+        results = {**old["devices"], **results}
+        out["devices"] = results
+        out["note"] += "; devices measured in separate runs: " + ", ".join(
+            sorted(set(old["devices"]) - set(names))) + " earlier"
+    path.write_text(json.dumps(out, indent=1))
     plot(results, args.out / "planner.png")
     print("\n| device | auto's choice | best measured | auto / best | serial / auto | "
           "predicted within 15 % (proxy / recorded) |")

@@ -156,7 +156,8 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
                       cache: bool = True, **model_options: Any) -> CostModel:
     """Time the model at a few call widths on ``x_T``'s device, dtype and shape.
 
-    After one untimed warm-up call, calls of ``n`` steps (``n * batch`` samples, twice
+    After untimed warm-up calls (until one is no longer 10 % faster than the one before),
+    calls of ``n`` steps (``n * batch`` samples, twice
     that with guidance) for ``n = 1, 2, 4, ...`` up to ``max_rows`` network rows, each
     the fastest of ``repeats`` (synchronised on CUDA). Doubling stops early once the
     latency has doubled with the rows twice in a row (the device is saturated) or the
@@ -197,7 +198,14 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
                                    f"returning NaN/Inf on x_T ({n} steps per call): {e}") from e
         return best
 
-    timed(1, 1)  # warm-up (allocator, autotuning, lazy initialisation), not counted
+    # warm-up (allocator, autotuning, lazy initialisation, clocks), not counted: until a
+    # call is no longer 10 % faster than the one before (at most 5 calls)
+    prev = timed(1, 1)
+    for _ in range(4):
+        cur = timed(1, 1)
+        if cur > 0.9 * prev:
+            break
+        prev = cur
     rows, secs, spent, doubled, n = [], [], 0.0, 0, 1
     source = "probe"
     while True:

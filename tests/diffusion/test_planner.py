@@ -103,7 +103,7 @@ def test_probe_recovers_the_device_curve(monkeypatch):
         assert true(rows) <= cost(rows) <= 1.1 * true(rows)
     assert cost.rows[0] == 2 and cost.source == "probe:saturated"   # 16 -> 32 -> 64 rows
     calls = len(dev.widths)
-    assert calls == 2 * len(cost.rows) + 1                   # warm-up + 2 per width
+    assert calls == 2 * len(cost.rows) + 2                   # 2 warm-up (steady) + 2 per width
     assert clock.now < 0.15 * 1000 * 0.02                    # under 15 % of a serial run
     assert measure_call_cost(dev, SCHED, X, 1000, max_rows=256) is cost   # cached
     assert len(dev.widths) == calls
