@@ -6,6 +6,7 @@ Public names::
     pint.Propagator, pint.FixedStepPropagator
     pint.Euler, pint.Heun, pint.RK4, pint.TorchDiffEq, pint.SciPy
     pint.DormandPrince (adaptive, step size control per block: exact under Parareal)
+    pint.Coarsened (a coarse propagator on a coarser spatial grid: restrict / interpolate)
     pint.DistributedExecutor (multi-process Parareal over torch.distributed)
 """
 
@@ -18,6 +19,7 @@ from .propagators import (
     RK4,
     SDIRK2,
     BackwardEuler,
+    Coarsened,
     DormandPrince,
     Euler,
     FixedStepPropagator,
@@ -38,7 +40,7 @@ __all__ = [
     "ODEProblem", "parareal", "serial", "Result", "Stats", "IterationInfo",
     "NonFiniteStateError", "Propagator", "StepPropagator", "FixedStepPropagator",
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy", "DormandPrince", "StepLimitError",
-    "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError",
+    "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError", "Coarsened",
     "DistributedExecutor", "DistributedError", "DistributedStats", "TimeResolutionWarning",
     "SwappedPropagatorsWarning", "mgrit",
 ]

@@ -27,6 +27,7 @@ from .grid import make_partition
 from .pipeline import pipelined_parareal
 from .problem import ODEProblem
 from .propagators.base import FixedStepPropagator, Propagator
+from .propagators.coarsened import Coarsened
 from .propagators.explicit import RK4, Euler, Heun
 from .propagators.implicit import SDIRK2, BackwardEuler, ImplicitMidpoint
 from .result import IterationInfo, Result
@@ -71,7 +72,8 @@ def parareal(
             one iteration); ``0`` runs until ``max_iters`` or exactness.
         max_iters: iteration limit; default ``num_blocks`` (the result then equals
             :func:`serial`); ``0`` returns the coarse solution.
-        pipelined: run the wavefront schedule (same numbers, shorter critical path).
+        pipelined: run the wavefront schedule (same numbers, shorter critical path);
+            refused (``ValueError``) for a :class:`~pint.Coarsened` coarse propagator.
             Both schedules compute every boundary with the same arithmetic; when a batched
             ``f`` call gives each row the same bits whatever the batch width (elementwise
             ops and small matmuls on the CPU, the built-in propagators), their histories
@@ -138,6 +140,13 @@ def parareal(
         initial = initial.to(device=problem.y0.device, dtype=problem.y0.dtype)
         if executor is not None:
             raise ValueError("initial is not supported with an executor yet")
+    if pipelined:
+        for name, prop in (("coarse", coarse), ("fine", fine)):
+            if isinstance(prop, Coarsened):
+                raise ValueError(
+                    f"pipelined=True does not support a spatially coarsened propagator: "
+                    f"{name} is {prop!r}, and the wavefront batches single steps on the "
+                    f"fine state. Use pipelined=False (the sweep)")
     if executor is not None:
         if not callable(getattr(executor, "parareal", None)):
             raise TypeError(

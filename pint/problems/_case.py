@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,11 @@ import torch
 from torch import Tensor
 
 from ..problem import ODEProblem
-from ..propagators import Propagator
+from ..propagators import Coarsened, Propagator
+
+#: ``factor -> (coarse ODEProblem, restrict, interpolate)`` of a problem on a spatial grid
+CoarseLevel = Callable[[int], tuple[ODEProblem, Callable[[Tensor], Tensor],
+                                   Callable[[Tensor], Tensor]]]
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Case:
     description: str = ""
     exact_fn: Callable[[float], Tensor] | None = field(default=None, repr=False)
     invariants_fn: Callable[[Tensor], dict[str, Tensor]] | None = field(default=None, repr=False)
+    coarse_level_fn: CoarseLevel | None = field(default=None, repr=False)
     _reference: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -63,6 +69,43 @@ class Case:
         if self.invariants_fn is None:
             raise NotImplementedError(f"problem {self.name!r} has no invariants")
         return self.invariants_fn(y)
+
+    @property
+    def has_coarse_level(self) -> bool:
+        """Whether :meth:`coarsened` can put the coarse level on a coarser grid (the PDEs)."""
+        return self.coarse_level_fn is not None
+
+    def coarse_level(self, factor: int = 2) -> tuple[ODEProblem, Callable[[Tensor], Tensor],
+                                                     Callable[[Tensor], Tensor]]:
+        """The problem on the grid ``factor`` times coarser and the maps to and from it:
+        ``(coarse_problem, restrict, interpolate)`` as :class:`pint.Coarsened` takes them
+        (full weighting and linear interpolation, see
+        :func:`pint.problems.pde.grid_transfer`; the coarse problem's ``y0`` is the
+        restricted initial state). ``NotImplementedError`` for problems without a grid."""
+        if self.coarse_level_fn is None:
+            raise NotImplementedError(
+                f"problem {self.name!r} has no spatial grid to coarsen; the PDEs have one "
+                "(heat, burgers, allen_cahn)")
+        return self.coarse_level_fn(integer("factor", factor, 2))
+
+    def coarsened(self, factor: int = 2, coarse: Propagator | None = None) -> Case:
+        """This case with its coarse level on a grid ``factor`` times coarser.
+
+        The returned case has the same problem, fine propagator, blocks, tolerance and
+        reference; its ``coarse`` is a :class:`pint.Coarsened` running ``coarse`` (default:
+        this case's coarse propagator) on the coarse grid of :meth:`coarse_level`. Heat
+        on 31 points with ``factor=2``: coarse level on 15 points.
+
+        Raises:
+            NotImplementedError: the problem has no spatial grid (the ODE systems).
+            ValueError: ``factor`` does not fit the grid (the message says why).
+        """
+        problem, restrict, interpolate = self.coarse_level(factor)
+        G = Coarsened(self.coarse if coarse is None else coarse, problem,
+                      restrict=restrict, interpolate=interpolate)
+        return dataclasses.replace(
+            self, coarse=G,
+            description=f"{self.description}; coarse level on {problem.y0.shape[-1]} points")
 
     def reference(self) -> Tensor:
         """The state at ``t_end`` from scipy's ``solve_ivp`` (DOP853, or Radau with the

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..problem import ODEProblem
 from ..propagators import RK4, SDIRK2, BackwardEuler
-from ._case import Case, integer, number
+from ._case import Case, CoarseLevel, integer, number
 
 F64 = torch.float64
 
@@ -24,6 +24,69 @@ def dirichlet_laplacian(points: int, dx: float) -> Tensor:
     L = -2 * torch.eye(points, dtype=F64) + torch.diag(torch.ones(points - 1, dtype=F64), 1)
     L = L + torch.diag(torch.ones(points - 1, dtype=F64), -1)
     return L / dx ** 2
+
+
+def grid_transfer(points: int, factor: int = 2, *, periodic: bool = False) -> tuple[Tensor, Tensor]:
+    """Full weighting ``R`` and linear interpolation ``P`` between a 1-D grid of ``points``
+    and the grid ``factor`` times coarser: ``(R [coarse, points], P [points, coarse])``,
+    float64, with ``R = P.T / factor`` (rows of ``R`` sum to 1).
+
+    Dirichlet (``periodic=False``): ``points`` interior points of spacing ``dx``, zero
+    boundary values not stored; ``points + 1`` must be divisible by ``factor`` and the
+    coarse grid has ``(points + 1) // factor - 1`` interior points, coarse point ``m`` on
+    fine point ``factor * m`` (both counted from 1; e.g. 31 -> 15, 63 -> 31). Periodic:
+    ``points`` divisible by ``factor``, ``points // factor`` coarse points, coarse point
+    ``m`` on fine point ``factor * m`` (counted from 0). For ``factor = 2`` ``R`` is the
+    ``(1/4, 1/2, 1/4)`` stencil and ``P`` averages the two coarse neighbours of an odd fine
+    point."""
+    points = integer("points", points, 1)
+    factor = integer("factor", factor, 2)
+    if periodic:
+        if points % factor:
+            raise ValueError(f"parameter 'factor' ({factor}) must divide the number of grid "
+                             f"points ({points}) of a periodic grid")
+        nc = points // factor
+    else:
+        if (points + 1) % factor:
+            raise ValueError(f"parameter 'factor' ({factor}) must divide points + 1 "
+                             f"({points + 1}) on a Dirichlet grid of {points} interior points")
+        nc = (points + 1) // factor - 1
+    if nc < 3:
+        raise ValueError(f"parameter 'factor' ({factor}) leaves {nc} coarse points from "
+                         f"{points}; at least 3 are needed")
+    P = torch.zeros(points, nc, dtype=F64)
+    for j in range(points):
+        m, s = divmod(j if periodic else j + 1, factor)  # fine point between coarse m, m + 1
+        w = s / factor
+        for c, weight in ((m, 1 - w), (m + 1, w)):
+            if weight == 0:
+                continue
+            if periodic:
+                P[j, c % nc] += weight
+            elif 1 <= c <= nc:  # coarse points 0 and nc + 1 are the zero boundary
+                P[j, c - 1] += weight
+    return P.T / factor, P
+
+
+def _coarse_level(problem: ODEProblem, rhs_on, points: int, *, periodic: bool) -> CoarseLevel:
+    """The coarse problem and transfer maps of a batched 1-D grid problem: ``rhs_on(n)`` is
+    the right-hand side on ``n`` points."""
+
+    def level(factor: int) -> tuple[ODEProblem, object, object]:
+        R, P = grid_transfer(points, factor, periodic=periodic)
+        RT, PT = R.T.contiguous(), P.T.contiguous()
+
+        def restrict(u: Tensor) -> Tensor:  # [n, points] -> [n, coarse]
+            return u @ RT
+
+        def interpolate(u: Tensor) -> Tensor:  # [n, coarse] -> [n, points]
+            return u @ PT
+
+        coarse = ODEProblem(rhs_on(R.shape[0]), restrict(problem.y0[None])[0], problem.t_span,
+                            batched=True)
+        return coarse, restrict, interpolate
+
+    return level
 
 
 def heat(*, diffusivity: float = 1.0, length: float = 1.0, points: int = 31, mode: int = 1,
@@ -56,21 +119,25 @@ def heat(*, diffusivity: float = 1.0, length: float = 1.0, points: int = 31, mod
     amp, t_end = number("amplitude", amplitude), number("t_end", t_end, positive=True)
     dx = length / (points + 1)
     x = torch.arange(1, points + 1, dtype=F64) * dx
-    A = alpha * dirichlet_laplacian(points, dx)
     shape = amp * torch.sin(mode * math.pi * x / length)
     lam = -4 * alpha / dx ** 2 * math.sin(mode * math.pi * dx / (2 * length)) ** 2
 
-    AT = A.T.contiguous()
+    def rhs_on(n: int):  # the right-hand side on n interior points
+        AT = (alpha * dirichlet_laplacian(n, length / (n + 1))).T.contiguous()
 
-    def f(t: Tensor, u: Tensor) -> Tensor:  # u: [n, points], one row per block
-        return u @ AT
+        def f(t: Tensor, u: Tensor) -> Tensor:  # u: [n, points], one row per block
+            return u @ AT
 
+        return f
+
+    problem = ODEProblem(rhs_on(points), shape.clone(), (0.0, t_end), batched=True)
     return Case(
-        "heat", ODEProblem(f, shape.clone(), (0.0, t_end), batched=True), BackwardEuler(1), RK4(50), 20, 1e-9,
+        "heat", problem, BackwardEuler(1), RK4(50), 20, 1e-9,
         {"diffusivity": alpha, "length": length, "points": points, "mode": mode,
          "amplitude": amp, "t_end": t_end},
         stiff=True, description="1-D heat equation, Dirichlet, method of lines",
         exact_fn=lambda t: math.exp(lam * t) * shape,
+        coarse_level_fn=_coarse_level(problem, rhs_on, points, periodic=False),
     )
 
 
@@ -90,17 +157,22 @@ def burgers(*, viscosity: float = 0.1, points: int = 64, mean: float = 0.5, t_en
     nu = number("viscosity", viscosity, nonneg=True)
     points = integer("points", points, 3)
     mean, t_end = number("mean", mean), number("t_end", t_end, positive=True)
-    dx = 2 * math.pi / points
-    x = torch.arange(points, dtype=F64) * dx
+    x = torch.arange(points, dtype=F64) * (2 * math.pi / points)
 
-    def f(t: Tensor, u: Tensor) -> Tensor:  # u: [n, points], periodic along the last dim
-        up, um = torch.roll(u, -1, dims=-1), torch.roll(u, 1, dims=-1)
-        return -(up ** 2 - um ** 2) / (4 * dx) + nu * (up - 2 * u + um) / dx ** 2
+    def rhs_on(n: int):  # the right-hand side on n grid points
+        dx = 2 * math.pi / n
 
-    return Case("burgers", ODEProblem(f, mean + torch.sin(x), (0.0, t_end), batched=True),
-                RK4(2), RK4(50), 10, 1e-8,
+        def f(t: Tensor, u: Tensor) -> Tensor:  # u: [n, points], periodic along the last dim
+            up, um = torch.roll(u, -1, dims=-1), torch.roll(u, 1, dims=-1)
+            return -(up ** 2 - um ** 2) / (4 * dx) + nu * (up - 2 * u + um) / dx ** 2
+
+        return f
+
+    problem = ODEProblem(rhs_on(points), mean + torch.sin(x), (0.0, t_end), batched=True)
+    return Case("burgers", problem, RK4(2), RK4(50), 10, 1e-8,
                 {"viscosity": nu, "points": points, "mean": mean, "t_end": t_end},
-                description="viscous Burgers, periodic, method of lines")
+                description="viscous Burgers, periodic, method of lines",
+                coarse_level_fn=_coarse_level(problem, rhs_on, points, periodic=True))
 
 
 def allen_cahn(*, epsilon: float = 0.03, points: int = 63, t_end: float = 10.0) -> Case:
@@ -120,14 +192,18 @@ def allen_cahn(*, epsilon: float = 0.03, points: int = 63, t_end: float = 10.0) 
     t_end = number("t_end", t_end, positive=True)
     dx = 1 / (points + 1)
     x = torch.arange(1, points + 1, dtype=F64) * dx
-    A = eps ** 2 * dirichlet_laplacian(points, dx)
 
-    AT = A.T.contiguous()
+    def rhs_on(n: int):  # the right-hand side on n interior points
+        AT = (eps ** 2 * dirichlet_laplacian(n, 1 / (n + 1))).T.contiguous()
 
-    def f(t: Tensor, u: Tensor) -> Tensor:  # u: [n, points], one row per block
-        return u @ AT + u - u ** 3
+        def f(t: Tensor, u: Tensor) -> Tensor:  # u: [n, points], one row per block
+            return u @ AT + u - u ** 3
 
-    return Case("allen_cahn", ODEProblem(f, 0.5 * torch.sin(3 * math.pi * x), (0.0, t_end),
-                                         batched=True),
+        return f
+
+    problem = ODEProblem(rhs_on(points), 0.5 * torch.sin(3 * math.pi * x), (0.0, t_end),
+                         batched=True)
+    return Case("allen_cahn", problem,
                 SDIRK2(1), RK4(50), 20, 1e-8, {"epsilon": eps, "points": points, "t_end": t_end},
-                stiff=True, description="1-D Allen-Cahn, Dirichlet, method of lines")
+                stiff=True, description="1-D Allen-Cahn, Dirichlet, method of lines",
+                coarse_level_fn=_coarse_level(problem, rhs_on, points, periodic=False))
