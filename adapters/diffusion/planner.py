@@ -62,17 +62,18 @@ class CostModel:
     """Seconds per model call as a function of its network rows.
 
     Piecewise linear through measured ``(rows, seconds)`` points; below the first point
-    the first latency. Beyond the last point a measured curve (``source`` starting with
-    ``"probe"``) grows in proportion to the rows (the pessimistic guess: what was not
-    measured is never assumed flat), a given curve with the slope of its last two points.
+    the first latency. Beyond the last point a given curve continues with the slope of
+    its last two points; a measured one (``source == "probe"``) with that slope but at
+    least half the cost per row of its last point (what was not measured is never assumed
+    flat; a CPU's cost per row still falls a little with the batch, so fully proportional
+    growth would overprice wide calls).
     ``engine_s`` is added per call by the planner (the sampler's own work, from the proxy
     runs, unless given).
 
     Attributes:
         rows: increasing network-row counts ``[P]``.
         seconds: the latency of one call at each ``[P]``.
-        source: where the points come from (``"probe"``, ``"probe:saturated"``,
-            ``"given"``).
+        source: where the points come from (``"probe"``, ``"given"``).
         engine_s: seconds of sampler work per call; ``None``: measured by the planner.
     """
 
@@ -98,9 +99,11 @@ class CostModel:
             if rows <= r[i]:
                 w = (rows - r[i - 1]) / (r[i] - r[i - 1])
                 return s[i - 1] + w * (s[i] - s[i - 1])
-        if len(r) == 1 or self.source.startswith("probe"):
+        if len(r) == 1:
             return s[-1] * rows / r[-1]
         slope = max(0.0, (s[-1] - s[-2]) / (r[-1] - r[-2]))
+        if self.source == "probe":
+            slope = max(slope, 0.5 * s[-1] / r[-1])
         return s[-1] + slope * (rows - r[-1])
 
     @classmethod
@@ -159,10 +162,8 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
     After untimed warm-up calls (until one is no longer 10 % faster than the one before),
     calls of ``n`` steps (``n * batch`` samples, twice
     that with guidance) for ``n = 1, 2, 4, ...`` up to ``max_rows`` network rows, each
-    the fastest of ``repeats`` (synchronised on CUDA). Doubling stops early once the
-    latency has doubled with the rows twice in a row (the device is saturated) or the
-    probe has spent ``budget`` times the
-    predicted serial run (``num_steps`` one-step calls). Cached per (model, sample shape,
+    the fastest of ``repeats`` (synchronised on CUDA). Doubling stops once the probe has
+    spent ``budget`` times the predicted serial run (``num_steps`` one-step calls). Cached per (model, sample shape,
     dtype, device, conditioning) for the process; a wrapper that builds a new model object
     per run around the same network names it as its ``cost_key`` attribute.
 
@@ -175,7 +176,7 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
     key = _model_key(denoiser, x)
     hit = _PROBES.get(key)
     if cache and hit is not None and hit[0]() is _network(denoiser) and (
-            max_rows is None or hit[1].rows[-1] >= max_rows or hit[1].source == "probe:saturated"):
+            max_rows is None or hit[1].rows[-1] >= max_rows):
         return hit[1]
     per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
     max_rows = max_rows or 256 * per_step
@@ -206,22 +207,17 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
         if cur > 0.9 * prev:
             break
         prev = cur
-    rows, secs, spent, doubled, n = [], [], 0.0, 0, 1
-    source = "probe"
+    rows, secs, spent, n = [], [], 0.0, 1
     while True:
         t0 = time.perf_counter()
         s = timed(n)
         spent += time.perf_counter() - t0
-        doubled = doubled + 1 if secs and s >= 1.8 * secs[-1] else 0
         rows.append(n * per_step)
         secs.append(s)
-        if doubled >= 2:
-            source = "probe:saturated"
-            break
         if 2 * n * per_step > max_rows or spent > budget * N * secs[0]:
             break
         n *= 2
-    cost = CostModel(tuple(rows), tuple(secs), source)
+    cost = CostModel(tuple(rows), tuple(secs), "probe")
     if cache:
         _PROBES[key] = (_ref(_network(denoiser)), cost)
     return cost
