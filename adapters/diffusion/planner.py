@@ -160,10 +160,10 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
     """Time the model at a few call widths on ``x_T``'s device, dtype and shape.
 
     After untimed warm-up calls (until one is no longer 10 % faster than the one before),
-    calls of ``n`` steps (``n * batch`` samples, twice
-    that with guidance) for ``n = 1, 2, 4, ...`` up to ``max_rows`` network rows, each
-    the fastest of ``repeats`` (synchronised on CUDA). Doubling stops once the probe has
-    spent ``budget`` times the predicted serial run (``num_steps`` one-step calls). Cached per (model, sample shape,
+    calls of ``n`` steps (``n * batch`` samples, twice that with guidance) for ``n = 1, 2,
+    4, ...`` up to ``max_rows`` network rows, each the fastest of ``repeats``
+    (synchronised on CUDA). Doubling stops once the probe has spent ``budget`` times the
+    predicted serial run (``num_steps`` one-step calls). Cached per (model, sample shape,
     dtype, device, conditioning) for the process; a wrapper that builds a new model object
     per run around the same network names it as its ``cost_key`` attribute.
 
