@@ -120,3 +120,36 @@ def test_planner_benchmark_quick(load_script, tmp_path):
     assert rep["devices"]["proportional"]["choice"] == "serial"
     assert rep["devices"]["knee-16"]["choice"] != "serial"
     assert (tmp_path / "planner.json").is_file() and (tmp_path / "planner.png").is_file()
+
+
+def test_fastest_merge_replaces_only_the_cases_run(load_script):
+    # bench_fastest --cases digits merges into fastest.json: the (case, N) run replaces its
+    # old rows, every other case and N is kept, in case order
+    bf = load_script("benchmarks", "bench_fastest")
+
+    def rows(case, N, calls):
+        runs = [{"method": "serial", "family": "serial", "tol": None, "calls": N,
+                 "rows_per_sample": N, "error": 0.0},
+                {"method": "picard_w25", "family": "picard", "settings": {"window": 25},
+                 "tol": 1e-3, "calls": calls, "rows_per_sample": 50.0, "error": 1e-4}]
+        return runs, bf.table_rows(case, N, runs, (1e-3,))
+
+    vp, vp_t = rows("vp", 25, 8)
+    old_d, old_dt = rows("digits", 25, 12)
+    old = {"runs": {"vp": {"25": vp}, "digits": {"25": old_d}}, "table": vp_t + old_dt,
+           "runtime_s": 100.0, "model": "mixture"}
+    new_d, new_dt = rows("digits", 25, 10)
+    sd, sd_t = rows("sd_unet", 100, 9)
+    new = {"runs": {"sd_unet": {"100": sd}, "digits": {"25": new_d}}, "table": sd_t + new_dt,
+           "runtime_s": {"digits": {"25": 5.0}, "sd_unet": {"100": 3.0}},
+           "targets": {"digits": {"25": [1e-3]}}}
+    out = bf.merge(old, new)
+    assert list(out["runs"]) == ["vp", "digits", "sd_unet"]
+    assert out["runs"]["digits"]["25"] is new_d and out["runs"]["vp"]["25"] is vp
+    assert [(r["schedule"], r["picard_calls"]) for r in out["table"] if r["family"] == "picard"] \
+        == [("vp", 8), ("digits", 10), ("sd_unet", 9)]
+    assert out["runtime_s"] == {"vp+flow": 100.0, "digits": {"25": 5.0}, "sd_unet": {"100": 3.0}}
+    assert out["model"] == "mixture" and len(out["verdict"]) == len(out["table"])
+    # parataa_w{N} is the same run as parataa_full_m2: left out of the networks' grid
+    names = [m[0] for m in bf.methods(25, bf.NET_WINDOWS, dedup=True)]
+    assert "parataa_w25" not in names and "parataa_full_m2" in names and "picard_w25" in names
