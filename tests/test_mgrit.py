@@ -181,7 +181,8 @@ def test_mgrit_benchmark_quick_matches_pymgrit(load_script, tmp_path):
     report = bench.main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "mgrit.json").is_file() and report["pymgrit"]
     assert {(r["problem"], r["levels"], r["relax"]) for r in report["runs"]} == {
-        (p, n, r) for p in ("dahlquist", "heat") for n in (2, 3) for r in ("F", "FCF")}
+        (p, n, r) for p in ("dahlquist", "heat", "burgers", "lorenz") for n in (2, 3)
+        for r in ("F", "FCF")}
     for r in report["runs"]:
         assert r["iterations"] == r["pymgrit_iterations"] and r["converged"]
         assert r["max_iterate_diff"] < 1e-12 and r["error_vs_serial"] < 1e-8
