@@ -1,4 +1,4 @@
-"""Window samplers (Picard, quasi-Newton) over gloo process groups of 2 and 4 CPU ranks.
+"""Window samplers (Picard, quasi-Newton, ParaTAA) over gloo process groups of 2 and 4 CPU ranks.
 
 Each launch runs several scenarios on tiny Gaussian-mixture models (float64, N = 50) and
 sends the results back; the test process compares them with single-process runs: every
@@ -48,7 +48,7 @@ def guided_options(batch=3):
 
 def _runs(ex=None):
     """The scenarios of the 2-rank group, on this rank (``ex``) or in one process."""
-    from adapters.diffusion import picard_sample, quasi_newton_sample
+    from adapters.diffusion import picard_sample, quasi_newton_sample, taa_sample
 
     model, sched, x = gmm_setup()
     kw = {} if ex is None else {"executor": ex}
@@ -72,7 +72,19 @@ def _runs(ex=None):
                                         callback=lambda i, xa, e: seen.append((i, xa.clone(), e)),
                                         **kw)
         out["seen"] = seen
+        # ParaTAA: Anderson (memory 2), the planner's secant setting (one serial call first),
+        # and the coarse initialisation (5 calls of one state, then the window's)
+        for key, opts in TAA_RUNS.items():
+            out[key] = taa_sample(model, sched, x, N, tol=1e-6, **opts, **kw)
     return out
+
+
+TAA_RUNS = {  # name: options, and the model calls before the window's
+    "taa": dict(window=16),
+    "taa secant": dict(window=7, linear="secant", memory=1, test="change", init="extrapolate"),
+    "taa coarse": dict(window=9, init="coarse", num_blocks=5),
+}
+TAA_INIT_CALLS = {"taa": 0, "taa secant": 1, "taa coarse": 5}
 
 
 def _as_dict(o):
@@ -87,7 +99,7 @@ def _as_dict(o):
 
 def two_rank_worker(rank, world):
     import pint
-    from adapters.diffusion import picard_sample, quasi_newton_sample
+    from adapters.diffusion import picard_sample, quasi_newton_sample, taa_sample
 
     ex = pint.DistributedExecutor(timeout=30)
     out = {k: _as_dict(v) for k, v in _runs(ex).items()}
@@ -111,6 +123,9 @@ def two_rank_worker(rank, world):
             "noise": lambda: picard_sample(
                 counted, sched, x, N, sampler="ddpm", executor=ex, **opts,
                 generator=torch.Generator().manual_seed(rank)),
+            # (rank 1's coarse initialisation would call the model before its window)
+            "taa options": lambda: taa_sample(counted, sched, x, N, window=8, **opts,
+                                              init=("copy", "coarse")[rank], executor=ex),
         }
         for name, fn in bad.items():
             out[f"mismatch {name}"] = _error(fn)
@@ -126,6 +141,18 @@ def two_rank_worker(rank, world):
         # the group still works afterwards
         out["again"] = _as_dict(picard_sample(model, sched, x, N, window=16, tol=1e-6,
                                               executor=ex))
+        # taa on a rank whose model raises (last: the group is spent): its own error there,
+        # a DistributedError naming it on the other
+        calls = [0]
+
+        def broken(x, t):
+            calls[0] += 1
+            if rank == 1 and calls[0] == 3:
+                raise RuntimeError("out of memory (simulated)")
+            return model(x, t)
+
+        out["taa failure"] = _error(lambda: taa_sample(broken, sched, x, N, window=10, tol=1e-6,
+                                                       executor=ex))
     return out
 
 
@@ -187,9 +214,10 @@ def killed_rank_worker(rank, world):
 # --------------------------------------------------------------------------- tests
 
 
-def _same(got, ref, world):
+def _same(got, ref, world, init_calls=0):
     assert got["iterations"] == ref.iterations and got["converged"] == ref.converged
-    assert got["depth"] == ref.stats.depth == ref.iterations
+    assert got["depth"] == ref.stats.depth == ref.iterations + init_calls
+    assert got["engine"]["depth"] == got["depth"]
     assert torch.allclose(got["sample"], ref.sample, rtol=0, atol=1e-12)
     assert got["history"] == pytest.approx(ref.history, rel=1e-9, abs=1e-14)
     # this rank's calls and rows; summed over ranks: the single-process rows
@@ -209,6 +237,11 @@ def test_two_ranks_match_one_process():
             _same(o[key], ref[key], 2)
             assert torch.equal(o[key]["sample"], out[0][key]["sample"])  # bit for bit
     assert ref["quasi_newton w=16"].iterations < ref["picard w=16"].iterations < N
+    for key in TAA_RUNS:  # every rank: the single-process ParaTAA run, bit for bit alike
+        assert ref[key].iterations < N and ref[key].converged
+        for o in out.values():
+            _same(o[key], ref[key], 2, TAA_INIT_CALLS[key])
+            assert torch.equal(o[key]["sample"], out[0][key]["sample"])
     for o in out.values():
         assert torch.allclose(o["ddpm"]["trajectory"], ref["ddpm"].trajectory, rtol=0, atol=1e-12)
         # the callback sees the same iterations, states and errors on every rank
@@ -220,7 +253,7 @@ def test_two_ranks_match_one_process():
     assert sum(out[0]["guided rows"]) + sum(out[1]["guided rows"]) == sum(ref["guided rows"])
     # mismatched arguments: the same ValueError on every rank, naming what differs, and no
     # model call
-    for name in ("x_T values", "window", "tol", "model_kwargs", "noise"):
+    for name in ("x_T values", "window", "tol", "model_kwargs", "noise", "taa options"):
         msgs = set()
         for o in out.values():
             kind, msg = o[f"mismatch {name}"]
@@ -232,21 +265,26 @@ def test_two_ranks_match_one_process():
     assert out[0]["mismatch calls"] == out[1]["mismatch calls"] == 0
     for o in out.values():
         _same(o["again"], ref["picard w=16"], 2)
-    # auto: the same choice on both ranks, a window sampler (no longer excluded), whose
-    # calls are priced at half the window's rows, and the single-process result of it
-    from adapters.diffusion import picard_sample, quasi_newton_sample
+    kind, msg = out[1]["taa failure"]
+    assert kind == "RuntimeError" and "simulated" in msg
+    kind, msg = out[0]["taa failure"]
+    assert kind == "DistributedError" and "rank 1 failed: RuntimeError" in msg, msg
+    # auto: the same choice on both ranks, a window sampler (none excluded, taa neither),
+    # whose calls are priced at half the window's rows, and the single-process result of it
+    from adapters.diffusion import picard_sample, quasi_newton_sample, taa_sample
 
     a0 = out[0]["auto"]
     assert out[1]["auto"]["choice"] == a0["choice"]
-    assert not any(w in e for e in a0["excluded"] for w in ("picard", "quasi_newton", "window"))
-    assert a0["sampler"] in ("picard", "quasi_newton")
+    assert a0["excluded"] == []
+    assert a0["sampler"] in ("picard", "quasi_newton", "taa")
     assert a0["max_rows"] == -(-a0["options"]["window"] // 2) * 3
     model, sched, x = gmm_setup()
-    run = {"picard": picard_sample, "quasi_newton": quasi_newton_sample}[a0["sampler"]]
+    run = {"picard": picard_sample, "quasi_newton": quasi_newton_sample,
+           "taa": taa_sample}[a0["sampler"]]
     with torch.no_grad():
         ref_a = run(model, sched, x, N, tol=1e-6, **a0["options"])
-    for o in out.values():
-        _same(o["auto"], ref_a, 2)
+    for o in out.values():  # (the planner's taa setting starts with one serial call)
+        _same(o["auto"], ref_a, 2, 1 if a0["sampler"] == "taa" else 0)
 
 
 def test_four_ranks_uneven_slices_and_a_failing_rank():

@@ -375,9 +375,10 @@ class _Ranks:
             "the same model outputs but gave different numbers (non-deterministic kernels, "
             "or different devices on the ranks)")
 
-    def finish(self, denoiser: Any, it: int, last: Tensor) -> Any:
+    def finish(self, denoiser: Any, it: int, last: Tensor, depth: int | None = None) -> Any:
         """The end of the run: every rank's counters, and a check that every rank ends
-        with the same decisions and final state. Returns a :class:`pint.DistributedStats`."""
+        with the same decisions and final state. Returns a :class:`pint.DistributedStats`
+        (``depth``: the sequential calls, default ``it``)."""
         from pint import DistributedError, DistributedStats
 
         self.tail[0] = 1.0
@@ -397,7 +398,8 @@ class _Ranks:
         counts = tails[:, 4:6].tolist()
         per_rank = [{"model_calls": int(c), "model_rows": int(r)} for c, r in counts]
         return DistributedStats(f_calls=sum(p["model_calls"] for p in per_rank),
-                                rows=sum(p["model_rows"] for p in per_rank), depth=it,
+                                rows=sum(p["model_rows"] for p in per_rank),
+                                depth=it if depth is None else depth,
                                 world_size=self.R, per_rank=per_rank)
 
     def _rows(self, buf: Tensor, k: int) -> Tensor:

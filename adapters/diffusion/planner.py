@@ -480,8 +480,6 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     if "taa" in samplers:
         if SamplingGrid.build(schedule, N, solver, eta).num_slots > 1:
             excluded.append("taa: one-step solvers only (this grid's solver is multistep)")
-        elif devices > 1:
-            excluded.append(f"taa: runs in one process, not over the executor's {devices} ranks")
         else:
             configs += [("taa", {"window": w, **TAA_OPTIONS}) for w in WINDOWS[1:] if w <= N]
     if max_batch is not None:

@@ -68,6 +68,7 @@ from torch import Tensor
 from .grid import SamplingGrid
 from .model import Model
 from .ode import block_partition
+from .picard import _arguments, _Ranks
 from .progress import check_progress, progress_bar
 from .samplers import (
     SampleOutput,
@@ -218,14 +219,20 @@ def _blocks(num_blocks: int | None, N: int) -> int:
     return num_blocks
 
 
-def _coarse_fill(denoiser, grid: SamplingGrid, traj: Tensor, B: int) -> None:
-    """Overwrite ``traj[1:]`` with the coarse sweep over ``B`` blocks (``B`` calls)."""
+def _coarse_fill(denoiser, grid: SamplingGrid, traj: Tensor, B: int,
+                 predict: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None) -> None:
+    """Overwrite ``traj[1:]`` with the coarse sweep over ``B`` blocks (``B`` calls;
+    ``predict(state, step)``: ``(x0, eps)`` of the state before the step, default one
+    :func:`_predict`)."""
     N = grid.num_steps
     A, S = _levels(grid)
     edges = block_partition(N, B).round().long().tolist()
     for s0, s1 in zip(edges[:-1], edges[1:], strict=True):
-        j = torch.tensor([s0], device=traj.device)
-        x0, eps = _predict(denoiser, grid, traj[s0:s0 + 1], j)
+        if predict is None:
+            x0, eps = _predict(denoiser, grid, traj[s0:s0 + 1],
+                               torch.tensor([s0], device=traj.device))
+        else:
+            x0, eps = predict(traj[s0:s0 + 1], s0)
         traj[s0 + 1:s1 + 1] = _jump(x0[0], eps[0], A[s0 + 1:s1 + 1], S[s0 + 1:s1 + 1]).to(traj)
 
 
@@ -256,6 +263,7 @@ def taa_sample(
     initial: Tensor | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
+    executor: object | None = None,
     **model_options: Any,
 ) -> SampleOutput:
     """Sample with ParaTAA: the triangular system over a window (default: all steps, as
@@ -294,6 +302,14 @@ def taa_sample(
         return_trajectory: keep the final trajectory in ``out.trajectory``.
         progress: a tqdm bar on stderr of ``num_steps`` steps, advanced by the steps each
             window call makes exact.
+        executor: a :class:`pint.DistributedExecutor` (under ``torchrun``, the model on
+            every rank), as in :func:`~adapters.diffusion.picard_sample`: the steps of every
+            model call (the window's, and the initialisation's) are split into contiguous
+            slices over the ranks and one ``all_gather`` per call hands every rank all
+            outputs; the Anderson/secant update and the tests then run on every rank (their
+            decisions compared at every call). Every rank returns the single-process
+            result; ``stats.model_calls``/``model_rows`` count this rank's calls
+            (``stats.engine``: every rank's), ``stats.depth`` the sequential calls.
 
     Returns:
         :class:`~adapters.diffusion.SampleOutput`: ``iterations`` the window's calls,
@@ -332,11 +348,29 @@ def taa_sample(
     max_iters = N if max_iters is None else max_iters
     if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
         raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
+    if linear == "secant" and order < window:
+        raise ValueError("linear='secant' unrolls from the window's first state: "
+                         "order must be >= window")
+    y0 = problem.y0
+    if initial is not None:
+        if not isinstance(initial, Tensor) or tuple(initial.shape) != (N + 1, *y0.shape):
+            raise ValueError(f"initial must have shape {(N + 1, *y0.shape)}, got "
+                             f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
+        _check_finite_input("initial", initial)
 
     dev, dt = x_T.device, x_T.dtype
     f64 = torch.float64
-    y0 = problem.y0
     batch, D = y0.shape[0], y0[0].numel()
+    ranks = None
+    if executor is not None:  # every rank's arguments agree before any model call
+        fields = _arguments("taa", denoiser, grid, x_T, N, window, tol, max_iters, noise,
+                            initial, callback, return_trajectory)
+        fields["taa options"] = (f"order={order} memory={memory} tikhonov={tikhonov!r} "
+                                 f"tol_abs={tol_abs!r} linear={linear} test={test} init={init} "
+                                 f"preconditioning={preconditioning} num_blocks={num_blocks!r}")
+        # a step's row in the exchange: two float64 [batch, D] (Phi_j and x0, or x0 and eps)
+        ranks = _Ranks.connect(executor, torch.empty((2, batch, D), dtype=f64, device=dev),
+                               window, fields)
     std = grid.step_noise_var().sqrt().to(dev)
     J = _gain(grid, linear).to(dev)
     A, S = (v.to(dev) for v in _levels(grid))
@@ -357,102 +391,133 @@ def taa_sample(
             out = out + c[:, 3] * zs[a:e]
         return out, x0
 
-    guide = None
-    a = 0
-    x0_last = None
-    if initial is not None:
-        if not isinstance(initial, Tensor) or tuple(initial.shape) != (N + 1, *y0.shape):
-            raise ValueError(f"initial must have shape {(N + 1, *y0.shape)}, got "
-                             f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
-        _check_finite_input("initial", initial)
-        guide = initial.to(device=dev, dtype=f64).reshape(N + 1, batch, D)
-        traj[1:] = traj[0] + (guide[1:] - guide[0])
-    elif init == "coarse":
-        _coarse_fill(denoiser, grid, traj, _blocks(num_blocks, N))
-        guide = traj.clone()
-    elif init == "extrapolate":
-        P = min(preconditioning, N)
-        for k in range(P):  # serial steps: exact states, P sequential calls
-            traj[k + 1], x0_last = (v[0] for v in phi_of(traj[k:k + 1], k, k + 1))
-        a = P
-        if a < N and x0_last is not None:
-            traj[a + 1:] = _extrapolate(traj[a], x0_last, A, S, a, N)
+    depth = 0  # sequential model calls
 
-    if linear == "secant":
-        if order < window:
-            raise ValueError("linear='secant' unrolls from the window's first state: "
-                             "order must be >= window")
-        last_x, last_phi = torch.zeros_like(traj[:N]), torch.zeros_like(traj[:N])
-        seen = torch.zeros(N, dtype=torch.bool, device=dev)
-    history: list[float] = []
-    mem: list[tuple[int, int, Tensor, Tensor]] = []
-    it = 0
-    with progress_bar(progress, N, "taa", unit="step") as bar:
-        if bar is not None:
-            bar.update(a)
-        while a < N and it < max_iters:
-            e = min(a + window, N)
-            n = e - a
-            y = traj[a:e]
-            phi, x0 = phi_of(y, a, e)
-            it += 1
-            X = traj[a + 1:e + 1].clone()
-            if linear == "secant":  # per step and sample, from the step's last two evaluations
-                dx, df = y - last_x[a:e], phi - last_phi[a:e]
-                den = dx.pow(2).sum(-1, keepdim=True)
-                r = (dx * df).sum(-1, keepdim=True) / den.clamp(min=1e-300)
-                good = seen[a:e].view(-1, 1, 1) & (den > 1e-30) & torch.isfinite(r)
-                Jw = torch.where(good, r.clamp(0.0, 2.0), torch.ones_like(r))  # [n, batch, 1]
-                last_x[a:e], last_phi[a:e], seen[a:e] = y, phi, True
-            else:
-                Jw = J[a:e].view(-1, 1, 1)
-            d = phi - Jw * y
-            R = _unroll(traj, a, d, Jw, order) - X
-            # ParaTAA's test: the one-step residual before the update; ParaDiGMS's: the change
-            # (rms per step, the worst sample decides)
-            rms = (phi - X if test == "residual" else R).pow(2).mean(-1).sqrt().amax(-1)  # [n]
-            ok = rms <= tol * std[a:e]
-            if test == "residual":
-                ok = ok | (rms <= tol_abs)
-            finite = torch.isfinite(rms).all() & torch.isfinite(R).all()
-            bad = torch.where(~ok, torch.arange(n, device=dev), n).min()
-            bad, worst, finite = torch.stack([bad.double(), (rms / std[a:e]).max(),
-                                              finite.double()]).tolist()
-            bad = int(bad)
-            history.append(worst)
-            if not finite:
-                denoiser.check()  # a NaN/Inf from the model is named by its timestep
-                bad_step = a + int((~torch.isfinite(R.reshape(n, -1)).all(-1)).nonzero()[0])
-                raise FloatingPointError(f"non-finite state at step {bad_step} in the taa window "
-                                         f"starting at step {a} (iteration {it})")
-            mem = (mem + [(a, e, X, R)])[-memory:]
-            new = X + R
-            if len(mem) > 1 and bad < n - 1:  # steps after the first unconverged one
-                new = new - _anderson(mem, a, e, R, bad + 1, tikhonov)
-                if not bool(torch.isfinite(new).all()):
-                    bad_step = a + int((~torch.isfinite(new.reshape(n, -1)).all(-1)).nonzero()[0])
-                    raise FloatingPointError(f"non-finite state at step {bad_step} after the Anderson "
-                                             f"update (window from step {a}, iteration {it})")
-            traj[a + 1:e + 1] = new
-            new_a = a + min(bad + 1, n)
-            new_e = min(new_a + window, N)
-            if new_e > e:  # states entering the window
-                if guide is not None:
-                    traj[e + 1:new_e + 1] = traj[e] + guide[e + 1:new_e + 1] - guide[e]
-                elif init == "extrapolate":
-                    traj[e + 1:new_e + 1] = _extrapolate(traj[e], x0[-1], A, S, e, new_e)
-                else:
-                    traj[e + 1:new_e + 1] = traj[e]
+    def call(y: Tensor, a: int, e: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:func:`phi_of` over steps ``a .. e - 1`` here, or each rank its slice and one
+        exchange; and whether the ranks' previous decisions differ (``None``: one process)."""
+        nonlocal depth
+        depth += 1
+        if ranks is None:
+            return (*phi_of(y, a, e), None)
+        j = torch.arange(a, e)  # on the host: the slice's steps, no device read
+        both, diverged = ranks.evaluate(
+            lambda _, i, yi, __: torch.stack(phi_of(yi, int(i[0]), int(i[-1]) + 1), 1), j, y, j)
+        return both[:, 0], both[:, 1], diverged
+
+    def predict_at(y: Tensor, s0: int) -> tuple[Tensor, Tensor]:
+        """The coarse sweep's ``(x0, eps)`` of state ``s0`` (on one rank with an executor)."""
+        nonlocal depth
+        depth += 1
+        j = torch.tensor([s0], device=dev)
+        if ranks is None:
+            return _predict(denoiser, grid, y, j)
+        both, _ = ranks.evaluate(
+            lambda _, i, yi, __: torch.stack(_predict(denoiser, grid, yi, j), 1).to(f64),
+            j.cpu(), y, j.cpu())
+        return both[:, 0].to(y.dtype), both[:, 1].to(y.dtype)
+
+    try:
+        guide = None
+        a = 0
+        x0_last = None
+        if initial is not None:
+            guide = initial.to(device=dev, dtype=f64).reshape(N + 1, batch, D)
+            traj[1:] = traj[0] + (guide[1:] - guide[0])
+        elif init == "coarse":
+            _coarse_fill(denoiser, grid, traj, _blocks(num_blocks, N), predict_at)
+            guide = traj.clone()
+        elif init == "extrapolate":
+            P = min(preconditioning, N)
+            for k in range(P):  # serial steps: exact states, P sequential calls
+                traj[k + 1], x0_last = (v[0] for v in call(traj[k:k + 1], k, k + 1)[:2])
+            a = P
+            if a < N and x0_last is not None:
+                traj[a + 1:] = _extrapolate(traj[a], x0_last, A, S, a, N)
+
+        if linear == "secant":
+            last_x, last_phi = torch.zeros_like(traj[:N]), torch.zeros_like(traj[:N])
+            seen = torch.zeros(N, dtype=torch.bool, device=dev)
+        history: list[float] = []
+        mem: list[tuple[int, int, Tensor, Tensor]] = []
+        it = 0
+        with progress_bar(progress, N, "taa", unit="step") as bar:
             if bar is not None:
-                bar.update(new_a - a)
-                bar.set_postfix(calls=denoiser.calls, refresh=False)
-            a = new_a
-            if callback is not None:
-                callback(it, traj[a].reshape(y0.shape).to(dt), worst)
+                bar.update(a)
+            while a < N and it < max_iters:
+                e = min(a + window, N)
+                n = e - a
+                y = traj[a:e]
+                phi, x0, diverged = call(y, a, e)
+                it += 1
+                X = traj[a + 1:e + 1].clone()
+                if linear == "secant":  # per step and sample, from the step's last two evaluations
+                    dx, df = y - last_x[a:e], phi - last_phi[a:e]
+                    den = dx.pow(2).sum(-1, keepdim=True)
+                    r = (dx * df).sum(-1, keepdim=True) / den.clamp(min=1e-300)
+                    good = seen[a:e].view(-1, 1, 1) & (den > 1e-30) & torch.isfinite(r)
+                    Jw = torch.where(good, r.clamp(0.0, 2.0), torch.ones_like(r))  # [n, batch, 1]
+                    last_x[a:e], last_phi[a:e], seen[a:e] = y, phi, True
+                else:
+                    Jw = J[a:e].view(-1, 1, 1)
+                d = phi - Jw * y
+                R = _unroll(traj, a, d, Jw, order) - X
+                # ParaTAA's test: the one-step residual before the update; ParaDiGMS's: the change
+                # (rms per step, the worst sample decides)
+                rms = (phi - X if test == "residual" else R).pow(2).mean(-1).sqrt().amax(-1)  # [n]
+                ok = rms <= tol * std[a:e]
+                if test == "residual":
+                    ok = ok | (rms <= tol_abs)
+                finite = torch.isfinite(rms).all() & torch.isfinite(R).all()
+                bad = torch.where(~ok, torch.arange(n, device=dev), n).min()
+                decision = torch.stack([bad.double(), (rms / std[a:e]).max(), finite.double()])
+                if ranks is not None:  # sent with the next call, and compared there
+                    ranks.record(decision)
+                    decision = torch.cat([decision, diverged.double().view(1)])
+                bad, worst, finite, *other = decision.tolist()
+                if other and other[0]:
+                    raise ranks.divergence(it)
+                bad = int(bad)
+                history.append(worst)
+                if not finite:
+                    denoiser.check()  # a NaN/Inf from the model is named by its timestep
+                    bad_step = a + int((~torch.isfinite(R.reshape(n, -1)).all(-1)).nonzero()[0])
+                    raise FloatingPointError(f"non-finite state at step {bad_step} in the taa window "
+                                             f"starting at step {a} (iteration {it})")
+                mem = (mem + [(a, e, X, R)])[-memory:]
+                new = X + R
+                if len(mem) > 1 and bad < n - 1:  # steps after the first unconverged one
+                    new = new - _anderson(mem, a, e, R, bad + 1, tikhonov)
+                    if not bool(torch.isfinite(new).all()):
+                        bad_step = a + int((~torch.isfinite(new.reshape(n, -1)).all(-1)).nonzero()[0])
+                        raise FloatingPointError(f"non-finite state at step {bad_step} after the Anderson "
+                                                 f"update (window from step {a}, iteration {it})")
+                traj[a + 1:e + 1] = new
+                new_a = a + min(bad + 1, n)
+                new_e = min(new_a + window, N)
+                if new_e > e:  # states entering the window
+                    if guide is not None:
+                        traj[e + 1:new_e + 1] = traj[e] + guide[e + 1:new_e + 1] - guide[e]
+                    elif init == "extrapolate":
+                        traj[e + 1:new_e + 1] = _extrapolate(traj[e], x0[-1], A, S, e, new_e)
+                    else:
+                        traj[e + 1:new_e + 1] = traj[e]
+                if bar is not None:
+                    bar.update(new_a - a)
+                    bar.set_postfix(calls=depth, refresh=False)
+                a = new_a
+                if callback is not None:
+                    callback(it, traj[a].reshape(y0.shape).to(dt), worst)
+    except BaseException as err:
+        if ranks is not None:
+            ranks.link.report(err, 0)  # the other ranks stop with a DistributedError naming it
+        raise
     denoiser.check()
     converged = a >= N
     out = traj.reshape(N + 1, *y0.shape).to(dt)
-    stats = SamplerStats(denoiser.calls, denoiser.rows, denoiser.calls)
+    stats = SamplerStats(denoiser.calls, denoiser.rows, depth)
+    if ranks is not None:
+        stats.engine = ranks.finish(denoiser, it, traj[N], depth)
     return SampleOutput(out[N].clone(), it, converged, history, stats, float(tol), window,
                         trajectory=out if return_trajectory else None)
 
