@@ -410,12 +410,16 @@ def taa_sample(
         nonlocal depth
         depth += 1
         j = torch.tensor([s0], device=dev)
+
+        def one(yi: Tensor) -> Tensor:  # the model sees x_T's shape and dtype
+            x0, eps = _predict(denoiser, grid, yi.to(dt).reshape(1, *y0.shape), j)
+            return torch.stack([x0.reshape(1, batch, D), eps.reshape(1, batch, D)], 1).to(f64)
+
         if ranks is None:
-            return _predict(denoiser, grid, y, j)
-        both, _ = ranks.evaluate(
-            lambda _, i, yi, __: torch.stack(_predict(denoiser, grid, yi, j), 1).to(f64),
-            j.cpu(), y, j.cpu())
-        return both[:, 0].to(y.dtype), both[:, 1].to(y.dtype)
+            both = one(y)
+        else:
+            both, _ = ranks.evaluate(lambda _, i, yi, __: one(yi), j.cpu(), y, j.cpu())
+        return both[:, 0], both[:, 1]
 
     try:
         guide = None

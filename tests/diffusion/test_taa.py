@@ -121,3 +121,26 @@ def test_bad_arguments():
     fmodel = GaussianMixtureDenoiser.random(fm, dim=6, components=4, seed=1)
     with pytest.raises(ValueError, match="one-step"):
         taa_sample(fmodel, fm, x, 40)
+
+
+def test_coarse_start_gives_the_model_its_own_shape_and_dtype():
+    """init="coarse" calls the model on x_T's shape and dtype (an image-shaped float32
+    model), like the window calls."""
+    seen = []
+
+    class Image(torch.nn.Module):
+        sample_shape = (1, 2, 4)
+
+        def __init__(self):
+            super().__init__()
+            self.net = GaussianMixtureDenoiser.random(VPSchedule.linear(1000), dim=8, seed=2)
+
+        def forward(self, x, t):
+            seen.append((tuple(x.shape[1:]), x.dtype))
+            return self.net(x.reshape(x.shape[0], 8), t).reshape(x.shape)
+
+    x = torch.randn(3, 1, 2, 4, generator=torch.Generator().manual_seed(0))
+    out = taa_sample(Image(), VPSchedule.linear(1000), x, 40, window=8, init="coarse",
+                     num_blocks=5, test="change", tol=1e-4)
+    assert out.sample.shape == x.shape and out.sample.dtype == torch.float32
+    assert set(seen) == {((1, 2, 4), torch.float32)}
