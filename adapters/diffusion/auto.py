@@ -4,11 +4,11 @@
 on the user's device: it measures the latency of one model call against its rows on the
 actual model, shape, dtype and device (a short probe, cached for the process), predicts
 every candidate's calls and rows (serial; SRDS sweep and pipelined over a few block counts;
-Picard and quasi-Newton over a few windows), and chooses a parallel sampler only when it is
-predicted faster than serial by more than its estimate's error. A CPU, where a call costs
-in proportion to its rows, gets the serial sampler or a narrow window; a GPU below its
-knee the widest window that still fits. ``max_batch`` caps the network rows of one call
-(memory).
+Picard, quasi-Newton and taa's secant window over a few windows), and chooses a parallel
+sampler only when it is predicted faster than serial by more than its estimate's error. A
+CPU, where a call costs in proportion to its rows, gets the serial sampler or a narrow
+window; a GPU a window near its knee (``benchmarks/bench_planner.py``). ``max_batch``
+caps the network rows of one call (memory).
 """
 
 from __future__ import annotations
