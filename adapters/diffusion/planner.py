@@ -23,6 +23,7 @@ that candidate, model and grid; later plans use them (10 % band).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import weakref
@@ -271,14 +272,24 @@ _TRACES: dict[tuple, tuple[list[int], float]] = {}
 _RECORDS: dict[tuple, tuple[Any, int]] = {}
 
 
-def _schedule_key(schedule: Schedule) -> tuple:
-    return (type(schedule).__name__, getattr(schedule, "name", None), id(schedule))
+def _schedule_key(schedule: Schedule, N: int, solver: str | None, eta: float) -> tuple:
+    """What a candidate's calls depend on in the schedule: its grid at ``N`` steps (by
+    content, so that a schedule rebuilt for every run, as pipelines do, still finds its
+    proxy traces and recorded runs) and its prediction type."""
+    grid = SamplingGrid.build(schedule, N, solver, eta)
+    tables = (grid.timesteps, grid.alpha_from, grid.sigma_from, grid.alpha_to, grid.sigma_to,
+              grid.c_in, grid.coef)
+    digest = hashlib.sha1()
+    for t in tables:
+        digest.update(t.detach().cpu().contiguous().to(torch.float64).numpy().tobytes())
+    return (type(schedule).__name__, schedule.prediction_type, grid.solver, grid.slots,
+            grid.init_noise_sigma, digest.hexdigest())
 
 
 def _proxy_trace(schedule: Schedule, N: int, x_T: Tensor, sampler: str, options: dict,
                  tol: float | None, eta: float, solver: str | None) -> tuple[list[int], float]:
     """Steps per call of ``sampler`` on the mixture proxy, and its engine seconds per call."""
-    key = (_schedule_key(schedule), N, str(x_T.dtype), str(x_T.device), sampler,
+    key = (_schedule_key(schedule, N, solver, eta), N, str(x_T.dtype), str(x_T.device), sampler,
            tuple(sorted(options.items())), tol, eta, solver)
     if key in _TRACES:
         return _TRACES[key]
@@ -499,7 +510,7 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         (c[1].get("window") or 2 * c[1]["num_blocks"]) / devices) for c in configs])
     if cost is None:
         cost = measure_call_cost(denoiser, schedule, x, N, max_rows=widest_rows)
-    mkey = _model_key(denoiser, x)
+    mkey, skey = _model_key(denoiser, x), _schedule_key(schedule, N, solver, eta)
 
     traces = {}
     for s, o in configs:
@@ -518,7 +529,7 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         steps, _ = traces[(s, tuple(sorted(o.items())))]
         rows = [math.ceil(n / devices) * per_step for n in steps]
         calls, estimate, error = len(rows), "proxy", PROXY_ERROR
-        rec = _RECORDS.get((mkey, _schedule_key(schedule), N, tol, eta, solver, s,
+        rec = _RECORDS.get((mkey, skey, N, tol, eta, solver, s,
                             tuple(sorted(o.items()))))
         if rec is not None and rec[0]() is _network(denoiser):
             calls, estimate, error = rec[1], "recorded run", RECORDED_ERROR
@@ -545,7 +556,7 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
             reason = (f"no parallel candidate is predicted faster than serial by more than its "
                       f"error band (best: {best.label}, {serial.predicted_s / best.predicted_s:.2f}x)")
     return SamplingPlan(candidates, choice, reason, cost, excluded,
-                        key=(mkey, _schedule_key(schedule), N, tol, eta, solver))
+                        key=(mkey, skey, N, tol, eta, solver))
 
 
 def record_run(plan: SamplingPlan, candidate: Candidate, calls: int, model: Any) -> None:

@@ -258,3 +258,15 @@ def test_sample_auto_with_progress_runs_any_choice(capsys):
     assert plan.choice.sampler == "taa"
     out = sample(M, SCHED, X, 100, tol=1e-4, plan=plan, progress=True)
     assert "100/100" in capsys.readouterr().err and out.stats.depth < 100
+
+
+def test_a_rebuilt_schedule_finds_its_traces_and_recorded_runs():
+    """Schedules are keyed by their grid's content: a pipeline that builds its schedule
+    anew for every run still reuses the proxy traces and the recorded calls; a different
+    grid does not."""
+    out = sample(M, SCHED, X, 120, tol=1e-4, cost=FLAT)
+    again = plan_sampling(M, VPSchedule.linear(1000), X, 120, tol=1e-4, cost=FLAT)
+    rec = next(c for c in again.candidates if c.label == out.plan.choice.label)
+    assert rec.estimate == "recorded run" and rec.calls == out.stats.depth
+    other = plan_sampling(M, VPSchedule.cosine(1000), X, 120, tol=1e-4, cost=FLAT)
+    assert all(c.estimate != "recorded run" for c in other.candidates)
