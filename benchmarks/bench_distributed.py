@@ -177,18 +177,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def rank_main(rank, world, port, members, blocks, repeats, sleep, baselines, results):
-    """One rank of a launch. Rank 0 also calibrates and times the one-process baselines
-    (serial, local sweep) while the others wait, interleaved with the distributed runs, so
-    that a change in the machine's load hits all of them alike; rank 0 reports."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=1800))
-    problem, coarse, fine, B, tol = setup(members, blocks, sleep)
-    ex = pint.DistributedExecutor(timeout=1800)
-    pint.parareal(problem, coarse, fine, B, tol, max_iters=1, executor=ex)  # warm-up
-    # one boundary message (ping-pong between ranks 0 and 1), and one decision (store round trip)
-    buf, n = problem.y0.clone(), 20
+def link_latencies(rank: int, state: torch.Tensor, n: int = 20) -> dict[str, float]:
+    """``{"lam": seconds of one message of ``state`` (ping-pong between ranks 0 and 1),
+    "d": seconds of one decision (a store round trip)}``, on this launch's process group."""
+    buf = state.clone()
     dist.barrier()
     t = time.perf_counter()
     for _ in range(n):
@@ -206,6 +198,20 @@ def rank_main(rank, world, port, members, blocks, repeats, sleep, baselines, res
         store.wait([f"bench/{rank}/{i}"])
         store.get(f"bench/{rank}/{i}")
     out["d"] = (time.perf_counter() - t) / n
+    return out
+
+
+def rank_main(rank, world, port, members, blocks, repeats, sleep, baselines, results):
+    """One rank of a launch. Rank 0 also calibrates and times the one-process baselines
+    (serial, local sweep) while the others wait, interleaved with the distributed runs, so
+    that a change in the machine's load hits all of them alike; rank 0 reports."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=1800))
+    problem, coarse, fine, B, tol = setup(members, blocks, sleep)
+    ex = pint.DistributedExecutor(timeout=1800)
+    pint.parareal(problem, coarse, fine, B, tol, max_iters=1, executor=ex)  # warm-up
+    out = link_latencies(rank, problem.y0)
     if rank == 0 and baselines:
         out["calibration"] = calibrate(problem, coarse, fine, B, repeats,
                                        time.perf_counter if sleep else time.process_time)

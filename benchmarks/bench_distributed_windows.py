@@ -121,24 +121,9 @@ def rank_main(rank, world, port, cfg, results):
     nbytes = math.ceil(cfg["window"] / world) * x.numel() * x.element_size() + 64
     out = {"gather_s": gather_seconds(world, nbytes)}
     # one message between ranks 0 and 1 and one store round trip (SRDS's relay)
-    buf, n = x.clone(), 20
-    dist.barrier()
-    t = time.perf_counter()
-    for _ in range(n):
-        if rank == 0:
-            dist.send(buf, 1)
-            dist.recv(buf, 1)
-        elif rank == 1:
-            dist.recv(buf, 0)
-            dist.send(buf, 0)
-    out["lam"] = (time.perf_counter() - t) / (2 * n)
-    store = dist.distributed_c10d._get_default_store()
-    t = time.perf_counter()
-    for i in range(n):
-        store.set(f"bench/{rank}/{i}", "x")
-        store.wait([f"bench/{rank}/{i}"])
-        store.get(f"bench/{rank}/{i}")
-    out["d"] = (time.perf_counter() - t) / n
+    from bench_distributed import link_latencies
+
+    out.update(link_latencies(rank, x))
     runs = {}
     for _ in range(cfg["repeats"]):
         for name in SAMPLERS:
