@@ -29,13 +29,11 @@ from torch import Tensor
 
 from adapters.diffusers import SUPPORTED_SCHEDULERS, DiffusersModel, schedule_from_scheduler
 from adapters.diffusion.grid import SamplingGrid
-from adapters.diffusion.picard import picard_sample, quasi_newton_sample
-from adapters.diffusion.planner import plan_sampling, record_run
+from adapters.diffusion.planner import PARALLEL_SAMPLERS, plan_sampling, record_run
 from adapters.diffusion.pretrained import PretrainedNotFoundError
 from adapters.diffusion.progress import check_progress
-from adapters.diffusion.samplers import SampleOutput, SamplerStats, serial_sample, srds_sample
+from adapters.diffusion.samplers import SampleOutput, SamplerStats, serial_sample
 from adapters.diffusion.schedule import VPSchedule, check_num_steps
-from adapters.diffusion.taa import taa_sample
 
 
 @dataclass(frozen=True)
@@ -75,8 +73,6 @@ TEXT_TO_IMAGE_PIPELINES = tuple(FAMILIES)
 COMPONENTS = FAMILIES["StableDiffusionPipeline"].components
 SAMPLERS = ("srds", "serial", "picard", "quasi_newton", "auto")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-_RUN = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample,
-        "taa": taa_sample}  # taa: what sampler="auto" may choose
 _ITERATIVE = ("tol", "max_iters", "callback", "return_iterates", "initial")
 
 
@@ -356,7 +352,7 @@ def _plan(sampler: str, N: int, rows_per_step_batch: int, cfg: bool,
         return sampler, opts
     if sampler == "srds":
         opts.setdefault("pipelined", True)
-    run = _RUN[sampler]
+    run = PARALLEL_SAMPLERS[sampler]
     params = inspect.signature(run).parameters
     own = {"model", "schedule", "x_T", "num_steps", "sampler", "eta", "noise", "model_kwargs",
            "guidance_scale", "uncond_kwargs", "generator", "prediction_type"}
@@ -768,7 +764,7 @@ def srds_pipeline(
         rows = N * n * (2 if cfg else 1)
         out = SampleOutput(final, 0, True, [], SamplerStats(N, rows, N), 0.0, 1)
     else:
-        out = _RUN[ran](model, schedule, x_T, N, **kw, **common)
+        out = PARALLEL_SAMPLERS[ran](model, schedule, x_T, N, **kw, **common)
     if plan is not None:
         record_run(plan, plan.choice, out.stats.depth, model)
         out.plan = plan

@@ -58,17 +58,12 @@ from adapters.diffusion import (  # noqa: E402
     GaussianMixtureDenoiser,
     VPSchedule,
     load_pretrained,
-    picard_sample,
     plan_sampling,
     planner,  # noqa: E402
-    quasi_newton_sample,
     serial_sample,
-    srds_sample,
-    taa_sample,
 )
+from adapters.diffusion.planner import PARALLEL_SAMPLERS  # noqa: E402
 
-RUN = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample,
-       "taa": taa_sample}
 SCHED = VPSchedule.linear(1000)
 
 #: simulated devices: name -> (CostModel of the device's true latency, note)
@@ -132,7 +127,7 @@ def run_candidate(model, schedule, x, N, cand, tol, repeats=1):
             serial_sample(model, schedule, x, N)
             calls = N
         else:
-            out = RUN[cand.sampler](model, schedule, x, N, tol=tol, **cand.options)
+            out = PARALLEL_SAMPLERS[cand.sampler](model, schedule, x, N, tol=tol, **cand.options)
             calls = out.stats.depth
         best = min(best, time.perf_counter() - t0)
     return best, calls, list(model.widths)

@@ -18,17 +18,14 @@ from typing import Any
 from torch import Tensor
 
 from .model import Denoiser, Model
-from .picard import picard_sample, quasi_newton_sample
-from .planner import CostModel, SamplingPlan, plan_sampling, record_run
+from .planner import PARALLEL_SAMPLERS, CostModel, SamplingPlan, plan_sampling, record_run
 from .samplers import (
     MODEL_OPTIONS,
     SampleOutput,
     SamplerStats,
     Schedule,
     serial_sample,
-    srds_sample,
 )
-from .taa import taa_sample
 
 SAMPLERS = ("auto", "serial", "srds", "picard", "quasi_newton", "taa")
 #: what ``"auto"`` chooses itself, so they may not be passed with it
@@ -99,9 +96,7 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         stats = SamplerStats(num_steps, num_steps * rows, num_steps)
         out = SampleOutput(x0, 0, True, [], stats, 0.0, 1)
     else:
-        run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample,
-               "taa": taa_sample}
-        out = run[sampler](model, schedule, x_T, num_steps, **kwargs)
+        out = PARALLEL_SAMPLERS[sampler](model, schedule, x_T, num_steps, **kwargs)
     if chosen_plan is not None:
         record_run(chosen_plan, chosen_plan.choice, out.stats.depth, model)
         out.plan = chosen_plan

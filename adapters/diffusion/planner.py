@@ -53,6 +53,9 @@ BLOCK_FACTORS = (1.0, 2.0, 4.0)
 #: within Picard's rows in ``benchmarks/bench_fastest.py`` (secant coupling, memory 1,
 #: ParaDiGMS's change test, extrapolated start; up to 1.4x fewer calls than Picard)
 TAA_OPTIONS = {"linear": "secant", "memory": 1, "test": "change", "init": "extrapolate"}
+#: the parallel samplers by name: what a plan may choose, and what runs it
+PARALLEL_SAMPLERS = {"srds": srds_sample, "picard": picard_sample,
+                     "quasi_newton": quasi_newton_sample, "taa": taa_sample}
 
 
 # ---------------------------------------------------------------------------- cost model
@@ -298,8 +301,6 @@ def _proxy_trace(schedule: Schedule, N: int, x_T: Tensor, sampler: str, options:
     b = min(_PROXY_BATCH, x_T.shape[0])
     g = torch.Generator(device=x_T.device).manual_seed(0)
     x = torch.randn(b, _PROXY_DIM, generator=g, device=x_T.device, dtype=x_T.dtype)
-    run = {"srds": srds_sample, "picard": picard_sample, "quasi_newton": quasi_newton_sample,
-           "taa": taa_sample}
     kw = dict(options, eta=eta, sampler=solver,
               generator=torch.Generator(device=x_T.device).manual_seed(1))
     if tol is not None:
@@ -309,7 +310,7 @@ def _proxy_trace(schedule: Schedule, N: int, x_T: Tensor, sampler: str, options:
         torch.set_num_threads(1)  # on a busy machine several threads stall each other
     try:
         t0 = time.perf_counter()
-        run[sampler](net, schedule, x, N, **kw)
+        PARALLEL_SAMPLERS[sampler](net, schedule, x, N, **kw)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
