@@ -15,6 +15,12 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def check_callback(callback: object) -> None:
+    """TypeError unless ``callback`` is ``None`` or callable."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+
+
 def check_number(name: str, value: object, *, positive: bool) -> float:
     """``value`` as a finite float, ``> 0`` if ``positive`` else ``>= 0``."""
     bound = "> 0" if positive else ">= 0"

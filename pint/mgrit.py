@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_number
+from ._checks import check_callback, check_int, check_number
 from .grid import make_partition
 from .problem import ODEProblem
 from .propagators.base import Propagator
@@ -110,8 +110,7 @@ def mgrit(
     tol = check_number("tol", tol, positive=False)
     n1 = sizes[1]
     max_iters = n1 if max_iters is None else min(check_int("max_iters", max_iters, 0), n1)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    check_callback(callback)
 
     solver = _Cycles(problem, props, times, ms, cf)
     run, u0 = solver.run, solver.u[0]

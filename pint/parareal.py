@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_number
+from ._checks import check_callback, check_int, check_number
 from .grid import make_partition
 from .pipeline import pipelined_parareal
 from .problem import ODEProblem
@@ -130,8 +130,7 @@ def parareal(
         stopping = MaxAbsChange(tol, rtol)
     elif not callable(stopping):
         raise TypeError(f"stopping must be callable, got {type(stopping).__name__}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    check_callback(callback)
     if initial is not None:
         expected = (B + 1, *problem.y0.shape)
         if not isinstance(initial, Tensor) or tuple(initial.shape) != expected:
