@@ -140,7 +140,7 @@ def bench_device(name, model, schedule, x, N, tol, note, repeats=1):
     plan_s = time.perf_counter() - t0
     print(f"\n== {name}: {note}; N = {N}, batch {x.shape[0]}, planning {plan_s:.2f} s")
     print(plan.table())
-    engine = _engine_of(plan)
+    engine = plan.cost.engine_s
     rows = []
     for cand in plan.candidates:
         wall, calls, widths = run_candidate(model, schedule, x, N, cand, tol, repeats)
@@ -153,7 +153,7 @@ def bench_device(name, model, schedule, x, N, tol, note, repeats=1):
                          calls=calls, replayed_s=replayed, max_rows=max(widths)))
         print(f"  {cand.label:<26} predicted {cand.predicted_s:8.3f} s ({cand.calls:4d} calls)"
               f"  measured {wall:8.3f} s ({calls:4d} calls)  replayed {replayed:8.3f} s")
-    again = plan_sampling(model, schedule, x, N, tol=tol, cost=_with_engine(plan))
+    again = plan_sampling(model, schedule, x, N, tol=tol, cost=plan.cost)
     by_label = {c.label: c for c in again.candidates}
     for r in rows:
         r["recorded_s"] = by_label[r["label"]].predicted_s
@@ -161,7 +161,7 @@ def bench_device(name, model, schedule, x, N, tol, note, repeats=1):
     chosen = next(r for r in rows if r["label"] == plan.choice.label)
     serial = rows[0]
     res = dict(note=note, N=N, batch=x.shape[0], tol=tol, plan_s=plan_s, repeats=repeats,
-               cost=plan.cost.as_dict(), engine_s=_engine_of(plan), choice=plan.choice.label,
+               cost=plan.cost.as_dict(), engine_s=engine, choice=plan.choice.label,
                reason=plan.reason, best=best["label"], candidates=rows,
                auto_vs_best=chosen["measured_s"] / best["measured_s"],
                auto_vs_serial=chosen["measured_s"] / serial["measured_s"],
@@ -178,17 +178,6 @@ def bench_device(name, model, schedule, x, N, tol, note, repeats=1):
           f"{res['predicted_s_within_15pct']:.0%}, replayed {res['replayed_s_within_15pct']:.0%},"
           f" recorded {res['recorded_s_within_15pct']:.0%}")
     return res
-
-
-def _engine_of(plan):
-    """The engine seconds per call the plan used (the serial candidate's share)."""
-    s = plan.serial
-    return s.predicted_s / s.calls - plan.cost(s.max_rows)
-
-
-def _with_engine(plan):
-    c = plan.cost
-    return CostModel(c.rows, c.seconds, c.source, _engine_of(plan))
 
 
 def plot(results, path):

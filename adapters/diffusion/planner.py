@@ -28,7 +28,7 @@ import math
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -376,7 +376,7 @@ class SamplingPlan:
         candidates: serial first, then the parallel candidates, fastest predicted first.
         choice: the candidate ``sample(sampler="auto")`` runs.
         reason: one sentence on why.
-        cost: the device's :class:`CostModel`.
+        cost: the device's :class:`CostModel`, with the ``engine_s`` the prediction used.
         excluded: candidates left out and why (e.g. over ``max_batch``).
     """
 
@@ -556,7 +556,7 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
             choice = serial
             reason = (f"no parallel candidate is predicted faster than serial by more than its "
                       f"error band (best: {best.label}, {serial.predicted_s / best.predicted_s:.2f}x)")
-    return SamplingPlan(candidates, choice, reason, cost, excluded,
+    return SamplingPlan(candidates, choice, reason, replace(cost, engine_s=engine), excluded,
                         key=(mkey, skey, N, tol, eta, solver))
 
 
