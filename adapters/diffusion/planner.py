@@ -275,11 +275,10 @@ _TRACES: dict[tuple, tuple[list[int], float]] = {}
 _RECORDS: dict[tuple, tuple[Any, int]] = {}
 
 
-def _schedule_key(schedule: Schedule, N: int, solver: str | None, eta: float) -> tuple:
-    """What a candidate's calls depend on in the schedule: its grid at ``N`` steps (by
-    content, so that a schedule rebuilt for every run, as pipelines do, still finds its
-    proxy traces and recorded runs) and its prediction type."""
-    grid = SamplingGrid.build(schedule, N, solver, eta)
+def _schedule_key(schedule: Schedule, grid: SamplingGrid) -> tuple:
+    """What a candidate's calls depend on in the schedule: its ``grid`` (by content, so
+    that a schedule rebuilt for every run, as pipelines do, still finds its proxy traces
+    and recorded runs) and its prediction type."""
     tables = (grid.timesteps, grid.alpha_from, grid.sigma_from, grid.alpha_to, grid.sigma_to,
               grid.c_in, grid.coef)
     digest = hashlib.sha1()
@@ -289,14 +288,16 @@ def _schedule_key(schedule: Schedule, N: int, solver: str | None, eta: float) ->
             grid.init_noise_sigma, digest.hexdigest())
 
 
-def _proxy_trace(schedule: Schedule, N: int, x_T: Tensor, sampler: str, options: dict,
-                 tol: float | None, eta: float, solver: str | None) -> tuple[list[int], float]:
-    """Steps per call of ``sampler`` on the mixture proxy, and its engine seconds per call."""
-    key = (_schedule_key(schedule, N, solver, eta), N, str(x_T.dtype), str(x_T.device), sampler,
-           tuple(sorted(options.items())), tol, eta, solver)
+def _proxy_trace(schedule: Schedule, grid: SamplingGrid, skey: tuple, x_T: Tensor,
+                 sampler: str, options: dict, tol: float | None, eta: float,
+                 solver: str | None) -> tuple[list[int], float]:
+    """Steps per call of ``sampler`` on the mixture proxy on ``grid`` (the schedule's at
+    ``N`` steps, keyed ``skey``), and its engine seconds per call."""
+    N = grid.num_steps
+    key = (skey, N, str(x_T.dtype), str(x_T.device), sampler, tuple(sorted(options.items())),
+           tol, eta, solver)
     if key in _TRACES:
         return _TRACES[key]
-    grid = SamplingGrid.build(schedule, N, solver, eta)
     net = _Recorder(_GridMixture(grid, schedule.prediction_type, _PROXY_DIM, 0).to(x_T.device))
     b = min(_PROXY_BATCH, x_T.shape[0])
     g = torch.Generator(device=x_T.device).manual_seed(0)
@@ -489,8 +490,9 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         if s in samplers:
             configs += [(s, {"window": w}) for w in WINDOWS if w <= N]
     excluded = []
+    grid = SamplingGrid.build(schedule, N, solver, eta)
     if "taa" in samplers:
-        if SamplingGrid.build(schedule, N, solver, eta).num_slots > 1:
+        if grid.num_slots > 1:
             excluded.append("taa: one-step solvers only (this grid's solver is multistep)")
         else:
             configs += [("taa", {"window": w, **TAA_OPTIONS}) for w in WINDOWS[1:] if w <= N]
@@ -511,11 +513,12 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         (c[1].get("window") or 2 * c[1]["num_blocks"]) / devices) for c in configs])
     if cost is None:
         cost = measure_call_cost(denoiser, schedule, x, N, max_rows=widest_rows)
-    mkey, skey = _model_key(denoiser, x), _schedule_key(schedule, N, solver, eta)
+    mkey, skey = _model_key(denoiser, x), _schedule_key(schedule, grid)
 
     traces = {}
     for s, o in configs:
-        traces[(s, tuple(sorted(o.items())))] = _proxy_trace(schedule, N, x, s, o, tol, eta, solver)
+        traces[(s, tuple(sorted(o.items())))] = _proxy_trace(schedule, grid, skey, x, s, o, tol,
+                                                             eta, solver)
     engine = cost.engine_s
     if engine is None:
         per_call = [e for _, e in traces.values()]
