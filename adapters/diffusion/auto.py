@@ -18,7 +18,14 @@ from typing import Any
 from torch import Tensor
 
 from .model import Denoiser, Model
-from .planner import PARALLEL_SAMPLERS, CostModel, SamplingPlan, plan_sampling, record_run
+from .planner import (
+    PARALLEL_SAMPLERS,
+    CostModel,
+    SamplingPlan,
+    check_plan,
+    plan_sampling,
+    record_run,
+)
 from .samplers import (
     MODEL_OPTIONS,
     SampleOutput,
@@ -49,7 +56,9 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         tol: the sampler's tolerance (``None``: its default).
         cost: ``"auto"`` only: the device's :class:`~adapters.diffusion.planner.CostModel`
             (default: measured, see :func:`~adapters.diffusion.planner.plan_sampling`).
-        plan: ``"auto"`` only: a plan made beforehand, whose choice runs.
+        plan: ``"auto"`` only: a plan made beforehand for this run (same model, sample
+            shape, batch, dtype, device, conditioning, schedule grid, ``num_steps``, ``tol``
+            and ``eta``; else ``ValueError``), whose choice runs.
         **kwargs: passed to the sampler (e.g. ``window``, ``num_blocks``, ``pipelined``,
             ``guidance_scale``, ``model_kwargs``, ``progress``); with ``"auto"`` not the
             ``window``, ``num_blocks`` or ``pipelined`` it chooses, nor the options whose
@@ -72,14 +81,18 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         if differ:
             raise ValueError(f"sampler='auto' takes no {', '.join(differ)}: they differ "
                              "between the samplers it may choose; name the sampler to use them")
+        options = {k: v for k, v in kwargs.items() if k in MODEL_OPTIONS}
         if plan is None:
-            options = {k: v for k, v in kwargs.items() if k in MODEL_OPTIONS}
             plan = plan_sampling(model, schedule, x_T, num_steps, tol=tol, max_batch=max_batch,
                                  eta=kwargs.get("eta", 0.0), cost=cost,
                                  executor=kwargs.get("executor"), **options)
-        elif not isinstance(plan, SamplingPlan):
-            raise TypeError(f"plan must be a SamplingPlan (from plan_sampling), got "
-                            f"{type(plan).__name__}")
+        else:
+            for name, value in (("max_batch", max_batch), ("cost", cost)):
+                if value is not None:
+                    raise ValueError(f"{name} is not used with plan= (the plan was made with "
+                                     "its own); give one or the other")
+            check_plan(plan, model, schedule, x_T, num_steps, tol=tol,
+                       eta=kwargs.get("eta", 0.0), **options)
         chosen_plan = plan
         sampler, kwargs = plan.choice.sampler, {**plan.choice.options, **kwargs}
     else:

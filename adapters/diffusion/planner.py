@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import time
 import weakref
 from collections.abc import Mapping
@@ -61,6 +62,14 @@ PARALLEL_SAMPLERS = {"srds": srds_sample, "picard": picard_sample,
 # ---------------------------------------------------------------------------- cost model
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Seconds per model call as a function of its network rows.
@@ -89,10 +98,26 @@ class CostModel:
     def __post_init__(self) -> None:
         if len(self.rows) == 0 or len(self.rows) != len(self.seconds):
             raise ValueError("rows and seconds must be non-empty and of equal length")
+        if not all(_is_int(r) and r >= 1 for r in self.rows):
+            raise ValueError(f"rows must be ints >= 1 (network rows per call), got {self.rows}")
         if any(b <= a for a, b in zip(self.rows, self.rows[1:], strict=False)):
             raise ValueError(f"rows must increase, got {self.rows}")
+        if not all(_is_real(s) for s in self.seconds):
+            raise TypeError(f"seconds must be real numbers, got {self.seconds}")
         if any(not (math.isfinite(s) and s >= 0) for s in self.seconds):
             raise ValueError(f"seconds must be finite and >= 0, got {self.seconds}")
+        if 0 in self.seconds:  # the planner compares candidates by the ratio of their times
+            raise ValueError(f"seconds must be > 0 (a model call takes time; the planner "
+                             f"divides by the predicted times), got {self.seconds}")
+        if self.source not in ("probe", "given"):
+            raise ValueError(f"source must be 'probe' or 'given', got {self.source!r}")
+        if self.engine_s is not None:
+            if not _is_real(self.engine_s):
+                raise TypeError(f"engine_s must be a real number of seconds or None, got "
+                                f"{type(self.engine_s).__name__}")
+            if not (math.isfinite(self.engine_s) and self.engine_s >= 0):
+                raise ValueError(f"engine_s must be finite and >= 0 (seconds of sampler work "
+                                 f"per call), got {self.engine_s!r}")
 
     def __call__(self, rows: int) -> float:
         """The predicted seconds of one call holding ``rows`` network rows."""
@@ -115,6 +140,15 @@ class CostModel:
              engine_s: float | None = None) -> CostModel:
         """A device whose call costs ``latency_s`` up to ``knee_rows`` rows and grows by
         ``seconds_per_row`` beyond (a GPU that saturates at the knee)."""
+        if not _is_int(knee_rows) or knee_rows < 1:
+            raise ValueError(f"knee_rows must be an int >= 1, got {knee_rows!r}")
+        if not (_is_real(seconds_per_row) and math.isfinite(seconds_per_row)
+                and seconds_per_row >= 0):
+            raise ValueError(f"seconds_per_row must be a finite number >= 0, got "
+                             f"{seconds_per_row!r}")
+        if not (_is_real(latency_s) and math.isfinite(latency_s) and latency_s > 0):
+            raise ValueError(f"latency_s must be a finite number > 0 (seconds per call), got "
+                             f"{latency_s!r}")
         if knee_rows <= 1:
             return cls((1, 2), (latency_s, latency_s + seconds_per_row), "given", engine_s)
         return cls((1, knee_rows, knee_rows + 1), (latency_s, latency_s,
@@ -174,6 +208,15 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
     Raises:
         ModelOutputError: the model returned NaN/Inf during the probe.
     """
+    if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
+        raise ValueError(f"max_rows must be an int >= 1 (network rows) or None, got {max_rows!r}")
+    if not (_is_real(budget) and math.isfinite(budget) and budget >= 0):
+        raise ValueError(f"budget must be a finite number >= 0 (a fraction of the serial "
+                         f"run), got {budget!r}")
+    if not _is_int(repeats) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
     x = _check_x(x_T, model)
     N = check_num_steps(num_steps, schedule.max_steps)
     denoiser = denoiser_for(model, schedule, model_options)
@@ -563,9 +606,81 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
                         key=(mkey, skey, N, tol, eta, solver))
 
 
+def check_plan(plan: SamplingPlan, model: Model, schedule: Schedule, x_T: Tensor,
+               num_steps: int, *, tol: float | None = None, eta: float = 0.0,
+               solver: str | None = None, **model_options: Any) -> None:
+    """Check that ``plan`` was made by :func:`plan_sampling` for a run like this one: the
+    same model, sample shape, batch, dtype, device, conditioning, grid (schedule, solver,
+    steps), tolerance and ``eta``. A plan made for another run predicts that run, and the
+    calls :func:`record_run` stores after this one would be filed under it.
+
+    Raises:
+        TypeError: ``plan`` is not a :class:`SamplingPlan`.
+        ValueError: naming ``plan`` and each thing that differs.
+    """
+    if not isinstance(plan, SamplingPlan):
+        raise TypeError(f"plan must be a SamplingPlan (from plan_sampling), got "
+                        f"{type(plan).__name__}")
+    if not plan.key:
+        raise ValueError("plan holds no key of the run it was made for: make it with "
+                         "plan_sampling(...)")
+    x = _check_x(x_T, model)
+    N = check_num_steps(num_steps, schedule.max_steps)
+    if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
+        raise TypeError(f"schedule must be a VPSchedule or SigmaSchedule, got "
+                        f"{type(schedule).__name__}")
+    denoiser = denoiser_for(model, schedule, model_options)
+    per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
+    mkey, skey, n, made_tol, made_eta, _ = plan.key
+    now = _model_key(denoiser, x)
+    diffs = []
+
+    def differ(name: str, made: Any, here: Any) -> None:
+        if made != here:
+            diffs.append(f"{name} {made!r} (this run: {here!r})")
+
+    if mkey[0] != now[0]:
+        diffs.append("the model (another network)")
+    for name, i in (("sample shape", 1), ("dtype", 2), ("device", 3), ("conditioning", 4),
+                    ("guidance", 5)):
+        differ(name, mkey[i], now[i])
+    differ("rows per step (batch x guidance)", plan.serial.max_rows, per_step)
+    differ("num_steps", n, N)
+    if n == N:  # (another N is another grid)
+        here = _schedule_key(schedule, SamplingGrid.build(schedule, N, solver, eta))
+        for name, i in (("schedule", 0), ("prediction_type", 1), ("solver", 2),
+                        ("init_noise_sigma", 4)):
+            differ(name, skey[i], here[i])
+        if skey[:5] == here[:5] and skey[5] != here[5]:
+            diffs.append("the schedule's grid (timesteps, levels or coefficients)")
+    differ("tol", made_tol, tol)
+    differ("eta", made_eta, eta)
+    if diffs:
+        raise ValueError(f"plan was made for another run: {'; '.join(diffs)}; make a plan for "
+                         "this one with plan_sampling(...)")
+
+
 def record_run(plan: SamplingPlan, candidate: Candidate, calls: int, model: Any) -> None:
     """Store the sequential calls a run of ``candidate`` took, for later plans of the same
-    model, grid and tolerance (their estimate becomes ``"recorded run"``)."""
+    model, grid and tolerance (their estimate becomes ``"recorded run"``).
+
+    Raises:
+        TypeError: ``plan`` is not a :class:`SamplingPlan` or ``calls`` not an int.
+        ValueError: ``candidate`` is not one of ``plan.candidates``, ``calls < 1``, or
+            ``model`` is not the network the plan was made for.
+    """
+    if not isinstance(plan, SamplingPlan):
+        raise TypeError(f"plan must be a SamplingPlan (from plan_sampling), got "
+                        f"{type(plan).__name__}")
+    if not isinstance(candidate, Candidate) or candidate not in plan.candidates:
+        raise ValueError(f"candidate must be one of plan.candidates, got {candidate!r}")
+    if not _is_int(calls):
+        raise TypeError(f"calls must be an int (the run's sequential model calls), got "
+                        f"{type(calls).__name__}")
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1 (the run's sequential model calls), got {calls}")
+    if plan.key and id(_network(model)) != plan.key[0][0]:
+        raise ValueError("model must be the model the plan was made for (its network)")
     if candidate.sampler == "serial" or not plan.key:
         return
     key = (*plan.key, candidate.sampler, tuple(sorted(candidate.options.items())))
@@ -580,4 +695,4 @@ def clear_caches() -> None:
 
 
 __all__ = ["CostModel", "Candidate", "SamplingPlan", "measure_call_cost", "plan_sampling",
-           "record_run", "clear_caches", "PROXY_ERROR", "RECORDED_ERROR"]
+           "check_plan", "record_run", "clear_caches", "PROXY_ERROR", "RECORDED_ERROR"]
