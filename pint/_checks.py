@@ -29,3 +29,19 @@ def check_number(name: str, value: object, *, positive: bool) -> float:
     if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
         raise ValueError(f"{name} must be a finite number {bound}, got {value}")
     return float(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is ``True`` or ``False``; TypeError otherwise (a string such as
+    ``"no"`` would otherwise count as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def check_holds_data(name: str, value: object, hint: str) -> None:
+    """ValueError if ``value`` is a tensor on the meta device (a shape and a dtype, no
+    values); ``hint`` says what to do instead."""
+    if getattr(value, "is_meta", False):
+        raise ValueError(f"{name} must hold data; got a tensor on the meta device, which has a "
+                         f"shape and dtype but no values. {hint}")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_int
+from ._checks import check_holds_data, check_int
 from .problem import ODEProblem
 
 #: more blocks than this are refused: the coarse sweep runs block after block and the
@@ -76,6 +76,8 @@ def _check_partition(problem: ODEProblem, num_blocks: int | None,
     if isinstance(partition, (str, bytes)):
         raise TypeError(f"{expected}, got {type(partition).__name__}")
     if isinstance(partition, Tensor):
+        check_holds_data("partition", partition, "Pass the block times on 'cpu' or on y0's "
+                         "device")
         if partition.is_complex() or partition.dtype == torch.bool:
             raise TypeError(f"{expected}, got a tensor of dtype {partition.dtype}")
         times = partition.detach().to("cpu", torch.float64)

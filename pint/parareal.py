@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_callback, check_int, check_number
+from ._checks import check_bool, check_callback, check_int, check_number
 from .grid import make_partition
 from .pipeline import pipelined_parareal
 from .problem import ODEProblem
@@ -126,6 +126,7 @@ def parareal(
     rtol = check_number("rtol", rtol, positive=False)
     max_iters = B if max_iters is None else check_int("max_iters", max_iters, 0)
     max_iters = min(max_iters, B)
+    pipelined = check_bool("pipelined", pipelined)
     if stopping is None:
         stopping = MaxAbsChange(tol, rtol)
     elif not callable(stopping):

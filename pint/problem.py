@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._checks import check_bool, check_holds_data
+
 RHS = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -28,10 +30,12 @@ class ODEProblem:
             device and dtype are kept throughout.
         t_span: ``(t_start, t_end)``, two distinct finite numbers; ``t_end < t_start``
             integrates backwards in time.
-        batched: whether ``f`` handles the leading block dimension itself.
+        batched: whether ``f`` handles the leading block dimension itself (``True`` or
+            ``False``).
 
     Raises:
-        TypeError: ``f`` not callable, ``y0`` not a floating-point or complex tensor.
+        TypeError: ``f`` not callable, ``y0`` not a floating-point or complex tensor,
+            ``batched`` not a bool.
         ValueError: ``y0`` not finite, sparse or without data (meta device), ``t_span``
             not two distinct finite numbers.
     """
@@ -50,9 +54,7 @@ class ODEProblem:
             raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
         if not (y0.is_floating_point() or y0.is_complex()):
             raise TypeError(f"y0 must have a floating-point or complex dtype, got {y0.dtype}")
-        if y0.is_meta:
-            raise ValueError("y0 must hold data; got a tensor on the meta device (shape and "
-                             "dtype only). Create it on 'cpu' or 'cuda'")
+        check_holds_data("y0", y0, "Create it on 'cpu' or 'cuda'")
         if y0.layout != torch.strided:
             raise ValueError(f"y0 must be a dense tensor, got layout {y0.layout}; use "
                              "y0.to_dense()")
@@ -63,7 +65,7 @@ class ODEProblem:
         self.t_start, self.t_end = _check_span(t_span)
         self.f = f
         self.y0 = y0
-        self.batched = bool(batched)
+        self.batched = check_bool("batched", batched)
 
     @property
     def t_span(self) -> tuple[float, float]:
@@ -109,6 +111,10 @@ class ODEProblem:
                 raise TypeError(hint) from err
             if not isinstance(dy, Tensor):
                 raise TypeError(_not_a_tensor(dy))
+            if dy.device != y.device:
+                check_holds_data("f's output", dy, "Compute dy/dt from y with torch operations")
+                raise ValueError(f"f returned a tensor on {dy.device}, expected the device of "
+                                 f"y0 ({y.device})")
             if tuple(dy.shape) != tuple(y.shape):
                 if batched:
                     raise ValueError(

@@ -12,12 +12,8 @@ import torch
 from torch import Tensor
 
 from .problem import ODEProblem
-from .propagators.base import Propagator
+from .propagators.base import NonFiniteStateError, Propagator
 from .result import Stats
-
-
-class NonFiniteStateError(FloatingPointError):
-    """A state became NaN or Inf during a solve; the message names block and iteration."""
 
 
 class Runner:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int, check_number
-from .base import RHS, Propagator, expand_as_state
+from .base import RHS, NonFiniteStateError, Propagator, check_rhs_finite, expand_as_state
 
 # Dormand-Prince 5(4) (Hairer, Norsett, Wanner; the method of dopri5 and RK45), FSAL
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -58,6 +58,11 @@ class DormandPrince(Propagator):
         safety, min_factor, max_factor: the step size controller
             ``h_new = h * clamp(safety * r^(-1/5), min_factor, max_factor)`` (no increase
             right after a rejection).
+
+    A trial step whose stages are not finite is rejected like one with a large error (a
+    step too large for ``f``'s domain or range). ``f`` not finite at the start of a block,
+    or still not finite once the step size has shrunk to round-off, raises
+    :class:`pint.NonFiniteStateError` naming ``f``, the row (block) and the time.
 
     ``stats.depth`` counts its sequential ``f`` calls (steps are known only by running).
     """
@@ -113,13 +118,16 @@ class DormandPrince(Propagator):
         Y = y.clone()
         t = t0.clone()
         K1 = f(t0, y)
+        check_rhs_finite(self, K1, t0, t0, t1)
         # step sizes are kept as magnitudes; the signed step is direction * h
         if self.first_step is None:
             h = self._initial_step(f, t0, y, K1, span, direction)
+            self._check_first_step(h, K1, t0, t1, span)
         else:
             h = torch.minimum(torch.full_like(span, self.first_step), span)
         steps = torch.zeros(n, dtype=torch.int64, device=y.device)
         rejected = torch.zeros(n, dtype=torch.bool, device=y.device)
+        not_finite = torch.zeros(n, dtype=torch.bool, device=y.device)  # last trial step's stages
         active = span > 0
         while bool(active.any()):
             idx = active.nonzero().squeeze(1)
@@ -141,8 +149,9 @@ class DormandPrince(Propagator):
             err = hb * sum((e * k for e, k in zip(_E, ks, strict=True) if e != 0.0),
                            torch.zeros_like(ya))
             ratio = self._ratio(err, ya, y_new)
-            ok = ratio <= 1.0
-            bad_value = ~torch.isfinite(ratio)
+            bad_value = ~(torch.isfinite(ratio)
+                          & torch.isfinite(y_new.reshape(len(idx), -1)).all(dim=1))
+            ok = (ratio <= 1.0) & ~bad_value
             factor = torch.where(
                 ratio > 0,
                 self.safety * ratio.clamp(min=1e-300) ** -0.2,
@@ -157,18 +166,39 @@ class DormandPrince(Propagator):
             t[acc_idx] = torch.where(last[ok], Ta[ok], ta[ok] + hs[ok])
             h[idx] = ha * factor
             rejected[idx] = ~ok
+            not_finite[idx] = bad_value
             finished = torch.zeros_like(active)
             finished[acc_idx] = last[ok]
             active = active & ~finished
-            over = active & ((steps >= self.max_steps) | (h <= _tiny(t)))
+            over = active & ((steps >= self.max_steps) | ~(h > _tiny(t)))  # NaN h too
             if bool(over.any()):
                 i = int(over.nonzero()[0])
+                if bool(not_finite[i]) and not float(h[i]) > float(_tiny(t[i])):
+                    raise NonFiniteStateError(
+                        f"{self!r}: f returned NaN or Inf in the trial steps from t="
+                        f"{float(t[i]):.6g} for row {i} of the batch (block [{float(t0[i]):.6g}, "
+                        f"{float(t1[i]):.6g}]), even at step size {float(h[i]):.3g}: f is not "
+                        f"finite just past t={float(t[i]):.6g} (or the solution blows up there)")
                 raise StepLimitError(
                     f"{self!r}: row {i} of the batch (block [{float(t0[i]):.6g}, "
                     f"{float(t1[i]):.6g}]) stopped at t={float(t[i]):.6g} after "
                     f"{int(steps[i])} steps with step size {float(h[i]):.3g}; raise max_steps "
                     "or rtol/atol, or use an implicit propagator if the problem is stiff")
         return Y
+
+    def _check_first_step(self, h: Tensor, f0: Tensor, t0: Tensor, t1: Tensor,
+                          span: Tensor) -> None:
+        """:class:`NonFiniteStateError` if the starting step size of a row with a block to
+        cross is NaN or Inf (``f`` so large that its scaled norm overflows)."""
+        bad = ~torch.isfinite(h) & (span > 0)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            big = float(f0[i].abs().max())
+            raise NonFiniteStateError(
+                f"{self!r}: the starting step size of row {i} of the batch (block "
+                f"[{float(t0[i]):.6g}, {float(t1[i]):.6g}]) is {float(h[i])}: f's values at "
+                f"t={float(t0[i]):.6g} (largest |f| {big:.3g}) overflow the error norm. "
+                "Rescale the problem or pass first_step")
 
     def __repr__(self) -> str:
         return f"DormandPrince(rtol={self.rtol:g}, atol={self.atol:g})"

@@ -13,6 +13,12 @@ from .._checks import check_int
 RHS = Callable[[Tensor, Tensor], Tensor]
 
 
+class NonFiniteStateError(FloatingPointError):
+    """A state became NaN or Inf during a solve (the message names block and iteration),
+    or ``f`` returned NaN or Inf where a propagator cannot step around it (the message
+    names ``f``, the row of the batch, its block and the time)."""
+
+
 class Propagator(ABC):
     """Advances ``n`` block states at once.
 
@@ -106,3 +112,15 @@ def expand_as_state(h: Tensor, y: Tensor) -> Tensor:
     """View a per-block ``[n]`` tensor so that it broadcasts against ``y [n, *state]``,
     in ``y``'s dtype."""
     return h.to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
+
+
+def check_rhs_finite(prop: Propagator, k: Tensor, t: Tensor, t0: Tensor, t1: Tensor) -> None:
+    """Raise :class:`NonFiniteStateError` naming ``f`` if a row of ``k`` (``f``'s output,
+    ``[n, *state]``, at times ``t [n]``) is not finite; ``t0``, ``t1`` name the row's
+    interval (block)."""
+    bad = ~torch.isfinite(k.reshape(k.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise NonFiniteStateError(
+            f"{prop!r}: f returned NaN or Inf at t={float(t[i]):.6g} for row {i} of the batch "
+            f"(block [{float(t0[i]):.6g}, {float(t1[i]):.6g}])")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_number
-from .base import RHS, Propagator, expand_as_state
+from .base import RHS, Propagator, check_rhs_finite, expand_as_state
 
 
 def _check_solver(method: object, rtol: object, atol: object) -> tuple[str, float, float]:
@@ -49,9 +49,15 @@ class TorchDiffEq(Propagator):
 
         dt = t1 - t0
         dtb = expand_as_state(dt, y)
+        first = [True]  # f at the start is checked: a NaN there leaves odeint no way out
 
         def g(s: Tensor, Y: Tensor) -> Tensor:
-            return dtb * f(t0 + s.to(t0.dtype) * dt, Y)
+            t = t0 + s.to(t0.dtype) * dt
+            k = f(t, Y)
+            if first[0]:
+                first[0] = False
+                check_rhs_finite(self, k, t, t0, t1)
+            return dtb * k
 
         s = torch.tensor([0.0, 1.0], dtype=t0.dtype, device=y.device)
         return odeint(
@@ -89,11 +95,16 @@ class SciPy(Propagator):
         dt = t1 - t0
         dtb = expand_as_state(dt, y)
         wide = torch.complex128 if y.is_complex() else torch.float64
+        first = [True]  # f at the start is checked: with a NaN there solve_ivp never returns
 
         def g(s: float, Y: np.ndarray) -> np.ndarray:
             Yt = torch.from_numpy(Y).to(device=y.device, dtype=y.dtype).reshape(shape)
-            dY = dtb * f(t0 + s * dt, Yt)
-            return dY.detach().cpu().to(wide).numpy().ravel()
+            t = t0 + s * dt
+            k = f(t, Yt)
+            if first[0]:
+                first[0] = False
+                check_rhs_finite(self, k, t, t0, t1)
+            return (dtb * k).detach().cpu().to(wide).numpy().ravel()
 
         y_np = y.detach().cpu().to(wide).numpy().ravel()
         try:

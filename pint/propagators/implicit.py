@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int, check_number
-from .base import RHS, FixedStepPropagator, expand_as_state
+from .base import RHS, FixedStepPropagator, NonFiniteStateError, expand_as_state
 
 
 class NewtonConvergenceError(RuntimeError):
@@ -97,11 +97,13 @@ class ImplicitPropagator(FixedStepPropagator):
         d = b[0].numel() * (2 if b.is_complex() else 1)
         eye = torch.eye(d, dtype=real, device=b.device)
         Z = guess
-        for _ in range(self.max_newton):
+        for it in range(self.max_newton):
             F = Z - b - ab * f(ts, Z)
             res = F.reshape(n, -1).abs().amax(dim=1)
             if bool((res <= tol * scale).all()):
                 return Z
+            if it == 0:  # f not finite at the (finite) guess: no Newton step can help
+                self._check_finite_start(res, ts, t, h)
             J = row_jacobians(f, ts, Z)  # complex states: in real form (a is real)
             M = eye - a.to(real).view(-1, 1, 1) * J
             dZ = torch.linalg.solve(M, as_real(F).unsqueeze(-1))
@@ -120,6 +122,14 @@ class ImplicitPropagator(FixedStepPropagator):
             "or a larger newton_tol",
             i, float(t[i]), float(h[i]),
         )
+
+    def _check_finite_start(self, res: Tensor, ts: Tensor, t: Tensor, h: Tensor) -> None:
+        bad = ~torch.isfinite(res)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise NonFiniteStateError(
+                f"{self!r}: f returned NaN or Inf at t={float(ts[i]):.6g} for row {i} of the "
+                f"batch (a stage of the step from t={float(t[i]):.6g} with h={float(h[i]):.3g})")
 
     def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
         try:
