@@ -3,6 +3,8 @@ tests and benchmarks (no training, no weights)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,12 +22,13 @@ class GaussianMixtureDenoiser(torch.nn.Module):
     matching), or as the schedule's ``prediction_type`` says.
 
     Args:
-        means: ``[K, *sample]`` component means.
-        stds: ``[K]`` component standard deviations (> 0).
+        means: ``[K, *sample]`` component means (finite, at least 2-D).
+        stds: ``[K]`` component standard deviations (finite, > 0), or one for all.
         schedule: a :class:`VPSchedule` (``alpha_bar`` at integer timesteps; epsilon
             output) or a :class:`SigmaSchedule` whose timesteps map back to levels
             (``flow_matching``, ``edm``).
-        weights: ``[K]`` mixture weights (normalised here); default uniform.
+        weights: ``[K]`` mixture weights, finite, ``>= 0`` and not all zero (normalised
+            here); default uniform.
 
     ``forward(x [R, *sample], t [R]) -> [R, *sample]`` in ``x``'s dtype (computed in
     float64).
@@ -35,12 +38,25 @@ class GaussianMixtureDenoiser(torch.nn.Module):
                  weights: Tensor | None = None) -> None:
         super().__init__()
         means = torch.as_tensor(means, dtype=torch.float64)
+        if means.dim() < 2 or means.numel() == 0:
+            raise ValueError("means must be [K, *sample] (K >= 1 components, at least 2-D), "
+                             f"got shape {tuple(means.shape)}")
+        if not bool(torch.isfinite(means).all()):
+            raise ValueError("means must be finite")
         K = means.shape[0]
-        stds = torch.as_tensor(stds, dtype=torch.float64).expand(K).clone()
-        if not bool((stds > 0).all()):
-            raise ValueError("stds must be > 0")
+        stds = torch.as_tensor(stds, dtype=torch.float64)
+        if stds.shape not in ((), (1,), (K,)):
+            raise ValueError(f"stds must be a number or [K] = [{K}] (one per mean), got shape "
+                             f"{tuple(stds.shape)}")
+        stds = stds.expand(K).clone()
+        if not bool((torch.isfinite(stds) & (stds > 0)).all()):
+            raise ValueError(f"stds must be finite and > 0, got {stds.tolist()}")
         w = torch.ones(K, dtype=torch.float64) if weights is None else torch.as_tensor(
             weights, dtype=torch.float64)
+        if w.shape != (K,) or not bool((torch.isfinite(w) & (w >= 0)).all()) \
+                or not 0 < float(w.sum()) < math.inf:
+            raise ValueError(f"weights must be [K] = [{K}] (one per mean) finite numbers >= 0, "
+                             f"not all zero, got {w.tolist()}")
         self.register_buffer("means", means)
         self.register_buffer("stds", stds)
         self.register_buffer("log_w", (w / w.sum()).log())

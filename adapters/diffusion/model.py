@@ -33,14 +33,20 @@ class Denoiser:
         clip_sample: clamp x0 to ``[-clip_range, clip_range]`` (eps is left as predicted,
             as diffusers does).
         model_kwargs: conditioning for the samples of one state (``encoder_hidden_states``,
-            ``class_labels``, ...): tensors whose leading dimension is the number of
-            samples ``b`` are repeated for every block; other values (Flux's ``txt_ids``,
-            scalars) pass through unchanged.
+            ``class_labels``, ...): a tensor with a leading dimension is per sample, with
+            ``b`` rows (the number of samples) or one (broadcast to every sample, as
+            diffusers pipelines repeat one prompt's embedding), and is repeated for every
+            block; any other leading dimension is a ``ValueError``. Values shared by every
+            sample pass through unchanged: Flux's position ids (``txt_ids``, ``img_ids``:
+            :data:`SHARED_KWARGS`), 0-d tensors, non-tensors and, with guidance, a value
+            that is the same in ``uncond_kwargs`` (other shared tensors: bind them to the
+            model, e.g. ``functools.partial(net, mask=mask)``).
         guidance_scale: classifier-free guidance ``w``: the conditional and unconditional
             halves go into one model call and ``out = uncond + w (cond - uncond)``; a value
             without a sample dimension must then be the same in both.
         uncond_kwargs: the unconditional counterpart of ``model_kwargs`` (required with
-            ``guidance_scale``).
+            ``guidance_scale``), of the same form (one row, e.g. one empty-prompt embedding
+            for the whole batch, is broadcast).
         check_finite: raise :class:`ModelOutputError` naming the timestep when the model
             returns NaN/Inf (costs one device synchronisation per call, unless deferred).
         defer_check: with ``check_finite``, keep each call's per-row finiteness on the
@@ -101,6 +107,9 @@ class Denoiser:
         self.check_finite = check_finite
         self.defer_check = defer_check
         self._unchecked: list[tuple[Tensor, Tensor, int]] = []  # (row finite [R], t [n], b)
+        # keys whose value is the same in both halves (may be shared by every sample)
+        self._same = {k for k, v in self.model_kwargs.items()
+                      if k in self.uncond_kwargs and _same(v, self.uncond_kwargs[k])}
         self.calls = 0
         self.rows = 0
 
@@ -126,10 +135,11 @@ class Denoiser:
         n, b = x.shape[0], x.shape[1]
         xf = x.reshape(n * b, *x.shape[2:])
         tf = t.to(x.device).repeat_interleave(b)
-        kwargs = _tile(self.model_kwargs, n, b)
+        kwargs, tiled = _tile("model_kwargs", self.model_kwargs, n, b, self._same)
         if self.guidance_scale is not None:
-            unc = _tile(self.uncond_kwargs, n, b)
-            kwargs = {k: _cat(k, v, unc[k], n * b) for k, v in kwargs.items()}
+            unc, unc_tiled = _tile("uncond_kwargs", self.uncond_kwargs, n, b, self._same)
+            kwargs = {k: _cat(k, v, unc[k], (k in tiled) + (k in unc_tiled), k in self._same)
+                      for k, v in kwargs.items()}
             xf, tf = torch.cat([xf, xf]), torch.cat([tf, tf])
         out = self.model(xf, tf, **kwargs)
         out = getattr(out, "sample", out)
@@ -205,27 +215,57 @@ class Denoiser:
         return x0, eps
 
 
-def _tile(kwargs: Mapping[str, Any], n: int, b: int) -> dict[str, Any]:
-    out = {}
+#: keyword arguments shared by every sample rather than given per sample (Flux's position
+#: ids ``[tokens, 3]``): passed to the model unchanged whatever their leading dimension
+SHARED_KWARGS = frozenset({"txt_ids", "img_ids"})
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a is b or (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
+                          and a.device == b.device and bool(torch.equal(a, b)))
+    try:
+        return bool(a == b)
+    except (RuntimeError, TypeError, ValueError):  # e.g. mappings of tensors
+        return False
+
+
+def _tile(name: str, kwargs: Mapping[str, Any], n: int, b: int,
+          same: set[str]) -> tuple[dict[str, Any], set[str]]:
+    """``kwargs`` for ``n`` blocks of ``b`` samples, and the keys of its per-sample tensors
+    (``b`` rows, or one broadcast to every sample), repeated to ``n b`` rows; shared values
+    are unchanged."""
+    out, tiled = {}, set()
     for k, v in kwargs.items():
-        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == b:
-            out[k] = v.repeat(n, *([1] * (v.dim() - 1)))
-        else:
+        if not isinstance(v, Tensor) or v.dim() == 0 or k in SHARED_KWARGS:
             out[k] = v
-    return out
+        elif v.shape[0] in (1, b):
+            out[k] = v.repeat(n * b // v.shape[0], *([1] * (v.dim() - 1)))
+            tiled.add(k)
+        elif k in same:  # the same in both halves of the guidance: shared by every sample
+            out[k] = v
+        else:
+            raise ValueError(
+                f"{name}[{k!r}] has no per-sample leading dimension: {v.shape[0]} rows (shape "
+                f"{tuple(v.shape)}), expected the batch size {b} (one row per sample of x_T) or "
+                "1 (one row for every sample). A tensor shared by every sample goes to the "
+                "model itself (functools.partial) or, with guidance, the same in uncond_kwargs")
+    return out, tiled
 
 
-def _cat(key: str, a: Any, b: Any, rows: int) -> Any:
+def _cat(key: str, a: Any, b: Any, tiled: int, same: bool) -> Any:
     """The conditional and unconditional values of ``key`` for one batched call: per-sample
-    tensors (leading dimension ``rows``) are concatenated; a value without a sample
+    tensors (``tiled``: in how many halves) are concatenated; a value without a sample
     dimension (Flux's ``txt_ids``, a scalar) must be the same in both halves."""
-    if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == rows:
+    if tiled == 2:
+        if a.shape[1:] != b.shape[1:]:
+            raise ValueError(
+                f"model_kwargs[{key!r}] and uncond_kwargs[{key!r}] must have the same shape per "
+                f"sample, got {tuple(a.shape[1:])} and {tuple(b.shape[1:])}")
         return torch.cat([a, b])
-    same = a is b or (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
-                      and bool(torch.equal(a, b))) or (not isinstance(a, Tensor) and a == b)
-    if not same:
+    if tiled or not same:
         raise ValueError(
-            f"model_kwargs[{key!r}] has no per-sample leading dimension, so its conditional and "
-            "unconditional values cannot share one batched call: give it per sample, or the "
-            "same value in uncond_kwargs")
+            f"model_kwargs[{key!r}] has no per-sample leading dimension in both halves, so its "
+            "conditional and unconditional values cannot share one batched call: give it per "
+            "sample in both model_kwargs and uncond_kwargs, or the same value in both")
     return a

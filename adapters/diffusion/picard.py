@@ -201,7 +201,9 @@ def _window_sample(
         # the guess's increments, anchored at x_T (a neighbouring run's trajectory starts
         # elsewhere; its steps are what carries over)
         guide = initial.to(device=dev, dtype=x_T.dtype)
+        _check_finite_input("initial", guide, x_T.dtype)
         traj[1:] = y0 + (guide[1:] - guide[0])
+        _check_finite_input("initial", traj, x_T.dtype)
     ones = torch.ones(window, dtype=torch.float64, device=dev)
     secant = _Secant(smp(traj), window) if coupling == "secant" else None
     history: list[float] = []

@@ -115,8 +115,7 @@ def _check_x(x_T: object, model: Model) -> Tensor:
         raise ValueError(f"x_T must be [batch, *sample] (at least 2-D), got {tuple(x_T.shape)}")
     if x_T.numel() == 0:
         raise ValueError(f"x_T must hold at least one sample, got shape {tuple(x_T.shape)}")
-    if not bool(torch.isfinite(x_T).all()):
-        raise ValueError("x_T must be finite")
+    _check_finite_input("x_T", x_T)
     return x_T
 
 
@@ -147,9 +146,17 @@ def sample_of(grid: SamplingGrid, state: Tensor) -> Tensor:
     return state if grid.num_slots == 1 else state[:, 0]
 
 
-def _check_finite_input(name: str, value: Tensor) -> None:
+def _check_finite_input(name: str, value: Tensor, dtype: torch.dtype | None = None) -> None:
+    """``value`` must hold finite numbers (``dtype``: where it holds them once converted to
+    the run's dtype, which a float32 warm start can overflow in a float16 run)."""
+    if value.is_meta:
+        raise ValueError(f"{name} is a meta tensor, which holds no values; give it on a real "
+                         "device (cpu, cuda, ...)")
     if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} must be finite (it contains NaN or Inf)")
+        if dtype is None:
+            raise ValueError(f"{name} must be finite (it contains NaN or Inf)")
+        raise ValueError(f"{name} must be finite in x_T's dtype {dtype}: converted to it and "
+                         "anchored at x_T, its values overflow (Inf or NaN)")
 
 
 #: the keywords that describe the model and its conditioning (see :class:`Denoiser`); every
@@ -373,6 +380,7 @@ def srds_sample(
         if guess.shape[0] == N + 1:
             guess = guess[edges.round().long().to(guess.device)]
         guess = y0 + (guess - guess[0])
+        _check_finite_input("initial", guess, x_T.dtype)
 
     def on_iteration(info: pint.IterationInfo) -> None:
         if return_iterates:
