@@ -3,8 +3,8 @@
 ``from_diffusers(net, scheduler)`` keeps the scheduler's grid, prediction type and solver
 (DDIM/DDPM, flow-matching Euler, Euler (Karras), Euler ancestral, DPM-Solver++ 2M, UniPC),
 so that ``serial_sample(model, schedule, x, num_steps=K)`` reproduces diffusers' own loop
-after ``scheduler.set_timesteps(K)`` (``sampler="ddpm"`` for a DDPMScheduler's ancestral
-loop). Needs the ``diffusers`` extra.
+after ``scheduler.set_timesteps(K)`` (a DDPMScheduler's ancestral loop included: a schedule
+samples with its scheduler's solver unless told otherwise). Needs the ``diffusers`` extra.
 
 Text-to-image pipelines (StableDiffusion-class): ``srds_pipeline``, ``load_text_to_image``
 and ``TextToImageOutput`` from :mod:`adapters.text_to_image`, re-exported here.
@@ -130,6 +130,10 @@ def schedule_from_scheduler(scheduler: Any, **set_timesteps_kwargs: Any
             raise ValueError(f"{name} takes no set_timesteps arguments here, got "
                              f"{sorted(set_timesteps_kwargs)}")
         return _vp_schedule(scheduler, name)
+    if set_timesteps_kwargs.get("mu") is not None and not cfg.use_dynamic_shifting:
+        raise ValueError(f"{name} got mu={set_timesteps_kwargs['mu']!r}, the dynamic shift, but "
+                         "has use_dynamic_shifting=False (diffusers would ignore or reject it); "
+                         "drop mu or build the scheduler with use_dynamic_shifting=True")
     options: dict[str, Any] = {}
     if name == "FlowMatchEulerDiscreteScheduler":
         _require(cfg, name, "stochastic_sampling", False, "stochastic_sampling=False")
@@ -159,7 +163,8 @@ def schedule_from_scheduler(scheduler: Any, **set_timesteps_kwargs: Any
             keys = ("solver_order", "lower_order_final", "solver_type", "disable_corrector")
         _require(cfg, name, "solver_order", (1, 2), "solver_order 1 or 2")
         options = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
-        options["disable_corrector"] = tuple(options.get("disable_corrector") or ())
+        if solver == "unipc":
+            options["disable_corrector"] = tuple(options.get("disable_corrector") or ())
         family = "flow" if getattr(cfg, "use_flow_sigmas", False) else "vp"
         prediction = cfg.prediction_type
         if cfg.use_dynamic_shifting and set_timesteps_kwargs.get("mu") is None:
@@ -168,18 +173,67 @@ def schedule_from_scheduler(scheduler: Any, **set_timesteps_kwargs: Any
         raise ValueError(f"{name} with prediction_type={prediction!r} is not supported on "
                          "VP sigmas; supported: 'epsilon', 'sample', 'v_prediction'")
     template = copy.deepcopy(scheduler)
+    fixed = _fixed_steps(name, set_timesteps_kwargs)
+    # a grid given as sigmas=/timesteps= replaces the step count (FlowMatch takes both)
+    with_count = fixed is None or name == "FlowMatchEulerDiscreteScheduler"
 
     def levels(N: int) -> tuple[Tensor, Tensor, float]:
+        if fixed is not None and N != fixed:
+            raise ValueError(f"num_steps={N}, but the schedule's set_timesteps arguments "
+                             f"{sorted(set_timesteps_kwargs)} fix {fixed} steps")
         sched = copy.deepcopy(template)
         kwargs = {k: (v(N) if callable(v) else v) for k, v in set_timesteps_kwargs.items()}
-        sched.set_timesteps(N, **kwargs)
-        return (sched.timesteps.detach().cpu().clone(), sched.sigmas.detach().cpu().double(),
-                float(getattr(sched, "init_noise_sigma", 1.0)))
+        if with_count:
+            sched.set_timesteps(N, **kwargs)
+        else:
+            sched.set_timesteps(**kwargs)
+        sigmas = sched.sigmas.detach().cpu().double()
+        if getattr(cfg, "interpolation_type", "linear") == "log_linear" and sigmas.numel() == N + 2:
+            sigmas = sigmas[:-1]  # diffusers' loop never reaches the appended 0: it ends at sigmas[N]
+        return sched.timesteps.detach().cpu().clone(), sigmas, float(getattr(sched, "init_noise_sigma", 1.0))
 
-    return SigmaSchedule(levels, family, prediction, solver, options,
-                         max_steps=int(cfg.num_train_timesteps),
-                         timestep_scale=float(cfg.num_train_timesteps) if family == "flow" else None,
-                         name=name)
+    if family == "vp":  # diffusers' Euler schedulers start at sigma_max, or sqrt(sigma_max^2 + 1)
+        bare = cfg.timestep_spacing in ("linspace", "trailing")
+
+        def start_scale(solver: str, sigmas: Tensor) -> float:
+            if solver not in ("euler", "euler_ancestral"):
+                return 1.0  # DPM-Solver++ / UniPC run in the VP state
+            top = float(sigmas.max())
+            return top if bare else (top**2 + 1) ** 0.5
+    else:
+        def start_scale(solver: str, sigmas: Tensor) -> float:
+            return 1.0
+
+    schedule = SigmaSchedule(levels, family, prediction, solver, options,
+                             max_steps=fixed or int(cfg.num_train_timesteps),
+                             timestep_scale=float(cfg.num_train_timesteps) if family == "flow" else None,
+                             name=name, start_scale=start_scale)
+    trial = fixed or min(10, int(cfg.num_train_timesteps))
+    try:  # diffusers' own complaints about the arguments surface here, not at sampling time
+        schedule.levels(trial)
+    except (ValueError, TypeError, AssertionError, IndexError) as err:
+        raise ValueError(f"{name}.set_timesteps({trial}, **{sorted(set_timesteps_kwargs)}) fails "
+                         f"with this configuration: {err}") from err
+    return schedule
+
+
+def _fixed_steps(name: str, kwargs: dict[str, Any]) -> int | None:
+    """The step count a ``sigmas=`` / ``timesteps=`` list fixes (``None`` where none is
+    given or it is a callable of the step count)."""
+    lengths = {}
+    for key in ("sigmas", "timesteps"):
+        value = kwargs.get(key)
+        if value is None or callable(value):
+            continue
+        n = len(value)
+        # Euler's sigmas carry the final level; FlowMatch's (and every timesteps list) do not
+        lengths[key] = n - 1 if key == "sigmas" and name != "FlowMatchEulerDiscreteScheduler" else n
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"sigmas and timesteps give different step counts: {lengths}")
+    n = next(iter(lengths.values()), None)
+    if n is not None and n < 1:
+        raise ValueError(f"{sorted(lengths)} must give at least one step, got {lengths}")
+    return n
 
 
 def _vp_schedule(scheduler: Any, name: str) -> VPSchedule:
@@ -194,6 +248,7 @@ def _vp_schedule(scheduler: Any, name: str) -> VPSchedule:
         final = 1.0
     return VPSchedule.from_alphas_cumprod(
         ac,
+        solver="ddim" if name == "DDIMScheduler" else "ddpm",
         prediction_type=cfg.prediction_type,
         timestep_spacing=cfg.timestep_spacing,
         steps_offset=int(cfg.steps_offset),

@@ -467,9 +467,11 @@ def _scheduler_kwargs(pipe: Any, pipe_name: str, fam: PipelineFamily,
         seq_len, max_shift = (shape[2] // patch) * (shape[3] // patch), 1.16
         if not cfg.get("use_dynamic_shifting", None):
             return {}
-    kw: dict[str, Any] = {"mu": calculate_shift(
-        seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-        cfg.get("base_shift", 0.5), cfg.get("max_shift", max_shift))}
+    kw: dict[str, Any] = {}
+    if cfg.get("use_dynamic_shifting", None):  # FluxPipeline passes mu always; unused otherwise
+        kw["mu"] = calculate_shift(
+            seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5), cfg.get("max_shift", max_shift))
     if pipe_name == "FluxPipeline" and not cfg.get("use_flow_sigmas", False):
         kw["sigmas"] = lambda N: np.linspace(1.0, 1 / N, N)
     return kw

@@ -140,7 +140,7 @@ class SamplingGrid:
         """The grid of a ``num_steps``-step sampler: ``kind`` is the solver (default: the
         schedule's own: ``"ddim"`` for a :class:`VPSchedule`)."""
         if isinstance(schedule, VPSchedule):
-            return _vp_grid(schedule, num_steps, kind or "ddim", eta)
+            return _vp_grid(schedule, num_steps, kind or schedule.solver, eta)
         if isinstance(schedule, SigmaSchedule):
             return _sigma_grid(schedule, num_steps, kind, eta)
         raise TypeError("schedule must be a VPSchedule or SigmaSchedule, got "
@@ -167,6 +167,8 @@ def _vp_grid(schedule: VPSchedule, num_steps: int, kind: str, eta: float) -> Sam
     if kind not in ("ddim", "ddpm"):
         raise ValueError(f"sampler must be 'ddim' or 'ddpm' for a VPSchedule, got {kind!r}")
     eta = _check_eta(eta)
+    if kind == "ddpm" and eta != 0:
+        raise ValueError("eta applies to the DDIM sampler; 'ddpm' samples ancestrally (eta=0)")
     T = schedule.num_train_timesteps
     ts = schedule.timesteps(num_steps)
     if kind == "ddim":  # diffusers' DDIMScheduler: prev = t - T // N
@@ -177,6 +179,11 @@ def _vp_grid(schedule: VPSchedule, num_steps: int, kind: str, eta: float) -> Sam
     a_in = ac[ts.clamp(0, T - 1)]
     final = 1.0 if kind == "ddpm" else schedule.final_alpha_cumprod
     a_out = torch.where(prev >= 0, ac[prev.clamp(min=0)], torch.full_like(a_in, final))
+    if bool((a_in == 0).any()) and schedule.prediction_type == "epsilon":
+        raise ValueError(
+            "the grid starts at zero terminal SNR (alphas_cumprod[T-1] = 0, diffusers' "
+            "rescale_betas_zero_snr=True), where a network with prediction_type='epsilon' "
+            "cannot give x0; zero-SNR models predict 'v_prediction' (or 'sample')")
     zero = torch.zeros_like(a_in)
     if kind == "ddim":
         var = (1 - a_out) / (1 - a_in) * (1 - a_in / a_out)
@@ -207,6 +214,7 @@ def _sigma_grid(schedule: SigmaSchedule, num_steps: int, kind: str | None,
         raise ValueError("eta applies to DDIM on a VPSchedule; use solver='euler_ancestral' "
                          "for an ancestral sampler on a sigma grid")
     timesteps, sig, init = schedule.levels(num_steps)
+    init = schedule.init_noise_sigma(solver, sig, init)
     N = timesteps.numel()
     a_m, s_m = schedule.model_alpha_sigma(sig)        # the network's parameterization
     a, s = schedule.state_alpha_sigma(sig, solver)    # the sampler's state
@@ -216,7 +224,7 @@ def _sigma_grid(schedule: SigmaSchedule, num_steps: int, kind: str | None,
     if solver == "euler":
         coef = _first_order(a, s)
     elif solver == "euler_ancestral":
-        coef = _euler_ancestral(a, s)
+        coef = _ancestral(a, s)
     elif solver == "dpmpp_2m":
         coef = _dpmpp_2m(a, s, N, opts)
     else:
@@ -235,15 +243,21 @@ def _first_order(a: Tensor, s: Tensor) -> Tensor:
     return _one_step(r, a[1:] - a[:-1] * r, zero, zero)
 
 
-def _euler_ancestral(a: Tensor, s: Tensor) -> Tensor:
-    """diffusers' EulerAncestralDiscreteScheduler (VE state): deterministic part to
-    ``sigma_down``, plus ``sigma_up z``."""
-    s0, s1 = s[:-1], s[1:]
-    up = (s1**2 * (s0**2 - s1**2) / s0**2).clamp(min=0).sqrt()
-    down = (s1**2 - up**2).clamp(min=0).sqrt()
-    r = down / s0
-    zero = torch.zeros_like(r)
-    return _one_step(r, 1 - r, zero, up)
+def _ancestral(a: Tensor, s: Tensor) -> Tensor:
+    """The ancestral Euler step for ``x = alpha x0 + sigma eps``: in the variance-exploding
+    variables ``x / alpha`` (levels ``v = sigma / alpha``) a deterministic Euler step down to
+    ``v_down = v' q`` plus fresh noise ``v_up z`` with ``v_up = v' sqrt(1 - q^2)``,
+    ``q = v' / v`` (diffusers' EulerAncestralDiscreteScheduler, where ``alpha = 1``), then
+    scaled back by ``alpha'``:
+
+        ``x' = (sigma' q / sigma) x + alpha' (1 - q^2) x0 + sigma' sqrt(1 - q^2) z``.
+
+    It keeps the marginals ``alpha' x0 + sigma' eps`` for any ``alpha`` (DDIM with
+    ``eta = 1``); at ``alpha = 0`` (flow matching's first level) ``q = 0``."""
+    a0, s0, a1, s1 = a[:-1], s[:-1], a[1:], s[1:]
+    q = torch.where(s1 > 0, (s1 * a0) / (s0 * a1).clamp(min=1e-300), torch.zeros_like(s1))
+    zero = torch.zeros_like(q)
+    return _one_step(s1 * q / s0, a1 * (1 - q**2), zero, s1 * (1 - q**2).clamp(min=0).sqrt())
 
 
 def _lambda(a: Tensor, s: Tensor) -> np.ndarray:
@@ -255,6 +269,7 @@ def _dpmpp_2m(a: Tensor, s: Tensor, N: int, opts: dict) -> Tensor:
     """DPM-Solver++ (diffusers' DPMSolverMultistepScheduler, ``dpmsolver++``, orders 1-2,
     ``midpoint`` or ``heun``). Slots ``(x, m_prev)``."""
     order = opts.get("solver_order", 2)
+    final = "zero" if float(s[-1]) == 0 else "sigma_min"  # the levels say where they end
     lam = _lambda(a, s)
     an, sn = a.numpy(), s.numpy()
     coef = np.zeros((N, 2, 5))
@@ -262,7 +277,7 @@ def _dpmpp_2m(a: Tensor, s: Tensor, N: int, opts: dict) -> Tensor:
         last = j == N - 1
         lower_final = last and (opts.get("euler_at_final", False)
                                 or (opts.get("lower_order_final", True) and N < 15)
-                                or opts.get("final_sigmas_type", "zero") == "zero")
+                                or opts.get("final_sigmas_type", final) == "zero")
         o = 1 if (order == 1 or j < 1 or lower_final) else 2
         r = sn[j + 1] / sn[j]
         A = an[j + 1] - an[j] * r  # = -alpha_t (exp(-h) - 1)

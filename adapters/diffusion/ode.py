@@ -140,8 +140,16 @@ class GridStep(StepPropagator):
             ab = (a**2 / (a**2 + s**2)).clamp(max=1 - 1e-10)
             return 0.5 * (ab.log() - (1 - ab).log())
 
-        r = (lam(a_m, s_m) - lam(a_s, s_s)) / (lam(a_t, s_t) - lam(a_s, s_s))
-        w = torch.where(hs > 1, 1 / (2 * r.clamp(min=1e-6)), torch.zeros_like(r))
+        # the weight of the middle prediction: 1 / (2 r), r = where the middle lies in
+        # log-SNR. From pure noise (alpha_s = 0: flow matching's first level, zero terminal
+        # SNR) log-SNR starts at -inf; there D is the exponential integrator's average of
+        # x0 with x0_s before the middle and x0_m after it: weight 1 - exp(-(lam_t - lam_m))
+        noisy = a_s == 0
+        lam_s = torch.where(noisy, torch.zeros_like(a_s), lam(a_s, s_s))
+        lam_m, lam_t = lam(a_m, s_m), lam(a_t, s_t)
+        r = (lam_m - lam_s) / (lam_t - lam_s)
+        w = torch.where(noisy, -torch.expm1(lam_m - lam_t), 1 / (2 * r.clamp(min=1e-6)))
+        w = torch.where(hs > 1, w, torch.zeros_like(w))
         d = cast(1 - w) * x0_s + cast(w) * x0_m
         # x_t = sigma_t / sigma_s * x + (alpha_t - sigma_t alpha_s / sigma_s) * D
         ratio = s_t / s_s

@@ -29,6 +29,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 VP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 FAMILIES = ("vp", "flow", "ve")
 SIGMA_SOLVERS = ("euler", "euler_ancestral", "dpmpp_2m", "unipc")
+VP_SOLVERS = ("ddim", "ddpm")
 SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -48,6 +49,12 @@ class VPSchedule:
             ``set_alpha_to_one=True``) or ``alpha_bar[0]``.
         clip_sample: clamp the predicted x0 to ``[-clip_sample_range, clip_sample_range]``.
         clip_sample_range: the clamp bound.
+        solver: the default solver: ``"ddim"`` (diffusers' DDIMScheduler) or ``"ddpm"``
+            (DDPMScheduler's ancestral step); a bridged scheduler sets its own.
+
+    ``alphas_cumprod`` may end at 0 (zero terminal SNR, diffusers'
+    ``rescale_betas_zero_snr=True``); a grid that starts there needs a network that
+    predicts ``"v_prediction"`` or ``"sample"`` (noise alone does not give ``x0``).
     """
 
     alphas_cumprod: Tensor
@@ -57,13 +64,16 @@ class VPSchedule:
     final_alpha_cumprod: float = 1.0
     clip_sample: bool = False
     clip_sample_range: float = 1.0
+    solver: str = "ddim"
 
     def __post_init__(self) -> None:
         ac = torch.as_tensor(self.alphas_cumprod).detach().to("cpu", torch.float64).flatten()
         if ac.numel() < 1:
             raise ValueError("alphas_cumprod must hold at least one timestep")
-        if not bool(((ac > 0) & (ac < 1) | (ac == 1) & (torch.arange(ac.numel()) == 0)).all()):
-            raise ValueError("alphas_cumprod must lie in (0, 1]")
+        first, last = torch.arange(ac.numel()) == 0, torch.arange(ac.numel()) == ac.numel() - 1
+        if not bool(((ac > 0) & (ac < 1) | (ac == 1) & first | (ac == 0) & last & ~first).all()):
+            raise ValueError("alphas_cumprod must lie in (0, 1] (the last one may be 0: zero "
+                             "terminal SNR)")
         if not bool((torch.diff(ac) <= 0).all()):
             raise ValueError("alphas_cumprod must be non-increasing (betas in [0, 1))")
         object.__setattr__(self, "alphas_cumprod", ac)
@@ -83,6 +93,12 @@ class VPSchedule:
             )
         if not 0 < self.final_alpha_cumprod <= 1:
             raise ValueError(f"final_alpha_cumprod must be in (0, 1], got {self.final_alpha_cumprod}")
+        if isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, int) \
+                or self.steps_offset < 0:
+            raise ValueError(f"steps_offset must be an int >= 0, got {self.steps_offset!r}")
+        if self.solver not in VP_SOLVERS:
+            raise ValueError(f"solver must be one of {VP_SOLVERS} for a VPSchedule, got "
+                             f"{self.solver!r}")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -144,11 +160,6 @@ class VPSchedule:
         """The most sampling steps the schedule allows (``T``)."""
         return self.num_train_timesteps
 
-    @property
-    def solver(self) -> str:
-        """The default solver on this schedule: ``"ddim"``."""
-        return "ddim"
-
     def timesteps(self, num_steps: int) -> Tensor:
         """The ``num_steps`` training timesteps a sampler visits, descending, int64 ``[N]``
         (diffusers' ``set_timesteps``)."""
@@ -173,6 +184,42 @@ class VPSchedule:
         return (f"VPSchedule(T={self.num_train_timesteps}, prediction_type={self.prediction_type!r}, "
                 f"timestep_spacing={self.timestep_spacing!r}, steps_offset={self.steps_offset}, "
                 f"final_alpha_cumprod={self.final_alpha_cumprod:g}, clip_sample={self.clip_sample})")
+
+
+#: each sigma solver's options (diffusers' names) and their values: a tuple of the allowed
+#: values, or a description checked by :func:`_valid_option`
+SOLVER_OPTIONS: dict[str, dict[str, Any]] = {
+    "euler": {},
+    "euler_ancestral": {},
+    "dpmpp_2m": {"solver_order": (1, 2), "lower_order_final": (True, False),
+                 "euler_at_final": (True, False), "final_sigmas_type": ("zero", "sigma_min"),
+                 "solver_type": ("midpoint", "heun")},
+    "unipc": {"solver_order": (1, 2), "lower_order_final": (True, False),
+              "solver_type": ("bh1", "bh2"),
+              "disable_corrector": "a list of step indices (ints >= 0)"},
+}
+
+
+def _valid_option(solver: str, key: str, value: Any) -> bool:
+    allowed = SOLVER_OPTIONS[solver].get(key)
+    if allowed is None:
+        return False
+    if key == "disable_corrector":
+        return isinstance(value, (list, tuple, range)) and all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    # type-strict: True is not the order 1, nor 1 the flag True
+    return any(value == a and type(value) is type(a) for a in allowed)
+
+
+def _check_option(solver: str, key: str, value: Any) -> None:
+    known = SOLVER_OPTIONS[solver]
+    if key not in known:
+        raise ValueError(f"unknown option {key!r} for solver {solver!r}; its options are "
+                         f"{sorted(known) or 'none'}")
+    if not _valid_option(solver, key, value):
+        raise ValueError(f"{key} must be one of {known[key]} for solver {solver!r}, got {value!r}"
+                         if isinstance(known[key], tuple)
+                         else f"{key} must be {known[key]} for solver {solver!r}, got {value!r}")
 
 
 def _check_T(T: object) -> int:
@@ -211,13 +258,19 @@ class SigmaSchedule:
             or ``"unipc"``. Euler-type solvers on a ``"vp"`` family run in the VE state
             ``x / alpha`` with the model input scaled back (diffusers' Euler schedulers);
             the others run in the network's own parameterization.
-        solver_options: the solver's settings, as diffusers names them (``solver_order``,
-            ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``,
-            ``solver_type``, ``disable_corrector``).
+        solver_options: the solver's settings, as diffusers names them
+            (:data:`SOLVER_OPTIONS` lists each solver's and their values); an unknown
+            option or value is an error.
         max_steps: the most sampling steps allowed.
         timestep_scale: for the analytic references: the model's timestep is
             ``s * timestep_scale`` (``"flow"``: ``num_train_timesteps``; ``"ve"``: 1).
         name: shown in ``repr``.
+        start_scale: ``start_scale(solver, sigmas) -> float``: the factor ``x_T`` is
+            multiplied by for ``solver`` on the levels ``sigmas`` (a diffusers scheduler's
+            ``init_noise_sigma`` convention). Default: ``levels_fn``'s factor where the
+            solver keeps the state of the schedule's own solver, else that state's scale
+            ``sqrt(alpha^2 + sigma^2)`` at the first level (a ``"vp"`` family switching
+            between the VE state of Euler and the VP state of DPM-Solver++/UniPC).
     """
 
     levels_fn: Callable[[int], tuple[Tensor, Tensor, float]]
@@ -228,6 +281,7 @@ class SigmaSchedule:
     max_steps: int = 1000
     timestep_scale: float | None = None
     name: str = "custom"
+    start_scale: Callable[[str, Tensor], float] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.levels_fn):
@@ -239,10 +293,17 @@ class SigmaSchedule:
                              f"{self.prediction_type!r}")
         if self.solver not in SIGMA_SOLVERS:
             raise ValueError(f"solver must be one of {SIGMA_SOLVERS}, got {self.solver!r}")
-        order = self.solver_options.get("solver_order", 2)
-        if order not in (1, 2):
-            raise ValueError(f"solver_order must be 1 or 2, got {order!r}")
-        object.__setattr__(self, "solver_options", dict(self.solver_options))
+        if not isinstance(self.solver_options, Mapping):
+            raise TypeError(f"solver_options must be a mapping, got "
+                            f"{type(self.solver_options).__name__}")
+        options = dict(self.solver_options)
+        for key, value in options.items():
+            _check_option(self.solver, key, value)
+        if "disable_corrector" in options:
+            options["disable_corrector"] = tuple(options["disable_corrector"])
+        object.__setattr__(self, "solver_options", options)
+        if self.start_scale is not None and not callable(self.start_scale):
+            raise TypeError("start_scale must be callable start_scale(solver, sigmas)")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -290,8 +351,14 @@ class SigmaSchedule:
                    timestep_scale=1.0, name=f"edm(sigma_min={sigma_min:g}, sigma_max={sigma_max:g})")
 
     def with_solver(self, solver: str, **options: Any) -> SigmaSchedule:
-        """A copy that samples with another solver (and its options)."""
-        return replace(self, solver=solver, solver_options={**self.solver_options, **options})
+        """A copy that samples with another solver and its ``options``
+        (:data:`SOLVER_OPTIONS`): options of the current solver that the new one shares
+        with the same meaning are kept, the others dropped; an unknown option or value in
+        ``options`` is an error listing the valid ones."""
+        if solver not in SIGMA_SOLVERS:
+            raise ValueError(f"solver must be one of {SIGMA_SOLVERS}, got {solver!r}")
+        kept = {k: v for k, v in self.solver_options.items() if _valid_option(solver, k, v)}
+        return replace(self, solver=solver, solver_options={**kept, **options})
 
     # ------------------------------------------------------------------ levels
     def levels(self, num_steps: int) -> tuple[Tensor, Tensor, float]:
@@ -310,6 +377,20 @@ class SigmaSchedule:
                              f"non-increasing from a level > 0, got {sigmas.tolist()}")
         return timesteps, sigmas, float(init)
 
+    def init_noise_sigma(self, solver: str, sigmas: Tensor, init: float) -> float:
+        """The factor ``x_T`` is multiplied by for ``solver`` on the levels ``sigmas``,
+        where ``levels_fn`` gave ``init`` for the schedule's own solver (see
+        ``start_scale``)."""
+        if self.start_scale is not None:
+            return float(self.start_scale(solver, sigmas))
+        if self._ve_state(solver) == self._ve_state(self.solver):
+            return float(init)
+        a, s = self.state_alpha_sigma(sigmas[:1], solver)
+        return float((a**2 + s**2).sqrt())
+
+    def _ve_state(self, solver: str) -> bool:
+        return self.family == "vp" and solver in ("euler", "euler_ancestral")
+
     def model_alpha_sigma(self, s: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha, sigma)`` of the network's noisy input at levels ``s`` (float64)."""
         s = s.to(torch.float64)
@@ -323,7 +404,7 @@ class SigmaSchedule:
     def state_alpha_sigma(self, s: Tensor, solver: str) -> tuple[Tensor, Tensor]:
         """``(alpha, sigma)`` of the sampler's state at levels ``s``: the VE state for
         Euler-type solvers on a ``"vp"`` family, the network's own otherwise."""
-        if self.family == "vp" and solver in ("euler", "euler_ancestral"):
+        if self._ve_state(solver):
             return torch.ones_like(s, dtype=torch.float64), s.to(torch.float64)
         return self.model_alpha_sigma(s)
 
