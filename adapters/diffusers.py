@@ -249,6 +249,7 @@ def _vp_schedule(scheduler: Any, name: str) -> VPSchedule:
     return VPSchedule.from_alphas_cumprod(
         ac,
         solver="ddim" if name == "DDIMScheduler" else "ddpm",
+        prev_timestep="stride" if name == "DDIMScheduler" else "next",
         prediction_type=cfg.prediction_type,
         timestep_spacing=cfg.timestep_spacing,
         steps_offset=int(cfg.steps_offset),

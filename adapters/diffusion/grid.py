@@ -23,6 +23,7 @@ writes it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,10 +172,19 @@ def _vp_grid(schedule: VPSchedule, num_steps: int, kind: str, eta: float) -> Sam
         raise ValueError("eta applies to the DDIM sampler; 'ddpm' samples ancestrally (eta=0)")
     T = schedule.num_train_timesteps
     ts = schedule.timesteps(num_steps)
-    if kind == "ddim":  # diffusers' DDIMScheduler: prev = t - T // N
+    nxt = torch.cat([ts[1:], torch.tensor([-1])])  # the next timestep, -1 after the last
+    if kind == "ddim" and schedule.prev_timestep == "stride":  # diffusers' DDIMScheduler
         prev = ts - T // ts.numel()
-    else:  # DDPMScheduler: the next timestep of the list, -1 after the last
-        prev = torch.cat([ts[1:], torch.tensor([-1])])
+        if bool((prev[:-1] != nxt[:-1]).any()):
+            warnings.warn(
+                f"DDIM with prev_timestep='stride' (diffusers' DDIMScheduler) on a "
+                f"{schedule.timestep_spacing!r} grid of {ts.numel()} steps: each step lands at "
+                f"t - {T // ts.numel()}, not at the next timestep, so the model sees the wrong "
+                "noise level and the samples' distribution is off (diffusers issue 12633). "
+                "This equals diffusers' loop; schedule.with_conventions(prev_timestep='next') "
+                "samples correctly", UserWarning, stacklevel=4)
+    else:  # DDPMScheduler (and DDIM by default): the next timestep of the list
+        prev = nxt
     ac = schedule.alphas_cumprod
     a_in = ac[ts.clamp(0, T - 1)]
     final = 1.0 if kind == "ddpm" else schedule.final_alpha_cumprod

@@ -51,6 +51,12 @@ class VPSchedule:
         clip_sample_range: the clamp bound.
         solver: the default solver: ``"ddim"`` (diffusers' DDIMScheduler) or ``"ddpm"``
             (DDPMScheduler's ancestral step); a bridged scheduler sets its own.
+        prev_timestep: where a DDIM step lands: ``"next"``, the next timestep of the grid
+            (right for every spacing), or ``"stride"``, ``t - T // N`` as diffusers'
+            DDIMScheduler computes it (which a bridged DDIMScheduler keeps, to equal its
+            loop): with ``"trailing"`` or ``"linspace"`` spacing and ``N`` not dividing
+            ``T`` the step then lands beside the next timestep and the samples' distribution
+            is off (diffusers issue 12633; a warning says so).
 
     ``alphas_cumprod`` may end at 0 (zero terminal SNR, diffusers'
     ``rescale_betas_zero_snr=True``); a grid that starts there needs a network that
@@ -65,6 +71,7 @@ class VPSchedule:
     clip_sample: bool = False
     clip_sample_range: float = 1.0
     solver: str = "ddim"
+    prev_timestep: str = "next"
 
     def __post_init__(self) -> None:
         ac = torch.as_tensor(self.alphas_cumprod).detach().to("cpu", torch.float64).flatten()
@@ -96,6 +103,8 @@ class VPSchedule:
         if isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, int) \
                 or self.steps_offset < 0:
             raise ValueError(f"steps_offset must be an int >= 0, got {self.steps_offset!r}")
+        if self.prev_timestep not in ("next", "stride"):
+            raise ValueError(f"prev_timestep must be 'next' or 'stride', got {self.prev_timestep!r}")
         if self.solver not in VP_SOLVERS:
             raise ValueError(f"solver must be one of {VP_SOLVERS} for a VPSchedule, got "
                              f"{self.solver!r}")
@@ -271,6 +280,8 @@ class SigmaSchedule:
             solver keeps the state of the schedule's own solver, else that state's scale
             ``sqrt(alpha^2 + sigma^2)`` at the first level (a ``"vp"`` family switching
             between the VE state of Euler and the VP state of DPM-Solver++/UniPC).
+        init_solver: the solver whose ``init_noise_sigma`` ``levels_fn`` returns (default:
+            ``solver``; :meth:`with_solver` keeps it).
     """
 
     levels_fn: Callable[[int], tuple[Tensor, Tensor, float]]
@@ -282,6 +293,7 @@ class SigmaSchedule:
     timestep_scale: float | None = None
     name: str = "custom"
     start_scale: Callable[[str, Tensor], float] | None = None
+    init_solver: str | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.levels_fn):
@@ -302,6 +314,10 @@ class SigmaSchedule:
         if "disable_corrector" in options:
             options["disable_corrector"] = tuple(options["disable_corrector"])
         object.__setattr__(self, "solver_options", options)
+        if self.init_solver is None:
+            object.__setattr__(self, "init_solver", self.solver)
+        elif self.init_solver not in SIGMA_SOLVERS:
+            raise ValueError(f"init_solver must be one of {SIGMA_SOLVERS}, got {self.init_solver!r}")
         if self.start_scale is not None and not callable(self.start_scale):
             raise TypeError("start_scale must be callable start_scale(solver, sigmas)")
 
@@ -383,7 +399,7 @@ class SigmaSchedule:
         ``start_scale``)."""
         if self.start_scale is not None:
             return float(self.start_scale(solver, sigmas))
-        if self._ve_state(solver) == self._ve_state(self.solver):
+        if self._ve_state(solver) == self._ve_state(self.init_solver):
             return float(init)
         a, s = self.state_alpha_sigma(sigmas[:1], solver)
         return float((a**2 + s**2).sqrt())

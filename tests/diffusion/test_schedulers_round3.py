@@ -274,3 +274,26 @@ def test_with_solver_keeps_the_shared_options_and_drops_the_others():
 def test_steps_offset_must_be_a_non_negative_int(offset):
     with pytest.raises(ValueError, match="steps_offset"):
         VPSchedule.linear(steps_offset=offset, timestep_spacing="leading")
+
+
+# ----------------------------------------------------------------- DDIM's stride (diffusers 12633)
+def test_ddim_stride_off_the_grid_warns_and_next_samples_right():
+    """diffusers' DDIMScheduler steps to t - T // N: on a trailing grid of 400 steps that is
+    beside the next timestep and the variance of N(0, 0.25) comes out 0.38. pint's own
+    VPSchedule steps to the next timestep; a bridged DDIMScheduler keeps diffusers' loop and
+    warns."""
+    bridged = schedule_from_scheduler(DDIMScheduler(timestep_spacing="trailing", clip_sample=False))
+    assert bridged.prev_timestep == "stride"
+    den = gaussian(bridged, dim=16)
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.warns(UserWarning, match="12633"):
+        off = serial_sample(den, bridged, x, 400)
+    right = serial_sample(den, bridged.with_conventions(prev_timestep="next"), x, 400)
+    assert abs(right.var().item() - 0.25) < 0.01
+    assert abs(off.var().item() - 0.25) > 0.05
+    native = VPSchedule.linear(timestep_spacing="trailing")
+    assert torch.allclose(serial_sample(den, native, x, 400), right, atol=1e-5)  # float32 betas
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        serial_sample(den, bridged, x, 100)  # 100 divides 1000: the stride is the next timestep
