@@ -9,6 +9,16 @@ sampler only when it is predicted faster than serial by more than its estimate's
 CPU, where a call costs in proportion to its rows, gets the serial sampler or a narrow
 window; a GPU a window near its knee (``benchmarks/bench_planner.py``). ``max_batch``
 caps the network rows of one call (memory).
+
+The plan is made once per (network, sample shape, batch, dtype, device, conditioning, grid,
+``num_steps``, ``tol``, ``eta``, ranks, ``max_batch``, ``cost``) and reused by every later
+identical call: it spends only a lookup planning (``out.plan.planning_s``; ``out.plan.reused``)
+and runs the same choice, so it returns the same sample bit for bit. The calls a run takes are
+recorded (:func:`~adapters.diffusion.planner.record_run`) but change no kept plan's choice;
+``replan=True`` asks for a fresh plan that uses them (it may choose differently). A first
+plan spends at most :data:`~adapters.diffusion.planner.PLAN_BUDGET` of the predicted serial
+time; a run shorter than :data:`~adapters.diffusion.planner.MIN_PLAN_STEPS` steps gets serial
+without a probe (see :func:`~adapters.diffusion.planner.plan_sampling`).
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ _PER_SAMPLER = ("callback", "initial", "return_iterates", "return_trajectory", "
 def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
            sampler: str = "auto", max_batch: int | None = None, tol: float | None = None,
            *, cost: CostModel | None = None, plan: SamplingPlan | None = None,
-           **kwargs: Any) -> SampleOutput:
+           replan: bool = False, **kwargs: Any) -> SampleOutput:
     """Sample with the named sampler, or the fastest one on this device (``"auto"``).
 
     Args:
@@ -59,6 +69,8 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         plan: ``"auto"`` only: a plan made beforehand for this run (same model, sample
             shape, batch, dtype, device, conditioning, schedule grid, ``num_steps``, ``tol``
             and ``eta``; else ``ValueError``), whose choice runs.
+        replan: ``"auto"`` only: plan afresh (using the calls recorded by earlier runs; the
+            choice may change) instead of reusing the plan an identical earlier call made.
         **kwargs: passed to the sampler (e.g. ``window``, ``num_blocks``, ``pipelined``,
             ``guidance_scale``, ``model_kwargs``, ``progress``); with ``"auto"`` not the
             ``window``, ``num_blocks`` or ``pipelined`` it chooses, nor the options whose
@@ -67,8 +79,11 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     Returns:
         A :class:`~adapters.diffusion.SampleOutput`; for ``"serial"``, ``iterations`` is 0
         and ``stats`` counts ``num_steps`` calls. With ``"auto"``, ``out.plan`` is the
-        :class:`~adapters.diffusion.planner.SamplingPlan` it followed.
+        :class:`~adapters.diffusion.planner.SamplingPlan` it followed (``planning_s``: the
+        seconds this call spent planning; ``reused``: made by an earlier identical call).
     """
+    if not isinstance(replan, bool):
+        raise TypeError(f"replan must be a bool, got {type(replan).__name__}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
     chosen_plan = None
@@ -85,8 +100,10 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         if plan is None:
             plan = plan_sampling(model, schedule, x_T, num_steps, tol=tol, max_batch=max_batch,
                                  eta=kwargs.get("eta", 0.0), cost=cost,
-                                 executor=kwargs.get("executor"), **options)
+                                 executor=kwargs.get("executor"), reuse=not replan, **options)
         else:
+            if replan:
+                raise ValueError("replan=True is not used with plan= (the plan is given)")
             for name, value in (("max_batch", max_batch), ("cost", cost)):
                 if value is not None:
                     raise ValueError(f"{name} is not used with plan= (the plan was made with "
@@ -99,6 +116,8 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         for name, value in (("max_batch", max_batch), ("cost", cost), ("plan", plan)):
             if value is not None:
                 raise ValueError(f"{name} is only used with sampler='auto'")
+        if replan:
+            raise ValueError("replan is only used with sampler='auto'")
     if tol is not None:
         kwargs["tol"] = tol
     if sampler == "serial":

@@ -39,9 +39,14 @@ from .analytic import GaussianMixtureDenoiser
 from .grid import SamplingGrid
 from .model import Denoiser, Model, ModelOutputError
 from .picard import picard_sample, quasi_newton_sample
-from .samplers import Schedule, _check_x, denoiser_for, srds_sample
+from .samplers import Schedule, denoiser_for, serial_sample, srds_sample
 from .schedule import SigmaSchedule, VPSchedule, check_num_steps
 from .taa import taa_sample
+
+try:  # the public name (samplers.py is being restructured; older trees name it _check_x)
+    from .samplers import check_x
+except ImportError:  # pragma: no cover
+    from .samplers import _check_x as check_x
 
 #: relative error of a candidate's predicted calls: from the mixture proxy, and from a
 #: recorded run of the same candidate (see the module docstring)
@@ -217,7 +222,7 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     if not isinstance(cache, bool):
         raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
-    x = _check_x(x_T, model)
+    x = check_x(x_T, model)
     N = check_num_steps(num_steps, schedule.max_steps)
     denoiser = denoiser_for(model, schedule, model_options)
     key = _model_key(denoiser, x)
@@ -292,19 +297,30 @@ class _GridMixture(GaussianMixtureDenoiser):
         return self.a_table[i], self.s_table[i]
 
 
-class _Recorder(torch.nn.Module):
-    """Records the rows and the time of every call of the proxy network."""
+class _Enough(Exception):
+    """Raised by a :class:`_Recorder` past its ``limit`` of calls (serial's engine needs
+    only a few steps)."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+
+class _Recorder(torch.nn.Module):
+    """Records the rows, the start and the network seconds of every call of the proxy."""
+
+    def __init__(self, net: torch.nn.Module, limit: int | None = None) -> None:
         super().__init__()
-        self.net, self.rows, self.seconds = net, [], 0.0
+        self.net, self.rows, self.seconds, self.limit = net, [], 0.0, limit
+        self.stamps: list[float] = []
+        self.net_s: list[float] = []
         self.prediction_type = net.prediction_type
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         t0 = time.perf_counter()
+        if self.limit is not None and len(self.rows) >= self.limit:
+            raise _Enough
+        self.stamps.append(t0)
         out = self.net(x, t)
         _sync(out.device)
-        self.seconds += time.perf_counter() - t0
+        self.net_s.append(time.perf_counter() - t0)
+        self.seconds += self.net_s[-1]
         self.rows.append(x.shape[0])
         return out
 
@@ -314,6 +330,8 @@ _PROXY_BATCH = 4
 #: N = 100 (16 or 64 dimensions, 8 to 64 components, spreads 0.05 to 0.3), 64 dimensions
 #: with 8 components of spread 0.15 came closest to the UNet's calls
 _PROXY_DIM = 64
+#: serial's engine seconds per step are timed over this many proxy steps (not all N)
+_SERIAL_STEPS = 34
 _TRACES: dict[tuple, tuple[list[int], float]] = {}
 _RECORDS: dict[tuple, tuple[Any, int]] = {}
 
@@ -334,14 +352,17 @@ def _schedule_key(schedule: Schedule, grid: SamplingGrid) -> tuple:
 def _proxy_trace(schedule: Schedule, grid: SamplingGrid, skey: tuple, x_T: Tensor,
                  sampler: str, options: dict, tol: float | None, eta: float,
                  solver: str | None) -> tuple[list[int], float]:
-    """Steps per call of ``sampler`` on the mixture proxy on ``grid`` (the schedule's at
-    ``N`` steps, keyed ``skey``), and its engine seconds per call."""
+    """Steps per call of ``sampler`` (``"serial"`` too) on the mixture proxy on ``grid`` (the
+    schedule's at ``N`` steps, keyed ``skey``), and its engine seconds per call: the run's
+    wall-clock less the proxy network's own compute (timed around every call), over its
+    calls. Cached for the process (a pure function of the grid, tolerance and candidate)."""
     N = grid.num_steps
     key = (skey, N, str(x_T.dtype), str(x_T.device), sampler, tuple(sorted(options.items())),
            tol, eta, solver)
     if key in _TRACES:
         return _TRACES[key]
-    net = _Recorder(_GridMixture(grid, schedule.prediction_type, _PROXY_DIM, 0).to(x_T.device))
+    net = _Recorder(_GridMixture(grid, schedule.prediction_type, _PROXY_DIM, 0).to(x_T.device),
+                    _SERIAL_STEPS if sampler == "serial" else None)
     b = min(_PROXY_BATCH, x_T.shape[0])
     g = torch.Generator(device=x_T.device).manual_seed(0)
     x = torch.randn(b, _PROXY_DIM, generator=g, device=x_T.device, dtype=x_T.dtype)
@@ -354,12 +375,25 @@ def _proxy_trace(schedule: Schedule, grid: SamplingGrid, skey: tuple, x_T: Tenso
         torch.set_num_threads(1)  # on a busy machine several threads stall each other
     try:
         t0 = time.perf_counter()
-        PARALLEL_SAMPLERS[sampler](net, schedule, x, N, **kw)
+        if sampler == "serial":
+            kw.pop("tol", None)
+            try:
+                serial_sample(net, schedule, x, N, **kw)
+            except _Enough:
+                pass
+        else:
+            PARALLEL_SAMPLERS[sampler](net, schedule, x, N, **kw)
         wall = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
     steps = [r // b for r in net.rows]
-    trace = (steps, max(0.0, wall - net.seconds) / max(1, len(steps)))
+    if sampler == "serial":  # per step, between the second call and the last (no set-up)
+        k = len(net.stamps)
+        engine = ((net.stamps[-1] - net.stamps[1] - sum(net.net_s[1:-1])) / (k - 2) if k > 2
+                  else max(0.0, wall - net.seconds) / max(1, k))
+        trace = ([1] * N, max(0.0, engine))
+    else:
+        trace = (steps, max(0.0, wall - net.seconds) / max(1, len(steps)))
     _TRACES[key] = trace
     return trace
 
@@ -382,6 +416,9 @@ class Candidate:
             sampler's own work per call).
         estimate: where the calls come from (``"exact"``, ``"proxy"``, ``"recorded run"``).
         error: relative error band of ``calls`` (and so of ``predicted_s``).
+        engine_s: the sampler's own seconds per call the prediction charged: this
+            candidate's, measured on its proxy run (serial's on a serial proxy run), or the
+            cost model's ``engine_s`` where one was given.
     """
 
     sampler: str
@@ -392,6 +429,7 @@ class Candidate:
     predicted_s: float
     estimate: str
     error: float
+    engine_s: float = 0.0
 
     @property
     def label(self) -> str:
@@ -409,7 +447,8 @@ class Candidate:
         """The candidate as plain JSON values (``label`` included)."""
         return {"label": self.label, "sampler": self.sampler, "options": dict(self.options),
                 "calls": self.calls, "max_rows": self.max_rows, "rows": self.rows,
-                "predicted_s": self.predicted_s, "estimate": self.estimate, "error": self.error}
+                "predicted_s": self.predicted_s, "estimate": self.estimate, "error": self.error,
+                "engine_s": self.engine_s}
 
 
 @dataclass
@@ -420,8 +459,14 @@ class SamplingPlan:
         candidates: serial first, then the parallel candidates, fastest predicted first.
         choice: the candidate ``sample(sampler="auto")`` runs.
         reason: one sentence on why.
-        cost: the device's :class:`CostModel`, with the ``engine_s`` the prediction used.
-        excluded: candidates left out and why (e.g. over ``max_batch``).
+        cost: the device's :class:`CostModel` (its ``engine_s``: the one given, else
+            serial's measured engine seconds; each candidate carries its own).
+        excluded: candidates left out and why (e.g. over ``max_batch``, or not priced: a
+            lower bound on their time above serial's or the best's, or the planning budget).
+        planning_s: seconds this call spent planning (probe and proxy runs; for a plan
+            reused by ``plan_sampling(reuse=True)`` / ``sample(sampler="auto")``, the
+            lookup only). ``pint-sample --sampler auto`` prints it.
+        reused: whether this plan was made by an earlier identical call and reused.
     """
 
     candidates: list[Candidate]
@@ -430,6 +475,8 @@ class SamplingPlan:
     cost: CostModel
     excluded: list[str] = field(default_factory=list)
     key: tuple = ()
+    planning_s: float = 0.0
+    reused: bool = False
 
     @property
     def serial(self) -> Candidate:
@@ -446,6 +493,8 @@ class SamplingPlan:
             lines.append(f"{c.label:<28} {c.calls:>11} {c.max_rows:>9} "
                          f"{c.predicted_s:>12.3f} s  {c.estimate} ({err}){mark}")
         lines.append(f"choice: {self.choice.label}: {self.reason}")
+        lines.append(f"planning: {self.planning_s:.3f} s"
+                     + (" (plan reused from an identical earlier call)" if self.reused else ""))
         lines += [f"left out: {e}" for e in self.excluded]
         return "\n".join(lines)
 
@@ -453,7 +502,8 @@ class SamplingPlan:
         """The plan as plain JSON values (for ``report.json``)."""
         return {"candidates": [c.as_dict() for c in self.candidates],
                 "choice": self.choice.as_dict(), "reason": self.reason,
-                "cost": self.cost.as_dict(), "excluded": list(self.excluded)}
+                "cost": self.cost.as_dict(), "excluded": list(self.excluded),
+                "planning_s": self.planning_s, "reused": self.reused}
 
 
 def _world_size(executor: object | None) -> int:
@@ -464,24 +514,97 @@ def _world_size(executor: object | None) -> int:
     return dist.get_world_size(getattr(executor, "group", None)) if dist.is_initialized() else 1
 
 
-def _from_rank_0(executor: object, cost: CostModel, engine: float) -> tuple[CostModel, float]:
-    """Rank 0's cost model and engine seconds, on every rank of the executor's group."""
+def _from_rank_0(executor: object, obj: Any) -> Any:
+    """Rank 0's ``obj`` (a picklable value), on every rank of the executor's group."""
     import torch.distributed as dist
 
     group = getattr(executor, "group", None)
     src = 0 if group is None else dist.get_global_rank(group, 0)
-    box: list[Any] = [(cost, engine)]
+    box: list[Any] = [obj]
     dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+#: the share of the predicted serial time a plan may spend measuring the device and running
+#: the proxies, when it measures the device itself (``cost=None``; half of it for the probe)
+PLAN_BUDGET = 0.08
+#: runs shorter than this many steps get serial without a probe: the probe's warm-up and a
+#: few widths (at least 4-8 calls) and the proxy runs would cost more than 10 % of the run
+MIN_PLAN_STEPS = 40
+_PLANS: dict[tuple, tuple[Any, SamplingPlan]] = {}
+
+
+def _steps_per_call(options: Mapping[str, Any]) -> int:
+    """The most steps one call of a candidate holds."""
+    return options.get("window") or (2 * options["num_blocks"] if options.get("pipelined")
+                                     else options["num_blocks"])
+
+
+def _calls_bound(sampler: str, options: Mapping[str, Any], N: int) -> int:
+    """Fewer sequential calls no run of the candidate can take: a window of ``w`` steps
+    advances at most ``w`` steps per call; SRDS runs at least one fine solve of a block,
+    ``ceil(N / B)`` steps one after another."""
+    if sampler == "srds":
+        return max(1, math.ceil(N / options["num_blocks"]) - 1)
+    return max(1, N // options["window"])
+
+
+def _one_call(denoiser: Denoiser, schedule: Schedule, x: Tensor, N: int) -> float:
+    """The seconds of one serial step's call (no warm-up: an overestimate, as serial's own
+    first call)."""
+    ts = SamplingGrid.build(schedule, N, None, 0.0).timesteps
+    _sync(x.device)
+    t0 = time.perf_counter()
+    denoiser.raw(x, ts[:1].expand(x.shape[0]))
+    _sync(x.device)
+    try:
+        denoiser.check()
+    except ModelOutputError as e:
+        raise ModelOutputError(f"the cost probe of sampler='auto' found the model returning "
+                               f"NaN/Inf on x_T: {e}") from e
+    return max(time.perf_counter() - t0, 1e-9)
 
 
 @torch.no_grad()
 def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int, *,
                   tol: float | None = None, max_batch: int | None = None, eta: float = 0.0,
-                  solver: str | None = None, cost: CostModel | None = None, executor: object | None = None,
+                  solver: str | None = None, cost: CostModel | None = None,
+                  executor: object | None = None,
                   samplers: tuple[str, ...] = ("srds", "picard", "quasi_newton", "taa"),
-                  gather_s: float = 0.0, **model_options: Any) -> SamplingPlan:
+                  gather_s: float = 0.0, budget: float | None = None,
+                  exhaustive: bool = False, reuse: bool = False,
+                  **model_options: Any) -> SamplingPlan:
     """Predict the wall-clock of each sampler configuration on this device; pick the fastest.
+
+    Pricing. Serial costs ``N * (latency(rows per step) + serial's engine seconds per
+    step)``, the latter timed on a few steps of serial on the proxy; a parallel candidate
+    the latency of each of its proxy run's calls plus *its own* engine seconds per call
+    (that run's wall-clock less the proxy network's compute). A given ``cost.engine_s``
+    replaces every measured engine time.
+
+    What planning costs, and when it stops. With ``cost=None`` a plan may spend ``budget``
+    (default :data:`PLAN_BUDGET`, 8 %) of the predicted serial time: half of it at most on
+    the probe (:func:`measure_call_cost`), the rest on proxy runs. Before any proxy run each
+    candidate gets a lower bound on its time from the cost model alone (at least
+    ``N // window`` calls, SRDS ``N / B``, each at the cheapest latency its widths allow, and
+    every step at least once at the cheapest seconds per step); candidates are run on the
+    proxy in the order of their bounds, and one is not run (listed in ``excluded``) when its
+    bound, raised by its error band, is not below serial's time (it could not be chosen), or
+    is not below the best predicted time so far, or the budget is spent. So a device whose
+    cost grows in proportion to the rows (a CPU) gets serial after the probe alone; and a
+    run of fewer than :data:`MIN_PLAN_STEPS` steps gets serial after one timed call (the
+    probe's warm-up and widths would cost more than 10 % of it). ``exhaustive=True`` prices
+    every candidate (benchmarks); with a given ``cost`` the budget is unlimited unless
+    ``budget`` is given.
+
+    Plans made once. Every plan is kept for the process under what it depends on (network,
+    sample shape, batch, dtype, device, conditioning, grid, ``num_steps``, ``tol``, ``eta``,
+    solver, ``max_batch``, ranks, ``cost``, ``samplers``); ``reuse=True`` (what
+    ``sample(sampler="auto")`` passes) returns the kept plan for an identical request, its
+    choice unchanged, with ``reused=True`` and ``planning_s`` the lookup's seconds. A run
+    recorded by :func:`record_run` refines only plans made afterwards (``reuse=False``, or
+    ``sample(..., replan=True)``), which may choose differently: a user re-running a seed
+    with ``sample(sampler="auto")`` gets the same sample bit for bit.
 
     Args:
         model, schedule, x_T, num_steps: as in :func:`~adapters.diffusion.srds_sample`
@@ -497,16 +620,20 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
             (SRDS blocks, window steps), so a call of ``n`` steps costs the latency of
             ``ceil(n / R) * rows_per_step`` rows (the widest rank's slice; ``max_batch``
             applies to it as well) plus ``gather_s`` (the all_gather of the outputs, per
-            call, default 0). Every rank gets the same plan: rank 0's measured cost model
-            is broadcast to the others.
+            call, default 0). Every rank gets rank 0's plan (broadcast).
         samplers: the parallel samplers to consider.
+        budget: the share of the predicted serial time planning may spend (see above).
+        exhaustive: price every candidate (no bound, no budget).
+        reuse: return the plan kept for an identical earlier request, if any.
         **model_options: the model options, as in the samplers.
 
     Returns:
-        A :class:`SamplingPlan`. A parallel candidate is chosen only when its predicted
-        time, raised by its error band, is below the serial time.
+        A :class:`SamplingPlan` (``planning_s``: this call's seconds). A parallel candidate
+        is chosen only when its predicted time, raised by its error band, is below the
+        serial time.
     """
-    x = _check_x(x_T, model)
+    t_start = time.perf_counter()
+    x = check_x(x_T, model)
     N = check_num_steps(num_steps, schedule.max_steps)
     if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
         raise TypeError(f"schedule must be a VPSchedule or SigmaSchedule, got "
@@ -517,9 +644,27 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     unknown = sorted(set(samplers) - {"srds", "picard", "quasi_newton", "taa"})
     if unknown:
         raise ValueError(f"samplers must be among srds, picard, quasi_newton, taa; got {unknown}")
+    if not (isinstance(gather_s, (int, float)) and math.isfinite(gather_s) and gather_s >= 0):
+        raise ValueError(f"gather_s must be a finite number >= 0 (seconds), got {gather_s!r}")
+    if budget is not None and not (_is_real(budget) and budget >= 0 and not math.isnan(budget)):
+        raise ValueError(f"budget must be a number >= 0 (a share of the serial time) or None, "
+                         f"got {budget!r}")
+    for name, flag in (("exhaustive", exhaustive), ("reuse", reuse)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if cost is not None and not isinstance(cost, CostModel):
+        raise TypeError(f"cost must be a CostModel or None, got {type(cost).__name__}")
     denoiser = denoiser_for(model, schedule, model_options)
     per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
     devices = _world_size(executor)
+    grid = SamplingGrid.build(schedule, N, solver, eta)
+    mkey, skey = _model_key(denoiser, x), _schedule_key(schedule, grid)
+    plan_key = (mkey, x.shape[0], skey, N, tol, eta, solver, max_batch, tuple(samplers),
+                devices, gather_s, cost, budget, exhaustive)
+    if reuse:
+        hit = _PLANS.get(plan_key)
+        if hit is not None and hit[0]() is _network(denoiser):
+            return replace(hit[1], planning_s=time.perf_counter() - t_start, reused=True)
 
     configs: list[tuple[str, dict[str, Any]]] = []
     root = math.sqrt(N)
@@ -533,77 +678,129 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         if s in samplers:
             configs += [(s, {"window": w}) for w in WINDOWS if w <= N]
     excluded = []
-    grid = SamplingGrid.build(schedule, N, solver, eta)
     if "taa" in samplers:
         if grid.num_slots > 1:
             excluded.append("taa: one-step solvers only (this grid's solver is multistep)")
         else:
             configs += [("taa", {"window": w, **TAA_OPTIONS}) for w in WINDOWS[1:] if w <= N]
     if max_batch is not None:
-        def widest(s: str, o: dict) -> int:
-            steps = o.get("window") or (2 * o["num_blocks"] if o.get("pipelined")
-                                        else o["num_blocks"])
-            return math.ceil(steps / devices) * per_step
-        keep = [c for c in configs if widest(*c) <= max_batch]
+        keep = [c for c in configs if math.ceil(_steps_per_call(c[1]) / devices) * per_step
+                <= max_batch]
         if len(keep) < len(configs):
             excluded.append(f"{len(configs) - len(keep)} candidates wider than max_batch="
                             f"{max_batch} rows ({per_step} rows per step)")
         configs = keep
-    if not (isinstance(gather_s, (int, float)) and math.isfinite(gather_s) and gather_s >= 0):
-        raise ValueError(f"gather_s must be a finite number >= 0 (seconds), got {gather_s!r}")
+    measured = cost is None
+    share = (PLAN_BUDGET if measured else math.inf) if budget is None else budget
+    if exhaustive:
+        share = math.inf
+    key = (mkey, skey, N, tol, eta, solver)
 
-    widest_rows = max([per_step] + [per_step * math.ceil(
-        (c[1].get("window") or 2 * c[1]["num_blocks"]) / devices) for c in configs])
-    if cost is None:
-        cost = measure_call_cost(denoiser, schedule, x, N, max_rows=widest_rows)
-    mkey, skey = _model_key(denoiser, x), _schedule_key(schedule, grid)
+    def finish(candidates: list[Candidate], choice: Candidate, reason: str,
+               cost: CostModel) -> SamplingPlan:
+        if devices > 1:  # every rank runs rank 0's choice (timing-dependent pruning differs)
+            candidates, index, reason, excluded_, cost = _from_rank_0(
+                executor, (candidates, candidates.index(choice), reason, excluded, cost))
+            choice = candidates[index]
+        else:
+            excluded_ = excluded
+        plan = SamplingPlan(candidates, choice, reason, cost, excluded_, key=key,
+                            planning_s=time.perf_counter() - t_start)
+        _PLANS[plan_key] = (_ref(_network(denoiser)), plan)
+        return plan
 
-    traces = {}
-    for s, o in configs:
-        traces[(s, tuple(sorted(o.items())))] = _proxy_trace(schedule, grid, skey, x, s, o, tol,
-                                                             eta, solver)
-    engine = cost.engine_s
-    if engine is None:
-        per_call = [e for _, e in traces.values()]
-        engine = sum(per_call) / len(per_call) if per_call else 0.0
-    if devices > 1:  # every rank plans with rank 0's measurements (else the choices may differ)
-        cost, engine = _from_rank_0(executor, cost, engine)
+    if measured and N < MIN_PLAN_STEPS and not exhaustive:
+        lat = _one_call(denoiser, schedule, x, N)
+        cost = CostModel((per_step,), (lat,), "probe")
+        serial = Candidate("serial", {}, N, per_step, N * per_step, N * lat, "exact", 0.0)
+        excluded.append(f"every parallel candidate: a run of {N} < {MIN_PLAN_STEPS} steps is "
+                        "too short for planning to pay")
+        return finish([serial], serial, f"{N} steps: too short for planning to pay "
+                      f"(under {MIN_PLAN_STEPS}); serial without a probe", cost)
 
-    serial = Candidate("serial", {}, N, per_step, N * per_step,
-                       N * (cost(per_step) + engine), "exact", 0.0)
-    parallel = []
-    for s, o in configs:
-        steps, _ = traces[(s, tuple(sorted(o.items())))]
+    widest_steps = max([1] + [_steps_per_call(o) for _, o in configs])
+    if measured:
+        cost = measure_call_cost(denoiser, schedule, x, N, budget=min(0.15, share / 2),
+                                 max_rows=math.ceil(widest_steps / devices) * per_step)
+    _, serial_engine = _proxy_trace(schedule, grid, skey, x, "serial", {}, None, eta, solver)
+    if cost.engine_s is not None:
+        serial_engine = cost.engine_s
+    serial_s = N * (cost(per_step) + serial_engine)
+    serial = Candidate("serial", {}, N, per_step, N * per_step, serial_s, "exact", 0.0,
+                       serial_engine)
+    deadline = t_start + share * serial_s
+
+    # lower bounds from the cost model alone: per call, and per step, over widths <= n steps
+    gather = gather_s if devices > 1 else 0.0
+    call_min, step_min = [math.inf], [math.inf]
+    for n in range(1, widest_steps + 1):
+        c = cost(math.ceil(n / devices) * per_step) + gather
+        call_min.append(min(call_min[-1], c))
+        step_min.append(min(step_min[-1], c / n))
+
+    def bound(s: str, o: dict) -> float:
+        w = _steps_per_call(o)
+        return max(_calls_bound(s, o, N) * call_min[w], N * step_min[w])
+
+    parallel: list[Candidate] = []
+    skipped = {"bound_serial": 0, "bound_best": 0, "budget": 0}
+    for s, o in sorted(configs, key=lambda c: bound(*c)):
+        okey = tuple(sorted(o.items()))
+        rec = _RECORDS.get((mkey, skey, N, tol, eta, solver, s, okey))
+        rec = rec if rec is not None and rec[0]() is _network(denoiser) else None
+        if not exhaustive:
+            lb = bound(s, o)
+            if lb * (1 + (RECORDED_ERROR if rec else PROXY_ERROR)) >= serial_s:
+                skipped["bound_serial"] += 1
+                continue
+            if parallel and lb >= min(c.predicted_s for c in parallel):
+                skipped["bound_best"] += 1
+                continue
+            if time.perf_counter() > deadline:
+                skipped["budget"] += 1
+                continue
+        steps, engine = _proxy_trace(schedule, grid, skey, x, s, o, tol, eta, solver)
+        if cost.engine_s is not None:
+            engine = cost.engine_s
         rows = [math.ceil(n / devices) * per_step for n in steps]
         calls, estimate, error = len(rows), "proxy", PROXY_ERROR
-        rec = _RECORDS.get((mkey, skey, N, tol, eta, solver, s,
-                            tuple(sorted(o.items()))))
-        if rec is not None and rec[0]() is _network(denoiser):
+        if rec is not None:
             calls, estimate, error = rec[1], "recorded run", RECORDED_ERROR
         scale = calls / max(1, len(rows))
-        t = scale * sum(cost(r) + engine + (gather_s if devices > 1 else 0.0) for r in rows)
+        t = scale * sum(cost(r) + engine + gather for r in rows)
         parallel.append(Candidate(s, o, calls, max(rows), round(scale * sum(rows)), t,
-                                  estimate, error))
+                                  estimate, error, engine))
+    for what, n in skipped.items():
+        if n:
+            excluded.append(f"{n} candidates not priced: " + {
+                "bound_serial": "a lower bound on their time (from the cost model alone), "
+                                "raised by its error band, is not below serial's",
+                "bound_best": "a lower bound on their time is not below the best predicted",
+                "budget": f"the planning budget ({share:.0%} of serial's time) was spent"}[what])
     parallel.sort(key=lambda c: c.predicted_s)
     candidates = [serial] + parallel
     if not parallel:
-        reason = ("no parallel candidate fits" + (f" max_batch={max_batch} (a window of two "
-                  f"steps needs {2 * per_step} rows)" if max_batch is not None else "")
-                  + ": serial")
+        if not configs:
+            reason = ("no parallel candidate fits" + (
+                f" max_batch={max_batch} (a window of two steps needs {2 * per_step} rows)"
+                if max_batch is not None else "") + ": serial")
+        else:
+            reason = ("no parallel candidate can be faster than serial by more than its error "
+                      "band (lower bounds from the measured cost model): serial")
         choice = serial
     else:
         best = parallel[0]
-        bound = best.predicted_s * (1 + best.error)
-        if bound < serial.predicted_s:
+        edge = best.predicted_s * (1 + best.error)
+        if edge < serial.predicted_s:
             choice = best
             reason = (f"predicted {serial.predicted_s / best.predicted_s:.2f}x faster than "
-                      f"serial, {serial.predicted_s / bound:.2f}x at the edge of its error band")
+                      f"serial, {serial.predicted_s / edge:.2f}x at the edge of its error band")
         else:
             choice = serial
             reason = (f"no parallel candidate is predicted faster than serial by more than its "
                       f"error band (best: {best.label}, {serial.predicted_s / best.predicted_s:.2f}x)")
-    return SamplingPlan(candidates, choice, reason, replace(cost, engine_s=engine), excluded,
-                        key=(mkey, skey, N, tol, eta, solver))
+    return finish(candidates, choice, reason,
+                  cost if cost.engine_s is not None else replace(cost, engine_s=serial_engine))
 
 
 def check_plan(plan: SamplingPlan, model: Model, schedule: Schedule, x_T: Tensor,
@@ -624,7 +821,7 @@ def check_plan(plan: SamplingPlan, model: Model, schedule: Schedule, x_T: Tensor
     if not plan.key:
         raise ValueError("plan holds no key of the run it was made for: make it with "
                          "plan_sampling(...)")
-    x = _check_x(x_T, model)
+    x = check_x(x_T, model)
     N = check_num_steps(num_steps, schedule.max_steps)
     if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
         raise TypeError(f"schedule must be a VPSchedule or SigmaSchedule, got "
@@ -692,7 +889,9 @@ def clear_caches() -> None:
     _PROBES.clear()
     _TRACES.clear()
     _RECORDS.clear()
+    _PLANS.clear()
 
 
 __all__ = ["CostModel", "Candidate", "SamplingPlan", "measure_call_cost", "plan_sampling",
-           "check_plan", "record_run", "clear_caches", "PROXY_ERROR", "RECORDED_ERROR"]
+           "check_plan", "record_run", "clear_caches", "PROXY_ERROR", "RECORDED_ERROR",
+           "PLAN_BUDGET", "MIN_PLAN_STEPS"]

@@ -36,9 +36,11 @@ def fresh_caches():
     tolerance and candidate) are shared."""
     planner._PROBES.clear()
     planner._RECORDS.clear()
+    planner._PLANS.clear()
     yield
     planner._PROBES.clear()
     planner._RECORDS.clear()
+    planner._PLANS.clear()
 
 
 def test_cost_model_interpolates_and_extrapolates():
@@ -129,7 +131,7 @@ def test_probe_reports_a_model_returning_nan():
 
 
 def test_plan_prices_each_candidate_by_its_calls():
-    plan = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=FLAT)
+    plan = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=FLAT, exhaustive=True)
     assert plan.serial.calls == 200 and plan.serial.predicted_s == pytest.approx(200 * 0.010)
     labels = [c.label for c in plan.candidates]
     assert len(set(labels)) == len(labels)
@@ -141,6 +143,10 @@ def test_plan_prices_each_candidate_by_its_calls():
     assert plan.choice is plan.candidates[1] and plan.choice.sampler != "serial"
     text = plan.table()
     assert "choice: " + plan.choice.label in text and "predicted" in text
+    bounded = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=FLAT)   # lower bounds prune
+    assert bounded.choice.label == plan.choice.label
+    assert len(bounded.candidates) < len(plan.candidates)
+    assert any("not priced: a lower bound" in e for e in bounded.excluded)
 
 
 @pytest.mark.parametrize("name,run,opts", [
@@ -216,11 +222,11 @@ def test_bad_samplers_argument():
 def test_an_executor_splits_every_candidates_calls_over_its_ranks(monkeypatch):
     # R ranks: a call of n steps costs the latency of its widest rank's slice,
     # ceil(n / R) steps (window samplers and SRDS alike), plus gather_s
-    one = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=LINEAR)
+    one = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=LINEAR, exhaustive=True)
     monkeypatch.setattr(planner, "_world_size", lambda executor: 4)
-    monkeypatch.setattr(planner, "_from_rank_0", lambda executor, cost, engine: (cost, engine))
+    monkeypatch.setattr(planner, "_from_rank_0", lambda executor, obj: obj)
     four = plan_sampling(M, SCHED, X, 200, tol=1e-4, cost=LINEAR, executor=object(),
-                         gather_s=0.001)
+                         gather_s=0.001, exhaustive=True)
     assert four.excluded == []   # taa as well: its window calls are split like the others
     assert {c.sampler for c in four.candidates[1:]} == {"srds", "picard", "quasi_newton", "taa"}
     by = {c.label: c for c in one.candidates}

@@ -27,9 +27,11 @@ LINEAR = CostModel((1, 2), (0.004, 0.008), engine_s=0.0)   # a CPU: serial wins
 def fresh_caches():
     planner._PROBES.clear()
     planner._RECORDS.clear()
+    planner._PLANS.clear()
     yield
     planner._PROBES.clear()
     planner._RECORDS.clear()
+    planner._PLANS.clear()
 
 
 def _zero(x, t):
@@ -38,7 +40,8 @@ def _zero(x, t):
 
 
 def _plan(model=M, schedule=SCHED, x=X, n=20, **kw):
-    return plan_sampling(model, schedule, x, n, cost=LINEAR, samplers=("picard",), **kw)
+    return plan_sampling(model, schedule, x, n, cost=LINEAR, samplers=("picard",),
+                         exhaustive=True, **kw)
 
 
 # ------------------------------------------------------------------------------ CostModel
