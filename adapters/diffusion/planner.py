@@ -203,12 +203,15 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
     """Time the model at a few call widths on ``x_T``'s device, dtype and shape.
 
     After untimed warm-up calls (until one is no longer 10 % faster than the one before),
-    calls of ``n`` steps (``n * batch`` samples, twice that with guidance) for ``n = 1, 2,
-    4, ...`` up to ``max_rows`` network rows, each the fastest of ``repeats``
-    (synchronised on CUDA). Doubling stops once the probe has spent ``budget`` times the
-    predicted serial run (``num_steps`` one-step calls). Cached per (model, sample shape,
-    dtype, device, conditioning) for the process; a wrapper that builds a new model object
-    per run around the same network names it as its ``cost_key`` attribute.
+    calls of ``n`` steps (``n * batch`` samples, twice that with guidance) for ``n = 1``
+    (the fastest of ``repeats``) and wider: ``n`` grows 4x while the cost stays flat (under
+    1.25x the previous width's) and 2x once it grows, up to ``max_rows`` network rows (the
+    last width is ``max_rows`` itself), one call each (synchronised on CUDA). It stops once
+    the probe has spent ``budget`` times the predicted serial run (``num_steps`` one-step
+    calls); beyond the widest measured the curve is extrapolated (:class:`CostModel`).
+    Cached per (model, sample shape, dtype, device, conditioning) for the process; a
+    wrapper that builds a new model object per run around the same network names it as its
+    ``cost_key`` attribute.
 
     Raises:
         ModelOutputError: the model returned NaN/Inf during the probe.
@@ -260,15 +263,17 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
             break
         prev = cur
     rows, secs, spent, n = [], [], 0.0, 1
+    top = max(1, max_rows // per_step)
     while True:
         t0 = time.perf_counter()
-        s = timed(n)
+        s = timed(n, repeats if n == 1 else 1)
         spent += time.perf_counter() - t0
         rows.append(n * per_step)
         secs.append(s)
-        if 2 * n * per_step > max_rows or spent > budget * N * secs[0]:
+        if n >= top or spent > budget * N * secs[0]:
             break
-        n *= 2
+        flat = len(secs) == 1 or secs[-1] < 1.25 * secs[-2]
+        n = min(top, n * (4 if flat else 2))
     cost = CostModel(tuple(rows), tuple(secs), "probe")
     if cache:
         _PROBES[key] = (_ref(_network(denoiser)), cost)
@@ -527,7 +532,7 @@ def _from_rank_0(executor: object, obj: Any) -> Any:
 
 #: the share of the predicted serial time a plan may spend measuring the device and running
 #: the proxies, when it measures the device itself (``cost=None``; half of it for the probe)
-PLAN_BUDGET = 0.08
+PLAN_BUDGET = 0.09
 #: runs shorter than this many steps get serial without a probe: the probe's warm-up and a
 #: few widths (at least 4-8 calls) and the proxy runs would cost more than 10 % of the run
 MIN_PLAN_STEPS = 40
@@ -555,7 +560,7 @@ def _one_call(denoiser: Denoiser, schedule: Schedule, x: Tensor, N: int) -> floa
     ts = SamplingGrid.build(schedule, N, None, 0.0).timesteps
     _sync(x.device)
     t0 = time.perf_counter()
-    denoiser.raw(x, ts[:1].expand(x.shape[0]))
+    denoiser.raw(x.unsqueeze(0), ts[:1])
     _sync(x.device)
     try:
         denoiser.check()
@@ -583,7 +588,7 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     replaces every measured engine time.
 
     What planning costs, and when it stops. With ``cost=None`` a plan may spend ``budget``
-    (default :data:`PLAN_BUDGET`, 8 %) of the predicted serial time: half of it at most on
+    (default :data:`PLAN_BUDGET`, 9 %) of the predicted serial time: half of it at most on
     the probe (:func:`measure_call_cost`), the rest on proxy runs. Before any proxy run each
     candidate gets a lower bound on its time from the cost model alone (at least
     ``N // window`` calls, SRDS ``N / B``, each at the cheapest latency its widths allow, and
