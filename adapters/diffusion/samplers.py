@@ -100,7 +100,9 @@ class SampleOutput:
     plan: Any = None
 
 
-def _check_x(x_T: object, model: Model) -> Tensor:
+def check_x(x_T: object, model: Model) -> Tensor:
+    """``x_T`` checked: a finite floating-point tensor ``[batch, *sample]`` (the model's
+    ``sample_shape`` where it has one); a ``TypeError``/``ValueError`` naming it otherwise."""
     if not isinstance(x_T, Tensor):
         raise TypeError(f"x_T must be a torch.Tensor [batch, *sample], got {type(x_T).__name__}")
     if not x_T.is_floating_point():
@@ -115,7 +117,7 @@ def _check_x(x_T: object, model: Model) -> Tensor:
         raise ValueError(f"x_T must be [batch, *sample] (at least 2-D), got {tuple(x_T.shape)}")
     if x_T.numel() == 0:
         raise ValueError(f"x_T must hold at least one sample, got shape {tuple(x_T.shape)}")
-    _check_finite_input("x_T", x_T)
+    check_finite_input("x_T", x_T)
     return x_T
 
 
@@ -146,7 +148,7 @@ def sample_of(grid: SamplingGrid, state: Tensor) -> Tensor:
     return state if grid.num_slots == 1 else state[:, 0]
 
 
-def _check_finite_input(name: str, value: Tensor, dtype: torch.dtype | None = None) -> None:
+def check_finite_input(name: str, value: Tensor, dtype: torch.dtype | None = None) -> None:
     """``value`` must hold finite numbers (``dtype``: where it holds them once converted to
     the run's dtype, which a float32 warm start can overflow in a float16 run)."""
     if value.is_meta:
@@ -181,11 +183,14 @@ def denoiser_for(model: Model | Denoiser, schedule: Schedule,
     return Denoiser(model, **model_options).bind(schedule)
 
 
-def _setup(model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options):
+def prepare(model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options):
+    """What every sampler starts from, its common arguments checked: ``(N, denoiser, grid,
+    noise, problem)`` with ``noise`` drawn (``[N, *x_T.shape]``) for a stochastic grid and
+    ``problem.y0`` the first state (:func:`initial_state`)."""
     if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
         raise TypeError("schedule must be a VPSchedule or SigmaSchedule (see "
                         f"adapters.diffusers.schedule_from_scheduler), got {type(schedule).__name__}")
-    x_T = _check_x(x_T, model)
+    x_T = check_x(x_T, model)
     N = check_num_steps(num_steps, schedule.max_steps)
     if sampler is not None and not isinstance(sampler, str):
         raise TypeError(f"sampler must be a solver name, got {type(sampler).__name__}")
@@ -202,7 +207,7 @@ def _setup(model, schedule, x_T, num_steps, eta, generator, sampler, noise, mode
             raise ValueError(f"noise must have shape {(N, *x_T.shape)}, got "
                              f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
         else:
-            _check_finite_input("noise", noise)
+            check_finite_input("noise", noise)
     elif noise is not None:
         raise ValueError(f"noise is given, but the {grid.solver} sampler here is deterministic "
                          "(eta=0); pass eta > 0, sampler='ddpm' or an ancestral solver")
@@ -210,7 +215,8 @@ def _setup(model, schedule, x_T, num_steps, eta, generator, sampler, noise, mode
     return N, denoiser, grid, noise, problem
 
 
-def _check_callback(callback: object) -> None:
+def check_callback(callback: object) -> None:
+    """``callback`` is ``None`` or callable (a ``TypeError`` otherwise)."""
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
 
@@ -242,7 +248,7 @@ def serial_sample(
     ``num_steps``. Returns the sample, shape and dtype of ``x_T`` (``[batch, *sample]``).
     """
     check_progress(progress)
-    N, denoiser, grid, noise, problem = _setup(
+    N, denoiser, grid, noise, problem = prepare(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     fine = GridStep(denoiser, grid, fine=True, noise=noise)
     with progress_bar(progress, N, "serial", denoiser=denoiser):
@@ -330,9 +336,9 @@ def srds_sample(
         ValueError, TypeError: bad input, naming the argument.
         ModelOutputError: the model returned NaN/Inf (names the timestep).
     """
-    _check_callback(callback)
+    check_callback(callback)
     check_progress(progress)
-    N, denoiser, grid, noise, problem = _setup(
+    N, denoiser, grid, noise, problem = prepare(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     if partition is not None and num_blocks is not None:
         raise ValueError("give num_blocks or partition, not both (partition fixes the blocks)")
@@ -375,12 +381,12 @@ def srds_sample(
             raise ValueError(f"initial must have shape {(N + 1, *y0.shape)} (a trajectory) or "
                              f"{(B + 1, *y0.shape)} (block boundaries), got "
                              f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
-        _check_finite_input("initial", initial)
+        check_finite_input("initial", initial)
         guess = initial.to(device=x_T.device, dtype=x_T.dtype)
         if guess.shape[0] == N + 1:
             guess = guess[edges.round().long().to(guess.device)]
         guess = y0 + (guess - guess[0])
-        _check_finite_input("initial", guess, x_T.dtype)
+        check_finite_input("initial", guess, x_T.dtype)
 
     def on_iteration(info: pint.IterationInfo) -> None:
         if return_iterates:
@@ -474,3 +480,8 @@ def _stopping_rule(kind: str, tol: float, grid: SamplingGrid, edges: Tensor, x_T
         level = torch.where(e > 0, grid.sigma_to[(e - 1).clamp(min=0)], grid.sigma_from[0])
         return SigmaScaledChange(tol, level, x_T[0].numel() * grid.num_slots)
     raise ValueError(f"stopping must be 'final', 'boundaries' or 'sigma', got {kind!r}")
+
+
+# the names these helpers had before they were shared (benchmarks and planner.py use them)
+_check_x = check_x
+_setup = prepare

@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -90,15 +91,17 @@ from pint import NonFiniteStateError
 from .grid import SamplingGrid
 from .model import Model
 from .ode import block_partition
-from .picard import _arguments, _Ranks
-from .progress import check_progress, progress_bar
-from .samplers import (
-    SampleOutput,
-    SamplerStats,
-    Schedule,
-    _check_callback,
-    _check_finite_input,
-    _setup,
+from .progress import check_progress
+from .samplers import SampleOutput, Schedule, check_callback, prepare
+from .window import (
+    Ranks,
+    affine_scan,
+    check_initial,
+    check_window_tol,
+    evaluate,
+    finish_stats,
+    rank_arguments,
+    run_window,
 )
 
 INITS = ("copy", "extrapolate", "coarse")
@@ -141,17 +144,6 @@ def _jump(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
             + sigma.to(x0).view(shape) * eps.unsqueeze(0))
 
 
-def _scan(A: Tensor, B: Tensor) -> Tensor:
-    """``[g_1 .. g_m]`` of ``g_{i+1} = A_i g_i + B_i`` with ``g_0 = 0`` (``A`` ``[m, 1, ...]``,
-    ``B`` ``[m, ...]``): log2(m) batched rounds (Hillis-Steele), products of ``A`` only."""
-    s, m = 1, B.shape[0]
-    while s < m:
-        B = torch.cat([B[:s], A[s:] * B[:-s] + B[s:]])
-        A = torch.cat([A[:s], A[s:] * A[:-s]])
-        s *= 2
-    return B
-
-
 def _unroll(traj: Tensor, a: int, d: Tensor, J: Tensor, order: int) -> Tensor:
     """``G(X)`` ``[n, batch, D]`` for the window ``a .. a + n - 1``: state ``j + 1`` written
     through its last ``order`` steps from ``x_s``, ``s = max(a, j + 1 - order)``, with the
@@ -161,7 +153,7 @@ def _unroll(traj: Tensor, a: int, d: Tensor, J: Tensor, order: int) -> Tensor:
     if order >= n:  # from the window's known first state: an affine scan
         B = d.clone()
         B[0] = B[0] + J[0] * traj[a]
-        return _scan(J, B)
+        return affine_scan(J, B)
     J = J.reshape(n)
     # banded: M[j, p] = prod_{l=p+1..j} J_l for s_j <= p <= j, anchor prod_{l=s_j..j} J_l
     lc = torch.cat([J.new_zeros(1), torch.cumsum(J.log(), 0)])  # lc[k] = sum_{l<k} log J
@@ -226,8 +218,8 @@ def coarse_trajectory(
     A NaN/Inf raises :class:`~adapters.diffusion.ModelOutputError` naming the timestep where
     the model returned it, or :class:`pint.NonFiniteStateError` naming the step where a
     state overflowed; ``check_finite=False`` skips the per-call check, not this one."""
-    N, denoiser, grid, _, problem = _setup(model, schedule, x_T, num_steps, 0.0, None, sampler,
-                                           None, model_options)
+    N, denoiser, grid, _, problem = prepare(model, schedule, x_T, num_steps, 0.0, None, sampler,
+                                            None, model_options)
     if grid.num_slots != 1:
         raise ValueError(f"coarse_trajectory needs a one-step solver, not {grid.solver!r}")
     B = _blocks(num_blocks, N)
@@ -378,220 +370,248 @@ def taa_sample(
         worst normalised change (``rms / sigma_j``, the quantity ``tol`` bounds) of each
         iteration, ``num_blocks`` the window.
     """
-    _check_callback(callback)
+    check_callback(callback)
     check_progress(progress)
-    N, denoiser, grid, noise, problem = _setup(
+    N, denoiser, grid, noise, problem = prepare(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     if grid.num_slots != 1:
         raise ValueError(f"taa_sample needs a one-step solver, not {grid.solver!r}")
-    window = N if window is None else window
-    for name, v, lo in (("window", window, 1), ("memory", memory, 1),
-                        ("preconditioning", preconditioning, 0)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if v < lo:
-            raise ValueError(f"{name} must be >= {lo}, got {v}")
-    if window > N:
-        raise ValueError(f"window must be between 1 and num_steps={N}, got {window}")
-    order = window if order is None else order
-    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be an int >= 1, got {order!r}")
-    tol_abs = tol if tol_abs is None else tol_abs
-    for name, v in (("tol", tol), ("tol_abs", tol_abs), ("tikhonov", tikhonov)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if test not in TESTS:
-        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
-    if linear not in LINEAR:
-        raise ValueError(f"linear must be one of {LINEAR}, got {linear!r}")
-    max_iters = N if max_iters is None else max_iters
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
-    if linear == "secant" and order < window:
-        raise ValueError("linear='secant' unrolls from the window's first state: "
-                         "order must be >= window")
+    opt = _Options.checked(N, window, tol, max_iters, order, memory, tikhonov, tol_abs, linear,
+                           test, init, preconditioning, num_blocks)
     y0 = problem.y0
     if initial is not None:
-        if not isinstance(initial, Tensor) or tuple(initial.shape) != (N + 1, *y0.shape):
-            raise ValueError(f"initial must have shape {(N + 1, *y0.shape)}, got "
-                             f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
-        _check_finite_input("initial", initial)
-
-    dev, dt = x_T.device, x_T.dtype
-    f64 = torch.float64
-    batch, D = y0.shape[0], y0[0].numel()
+        check_initial(initial, N, y0)
     ranks = None
     if executor is not None:  # every rank's arguments agree before any model call
-        fields = _arguments("taa", denoiser, grid, x_T, N, window, tol, max_iters, noise,
-                            initial, callback, return_trajectory)
-        fields["taa options"] = (f"order={order} memory={memory} tikhonov={tikhonov!r} "
-                                 f"tol_abs={tol_abs!r} linear={linear} test={test} init={init} "
-                                 f"preconditioning={preconditioning} num_blocks={num_blocks!r}")
+        fields = rank_arguments("taa", denoiser, grid, x_T, N, opt.window, tol, opt.max_iters,
+                                noise, initial, callback, return_trajectory)
+        fields["taa options"] = opt.describe()
         # a step's row in the exchange: two float64 [batch, D] (Phi_j and x0, or x0 and eps)
-        ranks = _Ranks.connect(executor, torch.empty((2, batch, D), dtype=f64, device=dev),
-                               window, fields)
-    std = grid.step_noise_var().sqrt().to(dev)
-    J = _gain(grid, linear).to(dev)
-    A, S = (v.to(dev) for v in _levels(grid))
-    coef = grid.coef[:, 0].to(dev)  # [N, 4]: c_x, c_x0, c_eps, noise
-    zs = noise.reshape(N, batch, D).to(f64) if noise is not None else None
-    traj = y0.reshape(1, batch, D).to(f64).repeat(N + 1, 1, 1)  # float64 bookkeeping
-
-    def phi_of(y: Tensor, a: int, e: int) -> tuple[Tensor, Tensor]:
-        """``Phi_j(y_j)`` for ``j = a .. e - 1`` (one model call) and the data prediction."""
-        j = torch.arange(a, e, device=dev)
-        yin = y.to(dt).reshape(e - a, *y0.shape)
-        x0, eps = _predict(denoiser, grid, yin, j)
-        x0 = x0.reshape(e - a, batch, D).to(f64)
-        eps = eps.reshape(e - a, batch, D).to(f64)
-        c = coef[a:e].view(-1, 4, 1, 1)
-        out = c[:, 0] * y + c[:, 1] * x0 + c[:, 2] * eps
-        if zs is not None:
-            out = out + c[:, 3] * zs[a:e]
-        return out, x0
-
-    depth = 0  # sequential model calls
-
-    def call(y: Tensor, a: int, e: int) -> tuple[Tensor, Tensor, Tensor | None]:
-        """:func:`phi_of` over steps ``a .. e - 1`` here, or each rank its slice and one
-        exchange; and whether the ranks' previous decisions differ (``None``: one process)."""
-        nonlocal depth
-        depth += 1
-        if ranks is None:
-            return (*phi_of(y, a, e), None)
-        j = torch.arange(a, e)  # on the host: the slice's steps, no device read
-        both, diverged = ranks.evaluate(
-            lambda _, i, yi, __: torch.stack(phi_of(yi, int(i[0]), int(i[-1]) + 1), 1), j, y, j)
-        return both[:, 0], both[:, 1], diverged
-
-    def predict_at(y: Tensor, s0: int) -> tuple[Tensor, Tensor]:
-        """The coarse sweep's ``(x0, eps)`` of state ``s0`` (on one rank with an executor)."""
-        nonlocal depth
-        depth += 1
-        j = torch.tensor([s0], device=dev)
-
-        def one(yi: Tensor) -> Tensor:  # the model sees x_T's shape and dtype
-            x0, eps = _predict(denoiser, grid, yi.to(dt).reshape(1, *y0.shape), j)
-            return torch.stack([x0.reshape(1, batch, D), eps.reshape(1, batch, D)], 1).to(f64)
-
-        if ranks is None:
-            both = one(y)
-        else:
-            both, _ = ranks.evaluate(lambda _, i, yi, __: one(yi), j.cpu(), y, j.cpu())
-        return both[:, 0], both[:, 1]
-
-    try:
-        guide = None
-        a = 0
-        x0_last = None
-        if initial is not None:
-            guide = initial.to(device=dev, dtype=f64).reshape(N + 1, batch, D)
-            traj[1:] = traj[0] + (guide[1:] - guide[0])
-        elif init == "coarse":
-            _coarse_fill(denoiser, grid, traj, _blocks(num_blocks, N), predict_at)
-            guide = traj.clone()
-        elif init == "extrapolate":
-            P = min(preconditioning, N)
-            for k in range(P):  # serial steps: exact states, P sequential calls
-                traj[k + 1], x0_last = (v[0] for v in call(traj[k:k + 1], k, k + 1)[:2])
-            a = P
-            if a < N and x0_last is not None:
-                traj[a + 1:] = _extrapolate(traj[a], x0_last, A, S, a, N)
-
-        if linear == "secant":
-            last_x, last_phi = torch.zeros_like(traj[:N]), torch.zeros_like(traj[:N])
-            seen = torch.zeros(N, dtype=torch.bool, device=dev)
-        history: list[float] = []
-        mem: list[tuple[int, int, Tensor, Tensor]] = []
-        it = 0
-        with progress_bar(progress, N, "taa", unit="step") as bar:
-            if bar is not None:
-                bar.update(a)
-            while a < N and it < max_iters:
-                e = min(a + window, N)
-                n = e - a
-                y = traj[a:e]
-                phi, x0, diverged = call(y, a, e)
-                it += 1
-                X = traj[a + 1:e + 1].clone()
-                if linear == "secant":  # per step and sample, from the step's last two evaluations
-                    dx, df = y - last_x[a:e], phi - last_phi[a:e]
-                    den = dx.pow(2).sum(-1, keepdim=True)
-                    r = (dx * df).sum(-1, keepdim=True) / den.clamp(min=1e-300)
-                    good = seen[a:e].view(-1, 1, 1) & (den > 1e-30) & torch.isfinite(r)
-                    Jw = torch.where(good, r.clamp(0.0, 2.0), torch.ones_like(r))  # [n, batch, 1]
-                    last_x[a:e], last_phi[a:e], seen[a:e] = y, phi, True
-                else:
-                    Jw = J[a:e].view(-1, 1, 1)
-                d = phi - Jw * y
-                R = _unroll(traj, a, d, Jw, order) - X
-                change = R if order >= n else _unroll(traj, a, d, Jw, n) - X
-                ok, norm = _stopping(X, change, phi if test == "residual" else None, std[a:e],
-                                     tol, tol_abs)
-                steps = torch.arange(n, device=dev)
-                bad = torch.where(~ok, steps, n).min()
-                fine = torch.isfinite(norm) & torch.isfinite(torch.cat([phi, R], -1)).flatten(1).all(1)
-                nonfinite = torch.where(fine, n, steps).min()  # the first non-finite step, or n
-                decision = torch.stack([bad.double(), norm.max(), nonfinite.double()])
-                if ranks is not None:  # sent with the next call, and compared there
-                    ranks.record(decision)
-                    decision = torch.cat([decision, diverged.double().view(1)])
-                bad, worst, nonfinite, *other = decision.tolist()
-                if other and other[0]:
-                    raise ranks.divergence(it)
-                bad = int(bad)
-                history.append(worst)
-                if nonfinite < n:
-                    denoiser.check()  # a NaN/Inf from the model is named by its timestep
-                    raise NonFiniteStateError(
-                        f"non-finite state (or residual) at step {a + int(nonfinite)} in the taa "
-                        f"window starting at step {a} (iteration {it})")
-                mem = (mem + [(a, e, X, R)])[-memory:]
-                new = X + R
-                if len(mem) > 1 and bad < n - 1:  # steps after the first unconverged one
-                    new = new - _anderson(mem, a, e, R, bad + 1, tikhonov)
-                    k = _first_nonfinite(new)
-                    if k < n:
-                        raise NonFiniteStateError(
-                            f"non-finite state at step {a + k} after the Anderson update (window "
-                            f"from step {a}, iteration {it})")
-                if order < n:  # the accepted steps take the rebuild their test measured
-                    new[:bad + 1] = X[:bad + 1] + change[:bad + 1]
-                traj[a + 1:e + 1] = new
-                new_a = a + min(bad + 1, n)
-                new_e = min(new_a + window, N)
-                if new_e > e:  # states entering the window
-                    if guide is not None:
-                        traj[e + 1:new_e + 1] = traj[e] + guide[e + 1:new_e + 1] - guide[e]
-                    elif init == "extrapolate":
-                        traj[e + 1:new_e + 1] = _extrapolate(traj[e], x0[-1], A, S, e, new_e)
-                    else:
-                        traj[e + 1:new_e + 1] = traj[e]
-                if bar is not None:
-                    bar.update(new_a - a)
-                    bar.set_postfix(calls=depth, refresh=False)
-                a = new_a
-                if callback is not None:
-                    callback(it, traj[a].reshape(y0.shape).to(dt), worst)
-    except BaseException as err:
-        if ranks is not None:
-            ranks.link.report(err, 0)  # the other ranks stop with a DistributedError naming it
-        raise
+        ranks = Ranks.connect(executor, torch.empty((2, y0.shape[0], y0[0].numel()),
+                                                    dtype=torch.float64, device=x_T.device),
+                              opt.window, fields)
+    run = _TriangularAnderson(denoiser, grid, noise, y0, initial, opt, ranks)
+    a, it, history = run_window(run, N, opt.window, opt.max_iters, name="taa", progress=progress,
+                                callback=callback, ranks=ranks)
     denoiser.check()
+    traj = run.traj
     k = _first_nonfinite(traj)
     if k <= N:  # states no window call has reached (an initial guess's, max_iters)
         raise NonFiniteStateError(f"non-finite state at step {k} after {it} iterations (window "
                                   f"at step {a})")
-    converged = a >= N
-    out = traj.reshape(N + 1, *y0.shape).to(dt)
-    stats = SamplerStats(denoiser.calls, denoiser.rows, depth)
-    if ranks is not None:
-        stats.engine = ranks.finish(denoiser, it, traj[N], depth)
-    return SampleOutput(out[N].clone(), it, converged, history, stats, float(tol), window,
+    out = traj.reshape(N + 1, *y0.shape).to(x_T.dtype)
+    stats = finish_stats(denoiser, ranks, it, run.setup_calls + it, traj[N])
+    return SampleOutput(out[N].clone(), it, a >= N, history, stats, float(tol), opt.window,
                         trajectory=out if return_trajectory else None)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """:func:`taa_sample`'s settings, checked, with their defaults resolved."""
+
+    window: int
+    tol: float
+    max_iters: int
+    order: int
+    memory: int
+    tikhonov: float
+    tol_abs: float
+    linear: str
+    test: str
+    init: str
+    preconditioning: int
+    num_blocks: int | None
+
+    @classmethod
+    def checked(cls, N: int, window, tol, max_iters, order, memory, tikhonov, tol_abs, linear,
+                test, init, preconditioning, num_blocks) -> _Options:
+        """The settings, or a ``TypeError``/``ValueError`` naming the first bad one."""
+        window = N if window is None else window
+        for name, v, lo in (("window", window, 1), ("memory", memory, 1),
+                            ("preconditioning", preconditioning, 0)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+            if v < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {v}")
+        if window > N:
+            raise ValueError(f"window must be between 1 and num_steps={N}, got {window}")
+        order = window if order is None else order
+        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+            raise ValueError(f"order must be an int >= 1, got {order!r}")
+        tol_abs = tol if tol_abs is None else tol_abs
+        for name, v in (("tol", tol), ("tol_abs", tol_abs), ("tikhonov", tikhonov)):
+            check_window_tol(name, v)
+        for name, v, allowed in (("init", init, INITS), ("test", test, TESTS),
+                                 ("linear", linear, LINEAR)):
+            if v not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
+        max_iters = N if max_iters is None else max_iters
+        if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
+            raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
+        if linear == "secant" and order < window:
+            raise ValueError("linear='secant' unrolls from the window's first state: "
+                             "order must be >= window")
+        return cls(window, tol, max_iters, order, memory, tikhonov, tol_abs, linear, test, init,
+                   preconditioning, num_blocks)
+
+    def describe(self) -> str:
+        """The options every rank must agree on beyond the window sampler's."""
+        return (f"order={self.order} memory={self.memory} tikhonov={self.tikhonov!r} "
+                f"tol_abs={self.tol_abs!r} linear={self.linear} test={self.test} "
+                f"init={self.init} preconditioning={self.preconditioning} "
+                f"num_blocks={self.num_blocks!r}")
+
+
+class _TriangularAnderson:
+    """:func:`taa_sample`'s coupling for the window loop
+    (:class:`~adapters.diffusion.window.WindowCoupling`): the trajectory in float64
+    ``[N + 1, batch, D]``, rebuilt by the triangular system (:func:`_unroll`) with the
+    Anderson correction (:func:`_anderson`), tested by :func:`_stopping`."""
+
+    def __init__(self, denoiser, grid: SamplingGrid, noise: Tensor | None, y0: Tensor,
+                 initial: Tensor | None, opt: _Options, ranks: Ranks | None) -> None:
+        N, dev, f64 = grid.num_steps, y0.device, torch.float64
+        self.denoiser, self.grid, self.opt, self.ranks = denoiser, grid, opt, ranks
+        self.shape, self.dt = tuple(y0.shape), y0.dtype
+        self.batch, self.D = batch, D = y0.shape[0], y0[0].numel()
+        self.std = grid.step_noise_var().sqrt().to(dev)
+        self.J = _gain(grid, opt.linear).to(dev)
+        self.A, self.S = (v.to(dev) for v in _levels(grid))
+        self.coef = grid.coef[:, 0].to(dev)  # [N, 4]: c_x, c_x0, c_eps, noise
+        self.zs = noise.reshape(N, batch, D).to(f64) if noise is not None else None
+        self.traj = y0.reshape(1, batch, D).to(f64).repeat(N + 1, 1, 1)  # float64 bookkeeping
+        self.initial = initial
+        self.guide: Tensor | None = None
+        self.setup_calls = 0  # sequential model calls of the initialisation
+        self.mem: list[tuple[int, int, Tensor, Tensor]] = []
+        if opt.linear == "secant":
+            self.last_x, self.last_phi = torch.zeros_like(self.traj[:N]), torch.zeros_like(
+                self.traj[:N])
+            self.seen = torch.zeros(N, dtype=torch.bool, device=dev)
+
+    def phi_of(self, y: Tensor, a: int, e: int) -> tuple[Tensor, Tensor]:
+        """``Phi_j(y_j)`` for ``j = a .. e - 1`` (one model call) and the data prediction."""
+        n, shape = e - a, (e - a, self.batch, self.D)
+        j = torch.arange(a, e, device=y.device)
+        x0, eps = _predict(self.denoiser, self.grid, y.to(self.dt).reshape(n, *self.shape), j)
+        x0, eps = x0.reshape(shape).to(torch.float64), eps.reshape(shape).to(torch.float64)
+        c = self.coef[a:e].view(-1, 4, 1, 1)
+        out = c[:, 0] * y + c[:, 1] * x0 + c[:, 2] * eps
+        if self.zs is not None:
+            out = out + c[:, 3] * self.zs[a:e]
+        return out, x0
+
+    def call(self, y: Tensor, a: int, e: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`phi_of` over steps ``a .. e - 1`` here, or each rank its slice and one
+        exchange; and whether the ranks' previous decisions differ (``None``: one process)."""
+        j = torch.arange(a, e)  # on the host: the slice's steps, no device read
+        both, diverged = evaluate(
+            self.ranks, lambda _, i, yi, __: torch.stack(
+                self.phi_of(yi, int(i[0]), int(i[-1]) + 1), 1), j, y, j)
+        return both[:, 0], both[:, 1], diverged
+
+    def predict_at(self, y: Tensor, s0: int) -> tuple[Tensor, Tensor]:
+        """The coarse sweep's ``(x0, eps)`` of state ``s0`` (on one rank with an executor)."""
+        self.setup_calls += 1
+        j = torch.tensor([s0], device=y.device)
+
+        def one(_, __, yi: Tensor, ___) -> Tensor:  # the model sees x_T's shape and dtype
+            x0, eps = _predict(self.denoiser, self.grid, yi.to(self.dt).reshape(1, *self.shape),
+                               j)
+            return torch.stack([x0.reshape(1, self.batch, self.D),
+                                eps.reshape(1, self.batch, self.D)], 1).to(torch.float64)
+
+        both, _ = evaluate(self.ranks, one, j.cpu(), y, j.cpu())
+        return both[:, 0], both[:, 1]
+
+    def start(self) -> int:
+        """The initialisation (``initial``, or ``init``); the first window's start."""
+        traj, opt, N = self.traj, self.opt, self.grid.num_steps
+        if self.initial is not None:
+            self.guide = self.initial.to(device=traj.device, dtype=torch.float64).reshape(
+                traj.shape)
+            traj[1:] = traj[0] + (self.guide[1:] - self.guide[0])
+        elif opt.init == "coarse":
+            _coarse_fill(self.denoiser, self.grid, traj, _blocks(opt.num_blocks, N),
+                         self.predict_at)
+            self.guide = traj.clone()
+        elif opt.init == "extrapolate":
+            P = min(opt.preconditioning, N)
+            x0_last = None
+            for k in range(P):  # serial steps: exact states, P sequential calls
+                self.setup_calls += 1
+                traj[k + 1], x0_last = (v[0] for v in self.call(traj[k:k + 1], k, k + 1)[:2])
+            if P < N and x0_last is not None:
+                traj[P + 1:] = _extrapolate(traj[P], x0_last, self.A, self.S, P, N)
+            return P
+        return 0
+
+    def gains(self, a: int, e: int, y: Tensor, phi: Tensor) -> Tensor:
+        """``J_j`` of the window's steps: ``[n, 1, 1]``, or with ``linear="secant"`` per step
+        and sample from the step's last two evaluations ``[n, batch, 1]`` (recorded)."""
+        if self.opt.linear != "secant":
+            return self.J[a:e].view(-1, 1, 1)
+        dx, df = y - self.last_x[a:e], phi - self.last_phi[a:e]
+        den = dx.pow(2).sum(-1, keepdim=True)
+        r = (dx * df).sum(-1, keepdim=True) / den.clamp(min=1e-300)
+        good = self.seen[a:e].view(-1, 1, 1) & (den > 1e-30) & torch.isfinite(r)
+        self.last_x[a:e], self.last_phi[a:e], self.seen[a:e] = y, phi, True
+        return torch.where(good, r.clamp(0.0, 2.0), torch.ones_like(r))
+
+    def iterate(self, a: int, e: int) -> tuple[Tensor, Tensor | None]:
+        n, traj, opt = e - a, self.traj, self.opt
+        y = traj[a:e]
+        phi, x0, diverged = self.call(y, a, e)
+        X = traj[a + 1:e + 1].clone()
+        Jw = self.gains(a, e, y, phi)
+        d = phi - Jw * y
+        R = _unroll(traj, a, d, Jw, opt.order) - X
+        change = R if opt.order >= n else _unroll(traj, a, d, Jw, n) - X
+        ok, norm = _stopping(X, change, phi if opt.test == "residual" else None, self.std[a:e],
+                             opt.tol, opt.tol_abs)
+        steps = torch.arange(n, device=traj.device)
+        bad = torch.where(~ok, steps, n).min()
+        fine = torch.isfinite(norm) & torch.isfinite(torch.cat([phi, R], -1)).flatten(1).all(1)
+        nonfinite = torch.where(fine, n, steps).min()  # the first non-finite step, or n
+        self.pending = (X, R, change, x0)
+        return torch.stack([bad.double(), norm.max(), nonfinite.double()]), diverged
+
+    def accept(self, a: int, e: int, it: int, bad: float, worst: float,
+               nonfinite: float) -> tuple[int, float]:
+        """The update: ``X + R``, Anderson-corrected after the first unconverged step."""
+        n, (X, R, change, _) = e - a, self.pending
+        bad = int(bad)
+        if nonfinite < n:
+            self.denoiser.check()  # a NaN/Inf from the model is named by its timestep
+            raise NonFiniteStateError(
+                f"non-finite state (or residual) at step {a + int(nonfinite)} in the taa "
+                f"window starting at step {a} (iteration {it})")
+        self.mem = (self.mem + [(a, e, X, R)])[-self.opt.memory:]
+        new = X + R
+        if len(self.mem) > 1 and bad < n - 1:  # steps after the first unconverged one
+            new = new - _anderson(self.mem, a, e, R, bad + 1, self.opt.tikhonov)
+            k = _first_nonfinite(new)
+            if k < n:
+                raise NonFiniteStateError(
+                    f"non-finite state at step {a + k} after the Anderson update (window "
+                    f"from step {a}, iteration {it})")
+        if self.opt.order < n:  # the accepted steps take the rebuild their test measured
+            new[:bad + 1] = X[:bad + 1] + change[:bad + 1]
+        self.traj[a + 1:e + 1] = new
+        return min(bad + 1, n), worst
+
+    def enter(self, e: int, new_e: int) -> None:
+        traj = self.traj
+        if self.guide is not None:
+            traj[e + 1:new_e + 1] = traj[e] + self.guide[e + 1:new_e + 1] - self.guide[e]
+        elif self.opt.init == "extrapolate":
+            x0 = self.pending[3]
+            traj[e + 1:new_e + 1] = _extrapolate(traj[e], x0[-1], self.A, self.S, e, new_e)
+        else:
+            traj[e + 1:new_e + 1] = traj[e]
+
+    def state(self, a: int) -> Tensor:
+        return self.traj[a].reshape(self.shape).to(self.dt)
 
 
 def _extrapolate(x: Tensor, x0: Tensor, A: Tensor, S: Tensor, e: int, end: int) -> Tensor:
