@@ -13,6 +13,7 @@ Public names::
 from .executors import DistributedError, DistributedExecutor, DistributedStats
 from .grid import TimeResolutionWarning
 from .mgrit import mgrit
+from .odeint import odeint
 from .parareal import NonFiniteStateError, SwappedPropagatorsWarning, parareal, serial
 from .problem import ODEProblem
 from .propagators import (
@@ -42,5 +43,5 @@ __all__ = [
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy", "DormandPrince", "StepLimitError",
     "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError", "Coarsened",
     "DistributedExecutor", "DistributedError", "DistributedStats", "TimeResolutionWarning",
-    "SwappedPropagatorsWarning", "mgrit",
+    "SwappedPropagatorsWarning", "mgrit", "odeint",
 ]

@@ -1,0 +1,434 @@
+"""``pint.odeint``: torchdiffeq's ``odeint(func, y0, t, ...)`` interface, serial or Parareal.
+
+A torchdiffeq user calls::
+
+    ys = pint.odeint(func, y0, t, method="rk4", options=dict(step_size=0.01))
+    ys = pint.odeint(func, y0, t, method="dopri5", rtol=1e-6, atol=1e-8, parallel=True)
+
+and gets the solution at every time in ``t``, ``[len(t), *y0.shape]`` (a tuple of such
+tensors for a tuple ``y0``). Underneath, ``t`` (refined into sub-blocks where more blocks
+are wanted) is the block partition of :func:`pint.serial` / :func:`pint.parareal`, so every
+output time is a block boundary and Parareal returns the solution at all of them.
+
+How it differs from ``torchdiffeq.odeint``:
+
+* ``method="rk4"`` is torchdiffeq's RK4, the 3/8 rule (:class:`pint.RK4` is the classic
+  one); ``euler``, ``midpoint``, ``heun2``, ``heun3`` are torchdiffeq's tableaus;
+  ``dopri5`` is :class:`pint.DormandPrince` (per-block step size control), which restarts
+  its step size control at every block boundary (every output time) instead of
+  integrating across them with dense output as torchdiffeq does: both are accurate to the
+  tolerances, not equal to round-off.
+* ``options=dict(step_size=h)``: each interval ``[t_i, t_{i+1}]`` takes
+  ``ceil(|t_{i+1} - t_i| / h)`` equal steps, so every output time is a grid point.
+  torchdiffeq lays one grid of step ``h`` from ``t[0]`` and *interpolates linearly* at
+  output times between grid points; where ``h`` divides the intervals the two agree to
+  round-off.
+* Gradients flow to ``y0`` and ``func``'s parameters (autograd through the serial solve,
+  or the parallel-in-time adjoint with ``adjoint=True``), not to ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._checks import check_bool, check_int, check_number
+from .parareal import parareal, serial
+from .problem import ODEProblem
+from .propagators.adaptive import DormandPrince
+from .propagators.base import RHS, Propagator, StepPropagator, expand_as_state
+from .result import Result
+
+__all__ = ["odeint", "METHODS"]
+
+State = Tensor | tuple[Tensor, ...]
+
+
+# ------------------------------------------------------------------ the fixed-step tableaus
+# One step of each of torchdiffeq's fixed-grid methods, batched over rows: ``t``, ``h`` [n].
+
+
+def _euler(f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+    return y + expand_as_state(h, y) * f(t, y)
+
+
+def _midpoint(f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+    hb = expand_as_state(h, y)
+    k1 = f(t, y)
+    return y + hb * f(t + h / 2, y + k1 * (hb / 2))
+
+
+def _heun2(f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+    hb = expand_as_state(h, y)
+    k1 = f(t, y)
+    k2 = f(t + h, y + hb * k1)
+    return y + hb * (k1 / 2 + k2 / 2)
+
+
+def _heun3(f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+    hb = expand_as_state(h, y)
+    k1 = f(t, y)
+    k2 = f(t + h / 3, y + hb * (k1 / 3))
+    k3 = f(t + 2 * h / 3, y + hb * (k2 * (2 / 3)))
+    return y + hb * (k1 / 4 + k3 * (3 / 4))
+
+
+def _rk4_38(f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+    """torchdiffeq's ``rk4``: Kutta's 3/8 rule."""
+    hb = expand_as_state(h, y)
+    k1 = f(t, y)
+    k2 = f(t + h / 3, y + hb * k1 / 3)
+    k3 = f(t + h * (2 / 3), y + hb * (k2 - k1 / 3))
+    k4 = f(t + h, y + hb * (k1 - k2 + k3))
+    return y + (k1 + 3 * (k2 + k3) + k4) * hb * 0.125
+
+
+_FIXED: dict[str, tuple[Callable[..., Tensor], int]] = {
+    "euler": (_euler, 1), "midpoint": (_midpoint, 2), "heun2": (_heun2, 2),
+    "heun3": (_heun3, 3), "rk4": (_rk4_38, 4),
+}
+#: the method names ``odeint`` accepts (torchdiffeq's names for the methods pint has)
+METHODS = (*_FIXED, "dopri5")
+_ADAPTIVE_OPTIONS = {"first_step": "first_step", "max_num_steps": "max_steps",
+                     "safety": "safety"}
+_COARSE_RATIO = 10  # default coarse propagator: a fixed-step method's steps 10 times longer
+_PARALLEL_BLOCKS = 16  # default number of blocks with parallel=True (at least len(t) - 1)
+
+
+class _Grid(StepPropagator):
+    """A torchdiffeq fixed-grid method on the block partition of one ``odeint`` call: every
+    block takes the number of equal steps the partition gave it (looked up by its start)."""
+
+    def __init__(self, method: str, partition: Tensor, steps: Tensor) -> None:
+        self.method = method
+        self._step, self.evals_per_step = _FIXED[method]
+        self.partition = partition  # float64 CPU [B + 1]
+        self.steps = steps  # int64 CPU [B]
+
+    def step(self, f: RHS, t: Tensor, y: Tensor, h: Tensor) -> Tensor:
+        return self._step(f, t, y, h)
+
+    def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor:
+        start = t0.detach().double().cpu()
+        idx = (start[:, None] - self.partition[None, :-1]).abs().argmin(dim=1)
+        return self.steps[idx]
+
+    def batches_with(self, other: Propagator) -> bool:
+        return isinstance(other, _Grid) and other.method == self.method
+
+    def __repr__(self) -> str:
+        return f"odeint.{self.method}(steps={self.steps.tolist()[:8]}...)"
+
+
+# ------------------------------------------------------------------ state flattening
+
+
+class _Flat:
+    """A tensor or tuple-of-tensors state as one flat vector and back."""
+
+    def __init__(self, y0: object) -> None:
+        self.is_tuple = isinstance(y0, tuple)
+        parts = y0 if self.is_tuple else (y0,)
+        if self.is_tuple and not parts:
+            raise ValueError("y0 must be a tensor or a non-empty tuple of tensors, got ()")
+        for i, p in enumerate(parts):
+            name = f"y0[{i}]" if self.is_tuple else "y0"
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor (y0 is a tensor or a tuple of "
+                                f"tensors), got {type(p).__name__}")
+            if not p.is_floating_point():
+                raise TypeError(f"{name} must have a floating-point dtype, got {p.dtype}")
+        dtypes = {p.dtype for p in parts}
+        devices = {p.device for p in parts}
+        if len(dtypes) > 1 or len(devices) > 1:
+            raise TypeError(f"the tensors of a tuple y0 must share one dtype and device, got "
+                            f"{[str(p.dtype) for p in parts]} on {[str(p.device) for p in parts]}")
+        self.shapes = [tuple(p.shape) for p in parts]
+        self.sizes = [p.numel() for p in parts]
+        self.parts = parts
+
+    def flat(self) -> Tensor:
+        """``y0`` as one tensor (itself for a tensor state)."""
+        if not self.is_tuple:
+            return self.parts[0]
+        return torch.cat([p.reshape(-1) for p in self.parts])
+
+    def unflatten(self, y: Tensor, lead: tuple[int, ...] = ()) -> State:
+        """A flat state (with ``lead`` leading dimensions) as the user's form."""
+        if not self.is_tuple:
+            return y
+        chunks = torch.split(y, self.sizes, dim=len(lead))
+        return tuple(c.reshape(*lead, *s) for c, s in zip(chunks, self.shapes, strict=True))
+
+    def flatten_output(self, dy: object) -> Tensor:
+        """``func``'s output (one state, user form) as a flat tensor, checked."""
+        if not self.is_tuple:
+            if isinstance(dy, tuple):
+                raise TypeError("func returned a tuple for a tensor y0; return one tensor of "
+                                "y0's shape")
+            return dy  # shape and dtype are checked by ODEProblem
+        if not isinstance(dy, (tuple, list)) or len(dy) != len(self.shapes):
+            raise TypeError(f"func must return a tuple of {len(self.shapes)} tensors (one per "
+                            f"tensor of y0), got {type(dy).__name__}")
+        for i, (d, s) in enumerate(zip(dy, self.shapes, strict=True)):
+            if not isinstance(d, Tensor) or tuple(d.shape) != s:
+                raise ValueError(f"func's output {i} must be a tensor of shape {s} (that of "
+                                 f"y0[{i}]), got {tuple(getattr(d, 'shape', ())) or type(d).__name__}")
+        return torch.cat([d.reshape(-1) for d in dy])
+
+
+def _batched_rhs(func: Callable[..., Any], flat: _Flat) -> RHS:
+    """``func(t, y)`` written for one state as pint's batched ``f(t [n], y [n, ...])``:
+    called directly for one row (as torchdiffeq calls it), vmapped over more rows."""
+
+    def one(t: Tensor, y: Tensor) -> Tensor:
+        return flat.flatten_output(func(t, flat.unflatten(y)))
+
+    vmapped = torch.func.vmap(one, in_dims=(0, 0))
+
+    def rhs(t: Tensor, y: Tensor) -> Tensor:
+        if y.shape[0] == 1:
+            dy = one(t[0], y[0])
+            return dy.unsqueeze(0) if isinstance(dy, Tensor) else dy
+        try:
+            return vmapped(t, y)
+        except RuntimeError as err:
+            if "vmap" not in str(err):
+                raise
+            raise TypeError(
+                f"func could not be vectorised over Parareal's blocks with torch.func.vmap "
+                f"({err}); parallel=True evaluates func for all blocks at once. Use torch "
+                "operations without data-dependent Python control flow, or parallel=False"
+            ) from err
+
+    return rhs
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+def _check_t(t: object, y0: Tensor) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"t must be a 1-D torch.Tensor of times, got {type(t).__name__}")
+    if t.dim() != 1 or t.numel() < 1:
+        raise ValueError(f"t must be a 1-D tensor with at least one time, got shape "
+                         f"{tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"t must have a floating-point dtype, got {t.dtype}")
+    host = t.detach().cpu().double()
+    if not bool(torch.isfinite(host).all()):
+        raise ValueError("t must be finite (it contains NaN or Inf)")
+    if host.numel() > 1:
+        d = torch.diff(host)
+        if not (bool((d > 0).all()) or bool((d < 0).all())):
+            raise ValueError("t must be strictly increasing or strictly decreasing, got "
+                             f"{host.tolist()[:10]}")
+    return host
+
+
+def _check_options(method: str, options: object) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
+    allowed = ("step_size",) if method in _FIXED else tuple(_ADAPTIVE_OPTIONS)
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ValueError(f"options {unknown} are not supported for method={method!r}; pint "
+                         f"accepts {list(allowed)}")
+    out = dict(options)
+    if "step_size" in out and out["step_size"] is not None:
+        out["step_size"] = check_number("options['step_size']", _as_float(out["step_size"]),
+                                        positive=True)
+    return out
+
+
+def _as_float(x: object) -> object:
+    return float(x) if isinstance(x, Tensor) and x.numel() == 1 else x
+
+
+# ------------------------------------------------------------------ the block partition
+
+
+def _split(counts: Sequence[float], total: int) -> list[int]:
+    """At least 1 per entry, ``total`` in all, the extra ones proportional to ``counts``."""
+    m = len(counts)
+    extra = max(total - m, 0)
+    weight = sum(counts)
+    raw = [extra * c / weight for c in counts]
+    r = [1 + int(math.floor(x)) for x in raw]
+    rest = sorted(range(m), key=lambda i: raw[i] - math.floor(raw[i]), reverse=True)
+    for i in rest[: total - sum(r)]:
+        r[i] += 1
+    return r
+
+
+def _partition(host_t: Tensor, blocks: int, step_size: float | None,
+               fixed: bool) -> tuple[Tensor, Tensor | None, list[int]]:
+    """Block times ``[B + 1]`` (float64 CPU) refining ``t``, steps per block (fixed-step
+    methods) and the indices of the output times in the partition."""
+    dt = torch.diff(host_t).tolist()
+    m = len(dt)
+    if fixed:
+        n = [1 if step_size is None else max(1, math.ceil(abs(d) / step_size - 1e-9))
+             for d in dt]
+        r = [min(ri, ni) for ri, ni in zip(_split([abs(d) for d in dt], blocks), n, strict=True)]
+    else:
+        n = None
+        r = _split([abs(d) for d in dt], blocks)
+    times: list[float] = [float(host_t[0])]
+    steps: list[int] = []
+    index = [0]
+    for i in range(m):
+        a, b = float(host_t[i]), float(host_t[i + 1])
+        if fixed:
+            q, rem = divmod(n[i], r[i])
+            sizes = [q + (1 if j < rem else 0) for j in range(r[i])]
+            done = 0
+            for j, s in enumerate(sizes):
+                done += s
+                times.append(b if j == r[i] - 1 else a + (b - a) * done / n[i])
+                steps.append(s)
+        else:
+            for j in range(1, r[i] + 1):
+                times.append(b if j == r[i] else a + (b - a) * j / r[i])
+        index.append(len(times) - 1)
+    step_t = torch.tensor(steps, dtype=torch.int64) if fixed else None
+    return torch.tensor(times, dtype=torch.float64), step_t, index
+
+
+# ------------------------------------------------------------------ odeint
+
+
+def odeint(
+    func: Callable[..., Any],
+    y0: State,
+    t: Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    parallel: bool = False,
+    num_blocks: int | None = None,
+    coarse: Propagator | None = None,
+    tol: float | None = None,
+    max_iters: int | None = None,
+    pipelined: bool = False,
+    return_result: bool = False,
+) -> State | tuple[State, Result]:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` at every time in ``t`` (torchdiffeq's
+    ``odeint``), serially or with Parareal.
+
+    Args:
+        func: ``func(t, y) -> dy/dt`` for one state: ``t`` a 0-dim tensor, ``y`` of the
+            form of ``y0`` (a tensor, or a tuple of tensors for a tuple ``y0``). An
+            ``nn.Module`` works; its parameters get gradients. With ``parallel=True`` it is
+            vectorised over blocks with :func:`torch.func.vmap`.
+        y0: the initial state, a floating-point tensor of any shape or a tuple of such
+            tensors (one dtype and device).
+        t: 1-D tensor of output times, strictly increasing or strictly decreasing
+            (backward in time); ``t[0]`` is the time of ``y0``.
+        rtol, atol: ``dopri5``'s error tolerances (per block, as
+            :class:`pint.DormandPrince`); with ``parallel=True`` also the default stopping
+            test of Parareal (``tol=atol``, relative part ``rtol``).
+        method: ``"dopri5"`` (default, as torchdiffeq), ``"rk4"`` (torchdiffeq's 3/8
+            rule), ``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"`` (see
+            :data:`METHODS`). torchdiffeq's other methods are refused (``ValueError``).
+        options: for the fixed-step methods ``dict(step_size=h)``: every interval of ``t``
+            takes ``ceil(|t_{i+1} - t_i| / h)`` equal steps (without it, one step per
+            interval, as torchdiffeq). For ``dopri5``: ``first_step``, ``max_num_steps``,
+            ``safety``.
+        parallel: ``False`` solves block after block (:func:`pint.serial`); ``True`` runs
+            :func:`pint.parareal`.
+        num_blocks: how many blocks to split ``[t[0], t[-1]]`` into, at least
+            ``len(t) - 1``: every output time is a block boundary, and the intervals of
+            ``t`` are split further (in proportion to their length; for fixed-step
+            methods only at grid points, so a block holds whole steps). Default:
+            ``len(t) - 1``, and at least 16 with ``parallel=True``. Serial and parallel
+            calls with the same ``num_blocks`` use the same blocks, so
+            ``max_iters=num_blocks`` reproduces the serial solution.
+        coarse: Parareal's coarse propagator. Default: for a fixed-step method, the same
+            method with steps 10 times longer (``ceil(n / 10)`` steps in a block where the
+            fine solve takes ``n``); for ``dopri5``, :class:`pint.DormandPrince` with
+            ``rtol`` and ``atol`` 1000 times looser (at most ``1e-2``).
+        tol: Parareal's stopping tolerance: stop when every boundary changed by at most
+            ``tol`` (max-abs) in one iteration; ``0`` iterates to ``max_iters`` (or until
+            nothing changes). Default: at most ``atol + rtol * |U_i|``.
+        max_iters: Parareal's iteration limit; default the number of blocks.
+        pipelined: Parareal's wavefront schedule (fixed-step methods with the default
+            coarse propagator).
+        return_result: also return the :class:`pint.Result` (iterations, history, cost
+            accounting ``stats``).
+
+    Returns:
+        ``ys`` of shape ``[len(t), *y0.shape]`` with ``ys[0] == y0`` (a tuple of such
+        tensors for a tuple ``y0``), in ``y0``'s dtype and device; with
+        ``return_result=True`` the pair ``(ys, result)``.
+
+    Raises:
+        TypeError, ValueError: bad arguments; the message names the argument.
+        pint.NonFiniteStateError, pint.StepLimitError: as :func:`pint.parareal`.
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable func(t, y) -> dy/dt, got {type(func).__name__}")
+    flat = _Flat(y0)
+    y_flat = flat.flat()
+    host_t = _check_t(t, y_flat)
+    if method is None:
+        method = "dopri5"
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)} (torchdiffeq's names for "
+                         f"the methods pint has), got {method!r}")
+    opts = _check_options(method, options)
+    rtol = check_number("rtol", _as_float(rtol), positive=True)
+    atol = check_number("atol", _as_float(atol), positive=True)
+    parallel = check_bool("parallel", parallel)
+    return_result = check_bool("return_result", return_result)
+    if coarse is not None and not isinstance(coarse, Propagator):
+        raise TypeError(f"coarse must be a pint.Propagator or None, got {type(coarse).__name__}")
+    if tol is None:  # Parareal stops at the solver's own tolerances
+        stop_tol, stop_rtol = atol, rtol
+    else:
+        stop_tol, stop_rtol = check_number("tol", _as_float(tol), positive=False), 0.0
+    m = host_t.numel() - 1
+    if num_blocks is None:
+        blocks = max(m, _PARALLEL_BLOCKS) if parallel else m
+    else:
+        blocks = check_int("num_blocks", num_blocks, 1)
+        if blocks < m:
+            raise ValueError(f"num_blocks must be at least len(t) - 1 = {m} (every output "
+                             f"time is a block boundary), got {num_blocks}")
+    if m == 0:  # torchdiffeq returns y0 for a single time
+        ys = y_flat.unsqueeze(0)
+        out = flat.unflatten(ys, (1,))
+        return (out, Result(y_flat.clone(), ys, host_t, 0, True)) if return_result else out
+
+    fixed = method in _FIXED
+    times, steps, index = _partition(host_t, blocks, opts.get("step_size"), fixed)
+    if fixed:
+        fine: Propagator = _Grid(method, times, steps)
+        coarse_steps = torch.div(steps + _COARSE_RATIO - 1, _COARSE_RATIO, rounding_mode="floor")
+        default_coarse: Propagator = _Grid(method, times, coarse_steps)
+    else:
+        kw = {_ADAPTIVE_OPTIONS[k]: v for k, v in opts.items()}
+        fine = DormandPrince(rtol=rtol, atol=atol, **kw)
+        default_coarse = DormandPrince(rtol=min(1e-2, 1e3 * rtol), atol=min(1e-2, 1e3 * atol),
+                                       **kw)
+    problem = ODEProblem(_batched_rhs(func, flat), y_flat,
+                         (float(host_t[0]), float(host_t[-1])), batched=True)
+    if parallel:
+        res = parareal(problem, default_coarse if coarse is None else coarse, fine,
+                       tol=stop_tol, rtol=stop_rtol, max_iters=max_iters, pipelined=pipelined,
+                       partition=times)
+    else:
+        res = serial(problem, fine, partition=times)
+    ys = res.boundaries[torch.tensor(index, device=y_flat.device)]
+    out = flat.unflatten(ys, (ys.shape[0],))
+    return (out, res) if return_result else out
