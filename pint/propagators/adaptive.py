@@ -125,6 +125,7 @@ class DormandPrince(Propagator):
             self._check_first_step(h, K1, t0, t1, span)
         else:
             h = torch.minimum(torch.full_like(span, self.first_step), span)
+        K1 = K1.clone()  # written row by row below; the starting step read the original
         steps = torch.zeros(n, dtype=torch.int64, device=y.device)
         rejected = torch.zeros(n, dtype=torch.bool, device=y.device)
         not_finite = torch.zeros(n, dtype=torch.bool, device=y.device)  # last trial step's stages
