@@ -320,6 +320,8 @@ def odeint(
     max_iters: int | None = None,
     pipelined: bool = False,
     return_result: bool = False,
+    adjoint: bool = False,
+    adjoint_params: Sequence[Tensor] | None = None,
 ) -> State | tuple[State, Result]:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` at every time in ``t`` (torchdiffeq's
     ``odeint``), serially or with Parareal.
@@ -364,6 +366,19 @@ def odeint(
             coarse propagator).
         return_result: also return the :class:`pint.Result` (iterations, history, cost
             accounting ``stats``).
+        adjoint: differentiate with the discrete adjoint instead of autograd through the
+            solve (torchdiffeq's ``odeint_adjoint``): the forward pass stores only the
+            block boundaries, and the backward pass solves the adjoint recursion
+            ``lambda_i = g_i + J_i^T lambda_{i+1}`` (``J_i`` the fine propagator's Jacobian
+            over block ``i``, ``g_i`` the output gradient at boundary ``i``) block after
+            block (``parallel=False``), or with Parareal (``parallel=True``: the coarse
+            propagator's transposed Jacobian as coarse, the fine one's as fine, one batched
+            fine VJP per iteration; same ``tol``, ``max_iters``). Memory is one batched
+            block solve's graph, whatever the iteration count. The gradients are those of
+            the discretised forward map, so at ``max_iters = num_blocks`` they equal
+            autograd through the serial solve to round-off.
+        adjoint_params: the tensors to return gradients for with ``adjoint=True``
+            (default: ``func.parameters()`` when ``func`` is an ``nn.Module``, else none).
 
     Returns:
         ``ys`` of shape ``[len(t), *y0.shape]`` with ``ys[0] == y0`` (a tuple of such
@@ -423,12 +438,146 @@ def odeint(
                                        **kw)
     problem = ODEProblem(_batched_rhs(func, flat), y_flat,
                          (float(host_t[0]), float(host_t[-1])), batched=True)
-    if parallel:
-        res = parareal(problem, default_coarse if coarse is None else coarse, fine,
-                       tol=stop_tol, rtol=stop_rtol, max_iters=max_iters, pipelined=pipelined,
-                       partition=times)
+    G = default_coarse if coarse is None else coarse
+
+    def solve(prob: ODEProblem) -> Result:
+        if parallel:
+            return parareal(prob, G, fine, tol=stop_tol, rtol=stop_rtol, max_iters=max_iters,
+                            pipelined=pipelined, partition=times)
+        return serial(prob, fine, partition=times)
+
+    if check_bool("adjoint", adjoint):
+        params = _adjoint_params(func, adjoint_params)
+        box: dict[str, Any] = {}
+        setup = _AdjointSetup(solve, problem, G, fine, times, index, parallel, stop_tol,
+                              stop_rtol, max_iters, params, box)
+        ys = _Adjoint.apply(setup, y_flat, *params)
+        res = box["result"]
     else:
-        res = serial(problem, fine, partition=times)
-    ys = res.boundaries[torch.tensor(index, device=y_flat.device)]
+        res = solve(problem)
+        ys = res.boundaries[torch.tensor(index, device=y_flat.device)]
     out = flat.unflatten(ys, (ys.shape[0],))
     return (out, res) if return_result else out
+
+
+# ------------------------------------------------------------------ the adjoint
+
+
+def _adjoint_params(func: object, params: object) -> tuple[Tensor, ...]:
+    if params is None:
+        if isinstance(func, torch.nn.Module):
+            return tuple(p for p in func.parameters() if p.requires_grad)
+        return ()
+    if isinstance(params, Tensor):
+        params = (params,)
+    try:
+        out = tuple(params)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"adjoint_params must be a sequence of tensors, got "
+                        f"{type(params).__name__}") from None
+    for i, p in enumerate(out):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
+    return out
+
+
+class _AdjointSetup:
+    """What the backward pass needs besides the saved boundaries."""
+
+    def __init__(self, solve, problem, coarse, fine, times, index, parallel, tol, rtol,
+                 max_iters, params, box) -> None:
+        self.solve, self.problem, self.coarse, self.fine = solve, problem, coarse, fine
+        self.times, self.index, self.parallel = times, index, parallel
+        self.tol, self.rtol, self.max_iters = tol, rtol, max_iters
+        self.params, self.box = params, box
+        self.backward_history: list[float] = []
+
+
+class _Adjoint(torch.autograd.Function):
+    """Forward: the solve without a graph (boundaries only). Backward: the discrete adjoint
+    recursion, serially or with Parareal (:func:`_adjoint_parareal`)."""
+
+    @staticmethod
+    def forward(ctx, setup: _AdjointSetup, y0: Tensor, *params: Tensor) -> Tensor:
+        problem = ODEProblem(setup.problem.f, y0.detach(), setup.problem.t_span, batched=True)
+        res = setup.solve(problem)
+        setup.box["result"] = res
+        U = res.boundaries.detach()
+        ctx.setup = setup
+        ctx.save_for_backward(U)
+        return U[torch.tensor(setup.index, device=U.device)].clone()
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor):
+        setup: _AdjointSetup = ctx.setup
+        (U,) = ctx.saved_tensors
+        g = torch.zeros_like(U)
+        g[torch.tensor(setup.index, device=U.device)] = g_out
+        lam, g_params = _adjoint_solve(setup, U, g)
+        return (None, lam[0], *g_params)
+
+
+def _adjoint_solve(setup: _AdjointSetup, U: Tensor, g: Tensor) -> tuple[Tensor, list]:
+    """``lambda_i = g_i + J_i^T lambda_{i+1}`` for ``i = B..0`` and the parameter gradients
+    ``sum_i (dF_i/dtheta)^T lambda_{i+1}``."""
+    rhs = setup.problem.batched_rhs()
+    times = setup.times.to(U.device)
+    t0, t1 = times[:-1], times[1:]
+    params = [p for p in setup.params if p.requires_grad]
+    B = U.shape[0] - 1
+
+    def vjp(prop: Propagator, rows: slice | list[int], v: Tensor,
+            with_params: bool = False) -> tuple[Tensor, tuple]:
+        """``J^T v`` of ``prop`` over the blocks ``rows`` (one batched call)."""
+        with torch.enable_grad():
+            y = U[rows].detach().requires_grad_(True)
+            out = prop(rhs, y, t0[rows], t1[rows])
+            wrt = [y, *params] if with_params else [y]
+            grads = torch.autograd.grad(out, wrt, v, allow_unused=True)
+        return grads[0], tuple(grads[1:])
+
+    lam = torch.empty_like(U)
+    lam[B] = g[B]
+    if not setup.parallel:
+        for i in range(B - 1, -1, -1):  # serial adjoint: one block's graph at a time
+            lam[i] = g[i] + vjp(setup.fine, slice(i, i + 1), lam[i + 1 : i + 2])[0][0]
+    else:
+        lam = _adjoint_parareal(setup, vjp, g, B)
+    _, gp = vjp(setup.fine, slice(0, B), lam[1:], with_params=True) if params else (None, ())
+    by_param = dict(zip(map(id, params), gp, strict=True))
+    g_params = [None if id(p) not in by_param else
+                (torch.zeros_like(p) if by_param[id(p)] is None else by_param[id(p)])
+                for p in setup.params]
+    return lam, g_params
+
+
+def _adjoint_parareal(setup: _AdjointSetup, vjp, g: Tensor, B: int) -> Tensor:
+    """Parareal on the backward recursion, blocks taken from the end: after ``k``
+    iterations ``lambda_B .. lambda_{B-k}`` equal the serial adjoint."""
+    K = B if setup.max_iters is None else min(setup.max_iters, B)
+
+    def coarse(i: int, v: Tensor) -> Tensor:
+        return vjp(setup.coarse, slice(i, i + 1), v.unsqueeze(0))[0][0]
+
+    lam = torch.empty_like(g)
+    lam[B] = g[B]
+    G_old: dict[int, Tensor] = {}
+    for i in range(B - 1, -1, -1):  # coarse sweep
+        G_old[i] = coarse(i, lam[i + 1])
+        lam[i] = g[i] + G_old[i]
+    for k in range(1, K + 1):
+        last = B - k  # blocks 0..last start from a value that is not yet exact
+        FV = vjp(setup.fine, slice(0, last + 1), lam[1 : last + 2])[0]
+        new = lam.clone()
+        new[last] = g[last] + FV[last]
+        for i in range(last - 1, -1, -1):
+            gi = coarse(i, new[i + 1])
+            new[i] = g[i] + gi + FV[i] - G_old[i]
+            G_old[i] = gi
+        diff = (new[: last + 1] - lam[: last + 1]).abs().reshape(last + 1, -1).amax(dim=1)
+        bound = setup.tol + setup.rtol * new[: last + 1].abs().reshape(last + 1, -1).amax(dim=1)
+        lam = new
+        setup.backward_history.append(float(diff.max()))
+        if bool((diff <= bound).all()):
+            break
+    return lam

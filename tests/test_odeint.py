@@ -175,6 +175,9 @@ def _f(t, y):
     (dict(num_blocks=0), ValueError, "num_blocks"),
     (dict(coarse="rk4", parallel=True), TypeError, "coarse"),
     (dict(tol=-1.0, parallel=True), ValueError, "tol"),
+    (dict(adjoint=1), TypeError, "adjoint"),
+    (dict(adjoint=True, adjoint_params=3), TypeError, "adjoint_params"),
+    (dict(adjoint=True, adjoint_params=[3]), TypeError, "adjoint_params"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, error, match):
     y0 = torch.ones(2, dtype=F64)
@@ -210,3 +213,78 @@ def test_func_output_checked():
         pint.odeint(lambda t, y: y[:1], torch.ones(2, dtype=F64), t)
     with pytest.raises(TypeError, match="func"):
         pint.odeint(3, torch.ones(2, dtype=F64), t)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(),
+                                       torch.nn.Linear(6, 2)).double()
+
+    def forward(self, t, y):
+        return self.net(y) * (1 + 0.1 * t)
+
+
+def _grads(func, t, method, **kw):
+    y0 = torch.tensor([0.5, -0.3], dtype=F64, requires_grad=True)
+    opts = dict(step_size=0.1) if method != "dopri5" else None
+    ys = func_out = pint.odeint(func, y0, t, method=method, options=opts, rtol=1e-6,
+                                atol=1e-8, **kw)
+    assert func_out.shape == (len(t), 2)
+    loss = (ys ** 2).sum() + ys[-1, 0]
+    return torch.autograd.grad(loss, [y0, *func.parameters()])
+
+
+@settings(max_examples=8, deadline=None)
+@given(extra=st.integers(0, 6), n_out=st.integers(2, 4), backward=st.booleans(),
+       method=st.sampled_from(["rk4", "dopri5"]))
+def test_parallel_adjoint_equals_serial_autograd(extra, n_out, backward, method):
+    """The backward pass solved with Parareal (max_iters = B) gives autograd's gradients
+    through the serial solve, for y0 and every parameter of func."""
+    func = _Net()
+    t = torch.linspace(0.0, 1.5, n_out, dtype=F64)
+    if backward:
+        t = t.flip(0)
+    B = n_out - 1 + extra
+    ref = _grads(func, t, method, num_blocks=B)
+    for kw in (dict(adjoint=True), dict(adjoint=True, parallel=True, tol=0.0, max_iters=B)):
+        got = _grads(func, t, method, num_blocks=B, **kw)
+        for a, b in zip(got, ref, strict=True):
+            assert (a - b).abs().max() <= 1e-8 * (1 + b.abs().max()), kw
+
+
+def test_adjoint_gradcheck_and_adjoint_params():
+    a = torch.tensor([0.7, -0.4], dtype=F64, requires_grad=True)
+
+    def func(t, y):
+        return torch.stack([y[1], -a[0] * y[0] + a[1] * torch.sin(y[1])])
+
+    t = torch.tensor([0.0, 0.4, 1.0], dtype=F64)
+
+    def solve(y0, a_):
+        return pint.odeint(func, y0, t, method="rk4", options=dict(step_size=0.1),
+                           parallel=True, num_blocks=4, tol=0.0, adjoint=True,
+                           adjoint_params=(a,))
+
+    y0 = torch.tensor([1.0, 0.2], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(solve, (y0, a))
+    ys = solve(y0, a)
+    ys.sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+
+
+def test_adjoint_tuple_state():
+    def func(t, state):
+        x, v = state
+        return v, -torch.sin(x)
+
+    t = torch.linspace(0, 1, 4, dtype=F64)
+    grads = []
+    for kw in ({}, dict(adjoint=True, parallel=True, tol=0.0)):
+        x0 = torch.tensor([1.0], dtype=F64, requires_grad=True)
+        v0 = torch.tensor([0.0], dtype=F64, requires_grad=True)
+        xs, vs = pint.odeint(func, (x0, v0), t, method="rk4", options=dict(step_size=0.05), **kw)
+        grads.append(torch.autograd.grad(xs[-1].sum() + vs.sum(), [x0, v0]))
+    for a, b in zip(*grads, strict=True):
+        assert (a - b).abs().max() < 1e-12
