@@ -16,7 +16,11 @@ candidate** and measures its wall-clock, and compares:
   :func:`~adapters.diffusion.planner.record_run` stored every run's calls, what a user's
   second ``sample(sampler="auto")`` sees);
 * auto's choice with the fastest candidate measured (``auto_vs_best``: measured time of
-  the choice over the best measured time) and with serial (``auto_vs_serial``).
+  the choice over the best measured time) and with serial (``auto_vs_serial``);
+* ``sample(sampler="auto")`` called twice as a user meets it, from empty caches (``auto``:
+  each call's wall-clock, its ``plan.planning_s``, whether the second reused the plan and
+  returned the same sample; ``auto_first_vs_serial``, ``auto_second_vs_best``). The
+  candidate table is priced with ``plan_sampling(exhaustive=True)`` (every candidate).
 
 Devices:
 
@@ -60,6 +64,7 @@ from adapters.diffusion import (  # noqa: E402
     load_pretrained,
     plan_sampling,
     planner,  # noqa: E402
+    sample,
     serial_sample,
 )
 from adapters.diffusion.planner import PARALLEL_SAMPLERS  # noqa: E402
@@ -133,19 +138,37 @@ def run_candidate(model, schedule, x, N, cand, tol, repeats=1):
     return best, calls, list(model.widths)
 
 
+def auto_calls(model, schedule, x, N, tol):
+    """``sample(sampler="auto")`` twice in a fresh process state, as a user meets it: the
+    wall-clock and the planning seconds of each call, and whether the samples match."""
+    planner.clear_caches()
+    res = {}
+    outs = []
+    for which in ("first", "second"):
+        t0 = time.perf_counter()
+        out = sample(model, schedule, x, N, tol=tol)
+        wall = time.perf_counter() - t0
+        outs.append(out.sample)
+        res[which] = dict(wall_s=wall, planning_s=out.plan.planning_s, reused=out.plan.reused,
+                          choice=out.plan.choice.label, predicted_s=out.plan.choice.predicted_s,
+                          serial_predicted_s=out.plan.serial.predicted_s)
+    res["same_sample"] = bool(torch.equal(outs[0], outs[1]))
+    return res
+
+
 def bench_device(name, model, schedule, x, N, tol, note, repeats=1):
+    auto = auto_calls(model, schedule, x, N, tol)
     planner.clear_caches()
     t0 = time.perf_counter()
-    plan = plan_sampling(model, schedule, x, N, tol=tol)
+    plan = plan_sampling(model, schedule, x, N, tol=tol, exhaustive=True)
     plan_s = time.perf_counter() - t0
     print(f"\n== {name}: {note}; N = {N}, batch {x.shape[0]}, planning {plan_s:.2f} s")
     print(plan.table())
-    engine = plan.cost.engine_s
     rows = []
     for cand in plan.candidates:
         wall, calls, widths = run_candidate(model, schedule, x, N, cand, tol, repeats)
         per_call = [plan.cost(w) for w in widths]
-        replayed = sum(per_call) + engine * len(widths)
+        replayed = sum(per_call) + cand.engine_s * len(widths)
         planner.record_run(plan, cand, calls, model)
         rows.append(dict(label=cand.label, sampler=cand.sampler, options=cand.options,
                          predicted_s=cand.predicted_s, predicted_calls=cand.calls,
@@ -153,7 +176,7 @@ def bench_device(name, model, schedule, x, N, tol, note, repeats=1):
                          calls=calls, replayed_s=replayed, max_rows=max(widths)))
         print(f"  {cand.label:<26} predicted {cand.predicted_s:8.3f} s ({cand.calls:4d} calls)"
               f"  measured {wall:8.3f} s ({calls:4d} calls)  replayed {replayed:8.3f} s")
-    again = plan_sampling(model, schedule, x, N, tol=tol, cost=plan.cost)
+    again = plan_sampling(model, schedule, x, N, tol=tol, cost=plan.cost, exhaustive=True)
     by_label = {c.label: c for c in again.candidates}
     for r in rows:
         r["recorded_s"] = by_label[r["label"]].predicted_s
@@ -161,13 +184,25 @@ def bench_device(name, model, schedule, x, N, tol, note, repeats=1):
     chosen = next(r for r in rows if r["label"] == plan.choice.label)
     serial = rows[0]
     res = dict(note=note, N=N, batch=x.shape[0], tol=tol, plan_s=plan_s, repeats=repeats,
-               cost=plan.cost.as_dict(), engine_s=engine, choice=plan.choice.label,
+               cost=plan.cost.as_dict(), engine_s={r["label"]: c.engine_s for r, c in
+                                                   zip(rows, plan.candidates, strict=True)},
+               choice=plan.choice.label,
                reason=plan.reason, best=best["label"], candidates=rows,
                auto_vs_best=chosen["measured_s"] / best["measured_s"],
                auto_vs_serial=chosen["measured_s"] / serial["measured_s"],
                second_choice=again.choice.label)
     second = next(r for r in rows if r["label"] == again.choice.label)
     res["second_vs_best"] = second["measured_s"] / best["measured_s"]
+    res["auto"] = auto
+    for which in ("first", "second"):
+        a = auto[which]
+        res[f"auto_{which}_vs_best"] = a["wall_s"] / best["measured_s"]
+        res[f"auto_{which}_vs_serial"] = a["wall_s"] / serial["measured_s"]
+    print(f"  sample(sampler='auto'), first call {auto['first']['wall_s']:.3f} s (planning "
+          f"{auto['first']['planning_s']:.3f} s, {auto['first']['choice']}), second call "
+          f"{auto['second']['wall_s']:.3f} s (planning {auto['second']['planning_s']:.4f} s, "
+          f"reused {auto['second']['reused']}); same sample: {auto['same_sample']}; best "
+          f"measured {best['measured_s']:.3f} s, serial {serial['measured_s']:.3f} s")
     for key in ("predicted_s", "replayed_s", "recorded_s"):
         errs = [abs(r[key] / r["measured_s"] - 1) for r in rows]
         res[f"{key}_within_15pct"] = sum(e <= 0.15 for e in errs) / len(errs)
@@ -267,12 +302,17 @@ def main(argv=None):
     path.write_text(json.dumps(out, indent=1))
     plot(results, args.out / "planner.png")
     print("\n| device | auto's choice | best measured | auto / best | serial / auto | "
-          "predicted within 15 % (proxy / recorded) |")
-    print("|---|---|---|---|---|---|")
+          "predicted within 15 % (proxy / recorded) | auto 1st call / serial (planning s) | "
+          "auto 2nd call / best (planning s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for n, r in results.items():
+        a = r.get("auto")
+        calls = (f" {r['auto_first_vs_serial']:.2f} ({a['first']['planning_s']:.3f}) | "
+                 f"{r['auto_second_vs_best']:.2f} ({a['second']['planning_s']:.4f}) |"
+                 if a else " - | - |")
         print(f"| {n} | {r['choice']} | {r['best']} | {r['auto_vs_best']:.2f} | "
               f"{1 / r['auto_vs_serial']:.2f} | {r['predicted_s_within_15pct']:.0%} / "
-              f"{r['recorded_s_within_15pct']:.0%} |")
+              f"{r['recorded_s_within_15pct']:.0%} |" + calls)
     print(f"wrote {args.out / 'planner.json'}, {args.out / 'planner.png'}")
     return out
 

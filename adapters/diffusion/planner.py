@@ -547,11 +547,19 @@ def _steps_per_call(options: Mapping[str, Any]) -> int:
 
 def _calls_bound(sampler: str, options: Mapping[str, Any], N: int) -> int:
     """Fewer sequential calls no run of the candidate can take: a window of ``w`` steps
-    advances at most ``w`` steps per call; SRDS runs at least one fine solve of a block,
-    ``ceil(N / B)`` steps one after another."""
+    advances at most ``w`` steps per call; SRDS runs the coarse sweep over its ``B`` blocks
+    and at least one fine solve of a block, ``ceil(N / B)`` steps, one after another."""
     if sampler == "srds":
-        return max(1, math.ceil(N / options["num_blocks"]) - 1)
+        return max(1, options["num_blocks"] + math.ceil(N / options["num_blocks"]) - 1)
     return max(1, N // options["window"])
+
+
+def _calls_guess(sampler: str, options: Mapping[str, Any], N: int) -> float:
+    """A typical number of calls (the order in which candidates are run on the proxy): about
+    ``2 N / w + 6`` for a window of ``w`` (the mixture at N = 200), ``B + 2 N / B`` for SRDS."""
+    if sampler == "srds":
+        return options["num_blocks"] + 2 * N / options["num_blocks"]
+    return 2 * N / options["window"] + 6
 
 
 def _one_call(denoiser: Denoiser, schedule: Schedule, x: Tensor, N: int) -> float:
@@ -593,9 +601,11 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     candidate gets a lower bound on its time from the cost model alone (at least
     ``N // window`` calls, SRDS ``N / B``, each at the cheapest latency its widths allow, and
     every step at least once at the cheapest seconds per step); candidates are run on the
-    proxy in the order of their bounds, and one is not run (listed in ``excluded``) when its
+    proxy in the order of a typical time (``2 N / w + 6`` calls of a window ``w``, ``B + 2 N /
+    B`` for SRDS, at the full width's latency), and one is not run (listed in ``excluded``) when its
     bound, raised by its error band, is not below serial's time (it could not be chosen), or
-    is not below the best predicted time so far, or the budget is spent. So a device whose
+    is not below the best predicted time so far, or the budget is spent (the candidate with
+    the lowest bound that could beat serial is always priced). So a device whose
     cost grows in proportion to the rows (a CPU) gets serial after the probe alone; and a
     run of fewer than :data:`MIN_PLAN_STEPS` steps gets serial after one timed call (the
     probe's warm-up and widths would cost more than 10 % of it). ``exhaustive=True`` prices
@@ -749,7 +759,11 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
 
     parallel: list[Candidate] = []
     skipped = {"bound_serial": 0, "bound_best": 0, "budget": 0}
-    for s, o in sorted(configs, key=lambda c: bound(*c)):
+    def guess(s: str, o: dict) -> float:
+        return _calls_guess(s, o, N) * (cost(math.ceil(_steps_per_call(o) / devices) * per_step)
+                                        + gather)
+
+    for s, o in sorted(configs, key=lambda c: guess(*c)):
         okey = tuple(sorted(o.items()))
         rec = _RECORDS.get((mkey, skey, N, tol, eta, solver, s, okey))
         rec = rec if rec is not None and rec[0]() is _network(denoiser) else None
@@ -761,7 +775,7 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
             if parallel and lb >= min(c.predicted_s for c in parallel):
                 skipped["bound_best"] += 1
                 continue
-            if time.perf_counter() > deadline:
+            if parallel and time.perf_counter() > deadline:  # (the most promising is priced)
                 skipped["budget"] += 1
                 continue
         steps, engine = _proxy_trace(schedule, grid, skey, x, s, o, tol, eta, solver)

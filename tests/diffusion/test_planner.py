@@ -158,7 +158,7 @@ def test_plan_prices_each_candidate_by_its_calls():
 ])
 def test_proxy_calls_are_within_their_error_band(name, run, opts):
     """The mixture proxy predicts another model's calls within PROXY_ERROR."""
-    plan = plan_sampling(M, SCHED, X, 100, tol=1e-4, cost=FLAT)
+    plan = plan_sampling(M, SCHED, X, 100, tol=1e-4, cost=FLAT, exhaustive=True)
     c = next(c for c in plan.candidates if c.sampler == name and all(
         c.options.get(k) == v for k, v in opts.items()))
     out = run(M, SCHED, X, 100, tol=1e-4, **opts)
