@@ -288,3 +288,10 @@ def test_adjoint_tuple_state():
         grads.append(torch.autograd.grad(xs[-1].sum() + vs.sum(), [x0, v0]))
     for a, b in zip(*grads, strict=True):
         assert (a - b).abs().max() < 1e-12
+
+
+def test_neural_ode_example(load_script):
+    s = load_script("examples", "neural_ode").main(["--steps", "2"])
+    assert s["loss_last_serial"] < s["loss_first"]
+    assert s["max_loss_gap"] < 1e-8 and s["first_step_grad_diff"] < 1e-8
+    assert s["forward_depth_parallel"] < s["forward_depth_serial"]
