@@ -34,11 +34,12 @@ class ODEFunc(torch.nn.Module):
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="Adam steps per run")
+    parser.add_argument("--t-end", type=float, default=3.0, help="observed time span")
     args = parser.parse_args(argv)
 
     case = problems.get("van_der_pol")
     y0 = case.problem.y0
-    t = torch.linspace(0.0, 3.0, 13, dtype=torch.float64)
+    t = torch.linspace(0.0, args.t_end, 13, dtype=torch.float64)
     opts = dict(method="rk4", options=dict(step_size=0.02))
     observed = pint.odeint(case.problem.f, y0, t, **opts)  # the "data"
 
