@@ -1,0 +1,215 @@
+"""``pint-sample`` on an unconditional model (a bundled name or a local folder): checks,
+loading, the sampler run and the serial comparison; and joining ``torchrun``'s ranks."""
+
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+from .cli_args import (
+    DTYPES,
+    check_device,
+    check_sampler_flags,
+    check_steps,
+    error,
+    is_text_to_image,
+    memory_note,
+)
+from .cli_output import Outputs, check_out, serial_comparison, srds_report, window_report
+from .cli_t2i import run_text_to_image
+
+
+def connect_ranks(args) -> str | None:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (gloo for
+    ``--device cpu``, NCCL with this rank's GPU ``cuda:LOCAL_RANK`` for ``--device cuda``)
+    and set ``args.executor`` to a :class:`pint.DistributedExecutor`, which SRDS, the
+    window samplers and ``auto`` split their model calls over; every rank samples, rank 0
+    alone shows progress and writes the outputs. Returns why not, or ``None``."""
+    args.executor, args.rank, args.world = None, 0, 1
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    import pint
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        if dev.index is None:  # one GPU per rank
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK") or 0))
+            args.device = str(dev)
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    elif dev.type == "cpu":
+        backend = "gloo"
+    else:
+        return f"--device {args.device}: under torchrun the ranks need cpu (gloo) or cuda (nccl)"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    args.executor = pint.DistributedExecutor()
+    args.rank, args.world = dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def run(args) -> int | Outputs:
+    """The run ``args`` ask for: the exit status of a refusal, or the outputs to write."""
+    for err in (check_device(args.device), check_sampler_flags(args), check_out(args.out)):
+        if err:
+            return error(err)
+    err = connect_ranks(args)
+    if err:
+        return error(err)
+    args.progress = args.rank == 0
+    if args.prompt is not None or is_text_to_image(args.model):
+        return run_text_to_image(args)
+    given = [f for f, v in (("--negative-prompt", args.negative_prompt),
+                            ("--guidance-scale", args.guidance_scale),
+                            ("--true-cfg-scale", args.true_cfg_scale),
+                            ("--height", args.height), ("--width", args.width),
+                            ("--scheduler", args.scheduler)) if v is not None]
+    if given:
+        return error(f"{', '.join(given)} need(s) --prompt and a text-to-image pipeline folder")
+    return run_unconditional(args)
+
+
+def run_unconditional(args) -> int | Outputs:
+    """An unconditional model (bundled name or local folder): checked, loaded, sampled with
+    ``--sampler`` (and the serial sampler, with ``--compare-serial``), decoded with its VAE
+    when it has one."""
+    from adapters.diffusion import pretrained
+
+    try:
+        info = pretrained.inspect_pretrained(args.model)
+    except pretrained.PretrainedNotFoundError as err:
+        return error(str(err))
+    steps = args.steps or 1000
+    err = check_steps(args, steps, info.num_train_timesteps)
+    if err:
+        return error(err)
+    dtype = DTYPES[args.dtype]
+    try:
+        model, schedule = pretrained.load_pretrained(args.model, device=args.device, dtype=dtype)
+    except pretrained.PretrainedNotFoundError as err:
+        return error(str(err))
+    err = check_steps(args, steps, getattr(schedule, "num_train_timesteps", None))
+    if err:
+        return error(err)
+    pipelined = True if args.pipelined is None else args.pipelined
+    note = memory_note(args, steps, tuple(model.sample_shape), dtype, pipelined)
+    if note and args.rank == 0:
+        print(note, file=sys.stderr)
+    g = torch.Generator().manual_seed(args.seed)
+    x_T = torch.randn(args.num_samples, *model.sample_shape, generator=g).to(args.device, dtype)
+    plan = None
+    if args.sampler == "auto":  # measure this device, print the candidates and the choice
+        from adapters.diffusion.planner import plan_sampling
+
+        with torch.inference_mode():
+            plan = plan_sampling(model, schedule, x_T, steps, max_batch=args.max_batch,
+                                 tol=args.tol if args.tol is not None else 1e-4,
+                                 executor=args.executor)
+        if args.rank == 0:
+            print(plan.table(), file=sys.stderr)
+
+    report: dict[str, Any] = {
+        "model": str(args.model), "sampler": args.sampler, "steps": steps,
+        "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
+        "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
+        "world_size": args.world,
+    }
+    with torch.inference_mode():
+        sample, out = _sample(args, model, schedule, x_T, steps, plan, pipelined, report)
+        if args.compare_serial:
+            _compare_serial(args, model, schedule, x_T, steps, plan, sample, report)
+        iterates = None if out is None else out.iterates
+        vae_dir = info.folder / "vae"  # the resolved folder: a bundled name never means ./name
+        if vae_dir.is_dir():  # a latent model: show decoded images, sample in latent space
+            from diffusers import AutoencoderKL
+
+            from adapters.diffusers import decode_latents
+
+            vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True,
+                                                low_cpu_mem_usage=False).to(args.device)
+            sample = decode_latents(vae, sample)
+            if out is not None:
+                iterates = torch.stack([decode_latents(vae, row[:8]) for row in out.iterates])
+            report["decoded_with_vae"] = str(vae_dir)
+
+    return Outputs(report, sample, f"{args.model}: {args.sampler}, N = {steps}", out, iterates,
+                   "max |change| of the final sample")
+
+
+def _sample(args, model, schedule, x_T, steps: int, plan, pipelined: bool,
+            report: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """``--sampler``'s run: the sample and the sampler's output (``None`` for the serial
+    sampler), its entries added to ``report``."""
+    from adapters.diffusion import serial_sample, srds_sample
+
+    t0 = time.perf_counter()
+    if args.sampler == "serial":
+        sample = serial_sample(model, schedule, x_T, steps, progress=args.progress)
+        report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
+        return sample, None
+    if args.sampler == "srds":
+        out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
+                          tol=args.tol, max_iters=args.max_iters, pipelined=pipelined,
+                          return_iterates=True, progress=args.progress,
+                          executor=args.executor)
+        report.update(srds_report(out, steps, pipelined, t0, "data in [-1, 1]"))
+        return out.sample, out
+    from adapters.diffusion import sample as sample_with
+
+    kw: dict[str, Any] = {"tol": args.tol if args.tol is not None else 1e-4}
+    iterative = True
+    if plan is not None:
+        kw["plan"] = plan
+        iterative = plan.choice.sampler != "serial"
+    else:
+        kw["window"] = min(args.window or 32, steps)
+    if args.max_iters is not None and iterative:  # auto may pick the serial sampler
+        kw["max_iters"] = args.max_iters
+    if args.executor is not None:
+        kw["executor"] = args.executor
+    out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, progress=args.progress,
+                      **kw)
+    sample = out.sample
+    if plan is not None and plan.choice.sampler == "serial":
+        report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
+        out = None
+    elif plan is not None and plan.choice.sampler == "srds":
+        report.update(srds_report(out, steps, plan.choice.options["pipelined"], t0,
+                                  "data in [-1, 1]"))
+    else:
+        report.update(window_report(out, steps, t0))
+    if plan is not None:
+        report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s)
+    return sample, out
+
+
+def _compare_serial(args, model, schedule, x_T, steps: int, plan, sample: torch.Tensor,
+                    report: dict[str, Any]) -> None:
+    """``--compare-serial``: the serial sampler's wall clock and sample (and its own change
+    with the first sample drawn alone) in ``report``."""
+    from adapters.diffusion import serial_sample
+
+    t1 = time.perf_counter()
+    ref = serial_sample(model, schedule, x_T, steps, progress=args.progress)
+    serial_s = time.perf_counter() - t1
+    alone = serial_sample(model, schedule, x_T[:1], steps, progress=args.progress)
+    if plan is not None:
+        report.update(serial_predicted_s=plan.serial.predicted_s)
+        print(f"auto: predicted {plan.choice.predicted_s:.2f} s ({plan.choice.label}), "
+              f"measured {report['wall_s']:.2f} s; serial predicted "
+              f"{plan.serial.predicted_s:.2f} s, measured {serial_s:.2f} s",
+              file=sys.stderr)
+    report.update(serial_comparison(serial_s, report["wall_s"]),
+                  max_abs_diff_vs_serial=float((sample - ref).abs().max()),
+                  serial_floor=float((ref[:1] - alone).abs().max()),
+                  floor_note="serial_floor: the serial sampler's own change when the "
+                             "first sample is drawn alone instead of in the batch")

@@ -1,0 +1,152 @@
+"""``pint-sample --prompt ...`` on a local text-to-image pipeline folder (StableDiffusion,
+SD3, Flux) through :func:`adapters.text_to_image.srds_pipeline`."""
+
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cli_args import (
+    DTYPES,
+    check_steps,
+    error,
+    is_text_to_image,
+    pipeline_guidance,
+    pipeline_train_timesteps,
+)
+from .cli_output import Outputs, serial_comparison, srds_report, window_report
+
+
+def run_text_to_image(args) -> int:
+    """``pint-sample --model <pipeline folder> --prompt ...``: any sampler through the
+    pipeline's components (StableDiffusion, SD3, Flux); writes samples.png,
+    convergence.png (iterative samplers), report.json, images/ and latents.safetensors
+    (final and initial latents, in the pipeline's layout: Flux's packed)."""
+    from adapters.diffusion.pretrained import BUNDLED
+
+    if not is_text_to_image(args.model):
+        what = ("a bundled unconditional model" if args.model in BUNDLED
+                else "not a local folder" if not Path(args.model).expanduser().is_dir()
+                else "a folder without a model_index.json naming a text-to-image pipeline")
+        return error(f"--prompt needs a text-to-image pipeline folder; --model {args.model} is "
+                      f"{what}, not a text-to-image pipeline folder")
+    if args.prompt is None:
+        return error(f"{args.model} is a text-to-image pipeline: give --prompt")
+    from adapters.text_to_image import FAMILIES
+
+    name = json.loads((Path(args.model).expanduser() / "model_index.json").read_text())[
+        "_class_name"]
+    err = pipeline_guidance(args, name)
+    if err:
+        return error(err)
+    steps = args.steps or FAMILIES[name].steps
+    err = check_steps(args, steps, pipeline_train_timesteps(args.model))
+    if err:
+        return error(err)
+
+    from adapters.text_to_image import latents_to_images, load_text_to_image, srds_pipeline
+
+    dtype = DTYPES[args.dtype]
+    try:
+        pipe = load_text_to_image(args.model, device=args.device, dtype=dtype,
+                                  scheduler=args.scheduler)
+    except (ValueError, TypeError) as err:  # PretrainedNotFoundError, unmappable scheduler
+        return error(str(err))
+    pipe.set_progress_bar_config(disable=True)
+    err = check_steps(args, steps, pipe.scheduler.config.num_train_timesteps)
+    if err:
+        return error(err)
+    pipelined = True if args.pipelined is None else args.pipelined
+    common = dict(negative_prompt=args.negative_prompt, true_cfg_scale=args.true_cfg_scale,
+                  height=args.height, width=args.width, output_type="latent")
+    report: dict[str, Any] = {
+        "model": str(args.model), "pipeline": type(pipe).__name__, "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "scheduler": type(pipe.scheduler).__name__, "sampler": args.sampler, "steps": steps,
+        "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
+        "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
+        "world_size": args.world,
+    }
+    opts = _sampler_options(args, steps, pipelined)
+    with torch.inference_mode():
+        g = torch.Generator().manual_seed(args.seed)  # CPU: the same noise on every device
+        t0 = time.perf_counter()
+        try:
+            res = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
+                                sampler=args.sampler, num_images_per_prompt=args.num_samples,
+                                generator=g, progress=args.progress, **opts, **common)
+        except (ValueError, TypeError) as err:  # what only the loaded model can tell
+            return error(str(err))
+        report.update(guidance_scale=res.guidance_scale, sampler_run=res.sampler)
+        plan = getattr(res.sampling, "plan", None)
+        if plan is not None and args.rank == 0:
+            print(plan.table(), file=sys.stderr)
+            report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s)
+        out = None if res.sampler == "serial" else res.sampling
+        if out is None:
+            report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
+        elif res.sampler == "srds":
+            report.update(srds_report(out, steps, pipelined, t0, "latents"))
+        else:
+            report.update(window_report(out, steps, t0))
+        report.update(latent_shape=list(res.latents.shape[1:]), model_rows=res.stats.model_rows)
+        if args.compare_serial:
+            _compare_serial(args, pipe, steps, res, common, report)
+        # decode only what is shown: the final images, and 8 per iteration for the figure
+        size = dict(height=res.height, width=res.width)
+        images, nsfw = latents_to_images(pipe, res.latents, "np", **size)
+        iterates = None if out is None or out.iterates is None else np.stack(
+            [latents_to_images(pipe, row[:8], "np", **size)[0] for row in out.iterates])
+    report.update(image_size=list(images.shape[1:3]), nsfw_content_detected=nsfw)
+    return Outputs(
+        report, images, f"{args.prompt[:60]!r}: {res.sampler}, N = {steps}", out,
+        iterates, "max |change| of the final latents",
+        images=pipe.image_processor.numpy_to_pil(images),
+        latents={"latents": res.latents.contiguous().cpu(),
+                 "initial_latents": res.initial_latents.contiguous().cpu()})
+
+
+def _sampler_options(args, steps: int, pipelined: bool) -> dict[str, Any]:
+    """``srds_pipeline``'s options for ``--sampler`` from the flags."""
+    opts: dict[str, Any] = {}
+    if args.sampler != "serial":
+        opts = dict(max_iters=args.max_iters, tol=args.tol)
+        if args.executor is not None:
+            opts["executor"] = args.executor
+        if args.sampler == "srds":
+            opts.update(num_blocks=args.blocks, pipelined=pipelined, return_iterates=True)
+        else:  # window samplers: ParaDiGMS's per-step rule, as for unconditional models
+            opts["tol"] = 1e-4 if args.tol is None else args.tol
+            if args.sampler == "auto":
+                opts["max_batch"] = args.max_batch
+            else:
+                opts["window"] = min(args.window or 32, steps)
+    return opts
+
+
+def _compare_serial(args, pipe, steps: int, res, common: dict[str, Any],
+                    report: dict[str, Any]) -> None:
+    """``--compare-serial``: the serial sampler from the same initial latents, in ``report``."""
+    from adapters.text_to_image import srds_pipeline
+
+    x_T = res.initial_latents
+    t1 = time.perf_counter()
+    ref = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale, sampler="serial",
+                        num_images_per_prompt=args.num_samples, latents=x_T,
+                        progress=args.progress, **common)
+    serial_s = time.perf_counter() - t1
+    alone = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
+                          sampler="serial", latents=x_T[:1], progress=args.progress, **common)
+    report.update(serial_comparison(serial_s, report["wall_s"]),
+                  max_abs_diff_vs_serial=float((res.latents - ref.latents).abs().max()),
+                  serial_floor=float((ref.latents[:1] - alone.latents).abs().max()),
+                  floor_note="in latent space; serial_floor: the serial sampler's own "
+                             "change when the first sample is drawn alone")
