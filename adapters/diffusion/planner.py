@@ -39,14 +39,9 @@ from .analytic import GaussianMixtureDenoiser
 from .grid import SamplingGrid
 from .model import Denoiser, Model, ModelOutputError
 from .picard import picard_sample, quasi_newton_sample
-from .samplers import Schedule, denoiser_for, serial_sample, srds_sample
+from .samplers import Schedule, check_x, denoiser_for, serial_sample, srds_sample
 from .schedule import SigmaSchedule, VPSchedule, check_num_steps
 from .taa import taa_sample
-
-try:  # the public name (samplers.py is being restructured; older trees name it _check_x)
-    from .samplers import check_x
-except ImportError:  # pragma: no cover
-    from .samplers import _check_x as check_x
 
 #: relative error of a candidate's predicted calls: from the mixture proxy, and from a
 #: recorded run of the same candidate (see the module docstring)

@@ -11,9 +11,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "adapters" / "diffusion"
-#: private names other modules still import (planner.py: to switch to samplers.check_x;
-#: pretrained/train_digits_flow.py: train_digits' helpers, to be made public there)
-KNOWN_PRIVATE = {("planner", "_check_x"), ("pretrained.train_digits_flow", "_diffusers_version"),
+#: private names other modules still import (pretrained/train_digits_flow.py: train_digits'
+#: helpers, to be made public there)
+KNOWN_PRIVATE = {("pretrained.train_digits_flow", "_diffusers_version"),
                  ("pretrained.train_digits_flow", "_kw")}
 MAX_FLOORS = 9
 
