@@ -52,14 +52,15 @@ is kept; ``--fresh`` writes only this run). Methods:
 What does not reproduce here, and why (measured; ``fastest.json`` ``note``/``verdict``):
 
 * ParaTAA's few parallel steps come with a window of all steps. Unconstrained it does cut
-  calls at N = 1000 (VP: 9 calls at error 1e-3 and 16 at 1e-5 against Picard's 16 and
-  27, 1.7-1.8x) but with 3.2-3.3x Picard's model rows (5606 / 9481 per sample against
-  1744 / 2908); at N = 100 and 25 it is no faster than Picard (10-15 calls against 11-13)
+  calls at N = 1000 (VP: 13 calls at error 1e-3 and 15 at 1e-5 against Picard's 16 and
+  27, 1.2-1.8x) but with 2.7-4.1x Picard's model rows (7157 / 7717 per sample against
+  1744 / 2908; measured after issue 27 made taa's stopping test sound: before it, 9 / 16
+  calls were reported converged on a test that accepted wrong samples); at N = 100 and 25 it is no faster than Picard (10-15 calls against 11-13)
   at 2x its rows. Within Picard's rows (a sliding window of <= 128) it is 3x slower than
   Picard (86-98 calls at 1e-5, N = 1000): Anderson mixing on a sliding window gains
-  nothing (the ``bench_window_variants`` result again). Its two-part test with ``tol_abs
-  = tol`` accepts residuals of ``tol`` in data units at every step, so equal error needs
-  tolerances 10-100x below Picard's.
+  nothing (the ``bench_window_variants`` result again). Its stopping test now includes
+  Picard's per-step change test, so ``tol`` means what it means for Picard (ParaTAA's own
+  residual test with ``tol_abs = tol`` alone accepted errors of 0.85 at N = 1000).
 * ParaSolver's ~2x fewer iterations than ParaDiGMS: its published runs use a 5x looser
   tolerance than their ParaDiGMS runs (DDIM: 0.05 vs 0.01, ``Expr_CMP_SD.py``); at equal
   error against the serial sample its extrapolated initialisation gives 1.0-1.2x.
@@ -78,9 +79,9 @@ What does not reproduce here, and why (measured; ``fastest.json`` ``note``/``ver
   (N = 100: 15 calls / 841 rows at 1e-3, 22 / 1213 at the floor, against 14 / 576 and
   16 / 715); ParaSolver 0.84-1.08x; SRDS-initialised windows 0.64-0.87x.
 * The tiny SD UNet (random weights: its latents grow to max |x_0| ~ 40-47, so its floor
-  is 2.5e-5 / 5.7e-5) meets the goal at both N and both targets: ParaTAA (all steps) 5
-  calls against Picard's 11 / 14 at 1e-3 (2.2x / 2.8x) with fewer rows (111 / 471 vs
-  195 / 765), 6-7 against 13 / 16 at twice the floor (2.2-2.3x); ``qn``, ``secant``,
+  is 2.5e-5 / 5.7e-5) meets the goal at both N and both targets: ParaTAA (all steps) 6-7
+  calls against Picard's 11 / 14 at 1e-3 (1.8-2.0x; 5 calls before its test was made
+  sound), 7-8 against 13 / 16 at twice the floor; ``qn``, ``secant``,
   ``secant_ext`` and ``taa_ext`` 1.83-2.0x. Why the random network is so much easier
   than the trained digits model is not measured here; a random-weight UNet is no
   stand-in for a trained StableDiffusion model.
