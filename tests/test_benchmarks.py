@@ -153,3 +153,12 @@ def test_fastest_merge_replaces_only_the_cases_run(load_script):
     # parataa_w{N} is the same run as parataa_full_m2: left out of the networks' grid
     names = [m[0] for m in bf.methods(25, bf.NET_WINDOWS, dedup=True)]
     assert "parataa_w25" not in names and "parataa_full_m2" in names and "picard_w25" in names
+
+
+def test_diffusers_match_benchmark_quick(load_script, tmp_path):
+    pytest.importorskip("diffusers")
+    rep = load_script("benchmarks", "bench_diffusers_match").main(["--quick", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "diffusers_match.json").read_text())
+    assert len(data["results"]) == len(rep["results"]) >= 25
+    # every configuration but clip_sample equals diffusers' loop to float32 round-off
+    assert data["worst_without_clip_sample"]["rel_err"] < 1e-5
