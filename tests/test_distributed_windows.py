@@ -275,7 +275,8 @@ def test_two_ranks_match_one_process():
 
     a0 = out[0]["auto"]
     assert out[1]["auto"]["choice"] == a0["choice"]
-    assert a0["excluded"] == []
+    # nothing left out for the executor (issue 30's budget may leave candidates unpriced)
+    assert [e for e in a0["excluded"] if "not priced" not in e] == []
     assert a0["sampler"] in ("picard", "quasi_newton", "taa")
     assert a0["max_rows"] == -(-a0["options"]["window"] // 2) * 3
     model, sched, x = gmm_setup()

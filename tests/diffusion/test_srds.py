@@ -41,13 +41,13 @@ def gmm(dim=8, seed=0, schedule=SCHED):
 
 
 def reference_ddim(model, schedule, x, N, prediction_type="epsilon", eta=0.0, noise=None):
-    """An independent DDIM loop written from the paper's formulas (float64 coefficients)."""
+    """An independent DDIM loop written from the paper's formulas (float64 coefficients):
+    each step goes to the next timestep of the sub-sequence (Song et al.'s tau)."""
     ac = schedule.alphas_cumprod
-    T = ac.numel()
     ts = schedule.timesteps(N)
     for j, t in enumerate(ts.tolist()):
         a = ac[t].item()
-        prev = t - T // N
+        prev = ts[j + 1].item() if j + 1 < N else -1
         ap = ac[prev].item() if prev >= 0 else schedule.final_alpha_cumprod
         out = model(x, torch.full((x.shape[0],), t))
         if prediction_type == "epsilon":
