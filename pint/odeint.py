@@ -219,6 +219,10 @@ def _check_t(t: object, y0: Tensor) -> Tensor:
                          f"{tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating-point dtype, got {t.dtype}")
+    if t.requires_grad and torch.is_grad_enabled():
+        raise ValueError("t requires grad, but pint.odeint gives no gradients with respect to "
+                         "the times (torchdiffeq does); pass t.detach(), or differentiate with "
+                         "respect to y0 and func's parameters only")
     host = t.detach().cpu().double()
     if not bool(torch.isfinite(host).all()):
         raise ValueError("t must be finite (it contains NaN or Inf)")

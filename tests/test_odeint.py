@@ -294,3 +294,16 @@ def test_neural_ode_example(load_script):
     s = load_script("examples", "neural_ode").main(["--steps", "1", "--t-end", "1.0"])
     assert s["max_loss_gap"] < 1e-8 and s["first_step_grad_diff"] < 1e-8
     assert s["forward_depth_parallel"] < s["forward_depth_serial"]
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_t_requiring_grad_is_refused_not_silently_ignored(adjoint):
+    """pint.odeint gives no gradients with respect to t: a t that asks for them is an error
+    naming t (it was silently left without a gradient)."""
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="t requires grad"):
+        pint.odeint(lambda s, y: -y, y0, t, method="rk4", options=dict(step_size=0.1),
+                    adjoint=adjoint)
+    ys = pint.odeint(lambda s, y: -y, y0, t.detach(), method="rk4", options=dict(step_size=0.1))
+    assert ys.shape == (3, 1)
