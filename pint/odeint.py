@@ -23,8 +23,14 @@ How it differs from ``torchdiffeq.odeint``:
   torchdiffeq lays one grid of step ``h`` from ``t[0]`` and *interpolates linearly* at
   output times between grid points; where ``h`` divides the intervals the two agree to
   round-off.
-* Gradients flow to ``y0`` and ``func``'s parameters (autograd through the serial solve,
-  or the parallel-in-time adjoint with ``adjoint=True``), not to ``t``.
+* Gradients flow to ``y0``, ``func``'s parameters and every time in ``t`` (autograd
+  through the serial or Parareal solve, or the parallel-in-time adjoint with
+  ``adjoint=True``). The ``t`` gradient is that of the discrete solution: block times
+  inside an interval of ``t`` move with its ends (fixed-step methods stretch their steps),
+  so with one step per interval it equals ``torchdiffeq.odeint``'s to round-off; with
+  ``step_size`` (torchdiffeq lays its grid from ``t[0]`` and interpolates) and for
+  ``dopri5`` the two agree to the method's accuracy. ``pipelined=True`` refuses a ``t``
+  that requires grad.
 """
 
 from __future__ import annotations
@@ -124,6 +130,30 @@ class _Grid(StepPropagator):
         return f"odeint.{self.method}(steps={self.steps.tolist()[:8]}...)"
 
 
+class _TimeGrad(Propagator):
+    """``inner`` on blocks whose start and end times carry gradients with respect to
+    ``odeint``'s ``t``: each block's ``t0``, ``t1`` (values from the partition) get the
+    zero-valued differentiable part of its block time (found by its start)."""
+
+    def __init__(self, inner: Propagator, partition: Tensor, delta: Tensor) -> None:
+        self.inner = inner
+        self.partition = partition  # float64 CPU [B + 1]
+        self.delta = delta  # [B + 1], zeros carrying d(block time)/dt
+        self.evals_per_step = inner.evals_per_step
+
+    def __call__(self, f: RHS, y: Tensor, t0: Tensor, t1: Tensor) -> Tensor:
+        start = t0.detach().double().cpu()
+        idx = (start[:, None] - self.partition[None, :-1]).abs().argmin(dim=1).to(t0.device)
+        d = self.delta.to(t0.device)
+        return self.inner(f, y, t0 + d[idx].to(t0.dtype), t1 + d[idx + 1].to(t1.dtype))
+
+    def steps_per_block(self, t0: Tensor, t1: Tensor) -> Tensor | None:
+        return self.inner.steps_per_block(t0, t1)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
 # ------------------------------------------------------------------ state flattening
 
 
@@ -219,10 +249,6 @@ def _check_t(t: object, y0: Tensor) -> Tensor:
                          f"{tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"t must have a floating-point dtype, got {t.dtype}")
-    if t.requires_grad and torch.is_grad_enabled():
-        raise ValueError("t requires grad, but pint.odeint gives no gradients with respect to "
-                         "the times (torchdiffeq does); pass t.detach(), or differentiate with "
-                         "respect to y0 and func's parameters only")
     host = t.detach().cpu().double()
     if not bool(torch.isfinite(host).all()):
         raise ValueError("t must be finite (it contains NaN or Inf)")
@@ -285,6 +311,7 @@ def _partition(host_t: Tensor, blocks: int, step_size: float | None,
         n = None
         r = _split([abs(d) for d in dt], blocks)
     times: list[float] = [float(host_t[0])]
+    where: list[tuple[int, float]] = [(0, 0.0)]  # (interval, fraction) of every block time
     steps: list[int] = []
     index = [0]
     for i in range(m):
@@ -296,13 +323,32 @@ def _partition(host_t: Tensor, blocks: int, step_size: float | None,
             for j, s in enumerate(sizes):
                 done += s
                 times.append(b if j == r[i] - 1 else a + (b - a) * done / n[i])
+                where.append((i, 1.0 if j == r[i] - 1 else done / n[i]))
                 steps.append(s)
         else:
             for j in range(1, r[i] + 1):
                 times.append(b if j == r[i] else a + (b - a) * j / r[i])
+                where.append((i, 1.0 if j == r[i] else j / r[i]))
         index.append(len(times) - 1)
     step_t = torch.tensor(steps, dtype=torch.int64) if fixed else None
-    return torch.tensor(times, dtype=torch.float64), step_t, index
+    return torch.tensor(times, dtype=torch.float64), step_t, index, where
+
+
+def _differentiable_times(t: Tensor, times: Tensor, where: list[tuple[int, float]],
+                          device: torch.device) -> Tensor:
+    """The block times ``times`` (float64 ``[B + 1]``) on ``device``, as a function of ``t``
+    for autograd: block time ``j`` in interval ``i`` at fraction ``w`` is
+    ``t_i + w (t_{i+1} - t_i)``. The values are ``times``' bits (the differentiable part is
+    added as ``x - x.detach()``, zero), so the solve is the one without gradients."""
+    tt = t.to(device=device, dtype=torch.float64)
+    i = torch.tensor([a for a, _ in where], device=device)
+    w = torch.tensor([b for _, b in where], dtype=torch.float64, device=device)
+    if tt.numel() > 1:
+        nxt = tt[torch.clamp(i + 1, max=tt.numel() - 1)]
+        lin = tt[i] + w * (nxt - tt[i])
+    else:
+        lin = tt[i]
+    return times.to(device) + (lin - lin.detach())
 
 
 # ------------------------------------------------------------------ odeint
@@ -338,7 +384,8 @@ def odeint(
         y0: the initial state, a floating-point tensor of any shape or a tuple of such
             tensors (one dtype and device).
         t: 1-D tensor of output times, strictly increasing or strictly decreasing
-            (backward in time); ``t[0]`` is the time of ``y0``.
+            (backward in time); ``t[0]`` is the time of ``y0``. If it requires grad, every
+            time gets the gradient of the discrete solution (also with ``adjoint=True``).
         rtol, atol: ``dopri5``'s error tolerances (per block, as
             :class:`pint.DormandPrince`); with ``parallel=True`` also the default stopping
             test of Parareal (``tol=atol``, relative part ``rtol``).
@@ -377,10 +424,13 @@ def odeint(
             over block ``i``, ``g_i`` the output gradient at boundary ``i``) block after
             block (``parallel=False``), or with Parareal (``parallel=True``: the coarse
             propagator's transposed Jacobian as coarse, the fine one's as fine, one batched
-            fine VJP per iteration; same ``tol``, ``max_iters``). Memory is one batched
-            block solve's graph, whatever the iteration count. The gradients are those of
-            the discretised forward map, so at ``max_iters = num_blocks`` they equal
-            autograd through the serial solve to round-off.
+            fine VJP per iteration; same ``tol``, ``max_iters``). Gradients for ``func``'s
+            parameters and ``t`` are accumulated block by block inside the serial
+            recursion, so the serial adjoint holds one block's graph at a time; the
+            Parareal adjoint holds one batched solve's graph over all blocks (its fine
+            VJPs run all blocks at once), whatever the iteration count. The gradients are
+            those of the discretised forward map, so at ``max_iters = num_blocks`` they
+            equal autograd through the serial solve to round-off.
         adjoint_params: the tensors to return gradients for with ``adjoint=True``
             (default: ``func.parameters()`` when ``func`` is an ``nn.Module``, else none).
 
@@ -430,7 +480,8 @@ def odeint(
         return (out, Result(y_flat.clone(), ys, host_t, 0, True)) if return_result else out
 
     fixed = method in _FIXED
-    times, steps, index = _partition(host_t, blocks, opts.get("step_size"), fixed)
+    times, steps, index, where = _partition(host_t, blocks, opts.get("step_size"), fixed)
+    t_grad = t.requires_grad and torch.is_grad_enabled()
     if fixed:
         fine: Propagator = _Grid(method, times, steps)
         coarse_steps = torch.div(steps + _COARSE_RATIO - 1, _COARSE_RATIO, rounding_mode="floor")
@@ -443,6 +494,16 @@ def odeint(
     problem = ODEProblem(_batched_rhs(func, flat), y_flat,
                          (float(host_t[0]), float(host_t[-1])), batched=True)
     G = default_coarse if coarse is None else coarse
+    adjoint = check_bool("adjoint", adjoint)
+    T = times.to(y_flat.device)  # the block times; a function of t when t requires grad
+    if t_grad:
+        if pipelined and parallel:
+            raise ValueError("t requires grad, which pipelined=True does not support (its "
+                             "wavefront calls single steps); use pipelined=False or t.detach()")
+        T = _differentiable_times(t, times, where, y_flat.device)
+        if not adjoint:  # autograd through the solve: the propagators see T's gradients
+            delta = T - T.detach()
+            fine, G = _TimeGrad(fine, times, delta), _TimeGrad(G, times, delta)
 
     def solve(prob: ODEProblem) -> Result:
         if parallel:
@@ -450,12 +511,12 @@ def odeint(
                             pipelined=pipelined, partition=times)
         return serial(prob, fine, partition=times)
 
-    if check_bool("adjoint", adjoint):
+    if adjoint:
         params = _adjoint_params(func, adjoint_params)
         box: dict[str, Any] = {}
         setup = _AdjointSetup(solve, problem, G, fine, times, index, parallel, stop_tol,
                               stop_rtol, max_iters, params, box)
-        ys = _Adjoint.apply(setup, y_flat, *params)
+        ys = _Adjoint.apply(setup, y_flat, T, *params)
         res = box["result"]
     else:
         res = solve(problem)
@@ -502,7 +563,8 @@ class _Adjoint(torch.autograd.Function):
     recursion, serially or with Parareal (:func:`_adjoint_parareal`)."""
 
     @staticmethod
-    def forward(ctx, setup: _AdjointSetup, y0: Tensor, *params: Tensor) -> Tensor:
+    def forward(ctx, setup: _AdjointSetup, y0: Tensor, times: Tensor,
+                *params: Tensor) -> Tensor:
         problem = ODEProblem(setup.problem.f, y0.detach(), setup.problem.t_span, batched=True)
         res = setup.solve(problem)
         setup.box["result"] = res
@@ -517,42 +579,67 @@ class _Adjoint(torch.autograd.Function):
         (U,) = ctx.saved_tensors
         g = torch.zeros_like(U)
         g[torch.tensor(setup.index, device=U.device)] = g_out
-        lam, g_params = _adjoint_solve(setup, U, g)
-        return (None, lam[0], *g_params)
+        lam, g_times, g_params = _adjoint_solve(setup, U, g, ctx.needs_input_grad[2])
+        return (None, lam[0], g_times, *g_params)
 
 
-def _adjoint_solve(setup: _AdjointSetup, U: Tensor, g: Tensor) -> tuple[Tensor, list]:
-    """``lambda_i = g_i + J_i^T lambda_{i+1}`` for ``i = B..0`` and the parameter gradients
-    ``sum_i (dF_i/dtheta)^T lambda_{i+1}``."""
+def _adjoint_solve(setup: _AdjointSetup, U: Tensor, g: Tensor,
+                   with_times: bool = False) -> tuple[Tensor, Tensor | None, list]:
+    """``lambda_i = g_i + J_i^T lambda_{i+1}`` for ``i = B..0``, the parameter gradients
+    ``sum_i (dF_i/dtheta)^T lambda_{i+1}`` and (``with_times``) the block times' gradients
+    ``lambda_{i+1}^T dF_i/dt_i`` and ``lambda_{i+1}^T dF_i/dt_{i+1}`` (``F_i`` block ``i``'s
+    fine solve). Serially they are accumulated block by block inside the recursion (one
+    block's graph at a time); with Parareal by one batched VJP over all blocks once
+    ``lambda`` is final (the size of each iteration's batched fine VJP)."""
     rhs = setup.problem.batched_rhs()
     times = setup.times.to(U.device)
     t0, t1 = times[:-1], times[1:]
     params = [p for p in setup.params if p.requires_grad]
     B = U.shape[0] - 1
+    g_times = torch.zeros_like(times) if with_times else None
+    acc: list[Tensor | None] = [None] * len(params)
 
-    def vjp(prop: Propagator, rows: slice | list[int], v: Tensor,
-            with_params: bool = False) -> tuple[Tensor, tuple]:
-        """``J^T v`` of ``prop`` over the blocks ``rows`` (one batched call)."""
+    def vjp(prop: Propagator, rows: slice, v: Tensor, with_params: bool = False) -> Tensor:
+        """``J^T v`` of ``prop`` over the blocks ``rows`` (one batched call); with
+        ``with_params`` also adds the parameter and time gradients to ``acc``, ``g_times``."""
         with torch.enable_grad():
             y = U[rows].detach().requires_grad_(True)
-            out = prop(rhs, y, t0[rows], t1[rows])
+            a, b = t0[rows], t1[rows]
+            timed = with_params and with_times
+            if timed:
+                a, b = a.detach().requires_grad_(True), b.detach().requires_grad_(True)
+            out = prop(rhs, y, a, b)
             wrt = [y, *params] if with_params else [y]
+            if timed:
+                wrt += [a, b]
             grads = torch.autograd.grad(out, wrt, v, allow_unused=True)
-        return grads[0], tuple(grads[1:])
+        if with_params:
+            for k, gp in enumerate(grads[1 : 1 + len(params)]):
+                if gp is not None:
+                    acc[k] = gp if acc[k] is None else acc[k] + gp
+            if timed:
+                ga, gb = (torch.zeros_like(x) if x is None else x for x in grads[-2:])
+                g_times[rows.start : rows.stop] += ga
+                g_times[rows.start + 1 : rows.stop + 1] += gb
+        return grads[0]
 
+    grads_too = bool(params) or with_times
     lam = torch.empty_like(U)
     lam[B] = g[B]
     if not setup.parallel:
         for i in range(B - 1, -1, -1):  # serial adjoint: one block's graph at a time
-            lam[i] = g[i] + vjp(setup.fine, slice(i, i + 1), lam[i + 1 : i + 2])[0][0]
+            lam[i] = g[i] + vjp(setup.fine, slice(i, i + 1), lam[i + 1 : i + 2],
+                                with_params=grads_too)[0]
     else:
         lam = _adjoint_parareal(setup, vjp, g, B)
-    _, gp = vjp(setup.fine, slice(0, B), lam[1:], with_params=True) if params else (None, ())
-    by_param = dict(zip(map(id, params), gp, strict=True))
+        if grads_too:  # lambda is final: the gradients in one batched call (chunking it
+            # would not lower the peak: each iteration's fine VJP is over all blocks too)
+            vjp(setup.fine, slice(0, B), lam[1:], with_params=True)
+    by_param = dict(zip(map(id, params), acc, strict=True))
     g_params = [None if id(p) not in by_param else
                 (torch.zeros_like(p) if by_param[id(p)] is None else by_param[id(p)])
                 for p in setup.params]
-    return lam, g_params
+    return lam, g_times, g_params
 
 
 def _adjoint_parareal(setup: _AdjointSetup, vjp, g: Tensor, B: int) -> Tensor:
@@ -561,7 +648,7 @@ def _adjoint_parareal(setup: _AdjointSetup, vjp, g: Tensor, B: int) -> Tensor:
     K = B if setup.max_iters is None else min(setup.max_iters, B)
 
     def coarse(i: int, v: Tensor) -> Tensor:
-        return vjp(setup.coarse, slice(i, i + 1), v.unsqueeze(0))[0][0]
+        return vjp(setup.coarse, slice(i, i + 1), v.unsqueeze(0))[0]
 
     lam = torch.empty_like(g)
     lam[B] = g[B]
@@ -571,7 +658,7 @@ def _adjoint_parareal(setup: _AdjointSetup, vjp, g: Tensor, B: int) -> Tensor:
         lam[i] = g[i] + G_old[i]
     for k in range(1, K + 1):
         last = B - k  # blocks 0..last start from a value that is not yet exact
-        FV = vjp(setup.fine, slice(0, last + 1), lam[1 : last + 2])[0]
+        FV = vjp(setup.fine, slice(0, last + 1), lam[1 : last + 2])
         new = lam.clone()
         new[last] = g[last] + FV[last]
         for i in range(last - 1, -1, -1):

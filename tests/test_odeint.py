@@ -296,14 +296,80 @@ def test_neural_ode_example(load_script):
     assert s["forward_depth_parallel"] < s["forward_depth_serial"]
 
 
-@pytest.mark.parametrize("adjoint", [False, True])
-def test_t_requiring_grad_is_refused_not_silently_ignored(adjoint):
-    """pint.odeint gives no gradients with respect to t: a t that asks for them is an error
-    naming t (it was silently left without a gradient)."""
-    t = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
-    y0 = torch.ones(1, dtype=torch.float64, requires_grad=True)
+def _t_grads(solve, t_values, method="rk4", **kw):
+    func = _Net()
+    t = torch.tensor(t_values, dtype=F64, requires_grad=True)
+    y0 = torch.tensor([0.5, -0.3], dtype=F64, requires_grad=True)
+    ys = solve(func, y0, t, method=method, **kw)
+    loss = (ys ** 2).sum() + ys[-1, 0]
+    return torch.autograd.grad(loss, [t, y0, *func.parameters()])
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_t_gradients_match_torchdiffeq_one_step_per_interval(backward):
+    """With one step per interval both solve the same discrete problem: d loss / d t equal
+    torchdiffeq's to round-off, serial, Parareal and both adjoints."""
+    tv = [0.1, 0.5, 0.9, 1.3]
+    tv = tv[::-1] if backward else tv
+    ref = _t_grads(torchdiffeq.odeint, tv)
+    for kw in ({}, dict(parallel=True, tol=0.0, num_blocks=3), dict(adjoint=True),
+               dict(adjoint=True, parallel=True, tol=0.0)):
+        got = _t_grads(pint.odeint, tv, **kw)
+        assert got[0].abs().min() > 0, kw  # every time gets a gradient
+        for a, b in zip(got, ref, strict=True):
+            assert (a - b).abs().max() <= 1e-12, kw
+
+
+@settings(max_examples=6, deadline=None)
+@given(extra=st.integers(0, 5), n_out=st.integers(2, 4), backward=st.booleans(),
+       method=st.sampled_from(["rk4", "heun3", "dopri5"]))
+def test_t_gradients_adjoint_and_parareal_equal_serial_autograd(extra, n_out, backward,
+                                                                  method):
+    """Sub-block times move with the interval ends (steps stretch): the adjoint (serial and
+    Parareal at max_iters = B) and autograd through Parareal give serial autograd's
+    gradients with respect to every time in t, y0 and func's parameters."""
+    tv = torch.linspace(0.0, 1.5, n_out, dtype=F64).tolist()
+    tv = tv[::-1] if backward else tv
+    B = n_out - 1 + extra
+    kw = dict(options=dict(step_size=0.1)) if method != "dopri5" else dict(rtol=1e-6, atol=1e-8)
+    ref = _t_grads(pint.odeint, tv, method, num_blocks=B, **kw)
+    for extra_kw in (dict(parallel=True, tol=0.0, max_iters=B), dict(adjoint=True),
+                     dict(adjoint=True, parallel=True, tol=0.0, max_iters=B)):
+        got = _t_grads(pint.odeint, tv, method, num_blocks=B, **kw, **extra_kw)
+        for a, b in zip(got, ref, strict=True):
+            assert (a - b).abs().max() <= 1e-8 * (1 + b.abs().max()), extra_kw
+
+
+def test_t_gradients_step_size_and_dopri5_against_torchdiffeq():
+    """With step_size and dopri5 the t gradients agree with torchdiffeq's accurate ones
+    (dopri5 at tight tolerances) to the methods' accuracy, and with torchdiffeq's step_size
+    gradient at t[-1] (at t[0] and interior grid points torchdiffeq's fixed grid, laid from
+    t[0] and read off by interpolation, gives a different derivative); gradcheck on t, y0."""
+    tv = [0.0, 0.4, 1.0]
+    exact = _t_grads(torchdiffeq.odeint, tv, "dopri5", rtol=1e-11, atol=1e-13)[0]
+    grid = _t_grads(torchdiffeq.odeint, tv, options=dict(step_size=0.1))[0]
+    for kw in ({}, dict(adjoint=True, parallel=True, tol=0.0)):
+        got = _t_grads(pint.odeint, tv, options=dict(step_size=0.1), **kw)[0]
+        assert (got - exact).abs().max() < 1e-7 and abs(got[-1] - grid[-1]) < 1e-7, kw
+    for kw in ({}, dict(adjoint=True)):
+        got5 = _t_grads(pint.odeint, tv, "dopri5", rtol=1e-9, atol=1e-11, **kw)[0]
+        assert (got5 - exact).abs().max() < 1e-7, kw
+
+    def solve(t, y0):
+        return pint.odeint(lambda s, y: -y * (1 + s), y0, t, method="rk4",
+                           options=dict(step_size=0.2), parallel=True, num_blocks=4,
+                           tol=0.0, adjoint=True)
+
+    t = torch.tensor([0.0, 0.3, 0.8], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([1.0, -0.5], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(solve, (t, y0))
+
+
+def test_t_gradients_refused_with_pipelined():
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=F64, requires_grad=True)
     with pytest.raises(ValueError, match="t requires grad"):
-        pint.odeint(lambda s, y: -y, y0, t, method="rk4", options=dict(step_size=0.1),
-                    adjoint=adjoint)
-    ys = pint.odeint(lambda s, y: -y, y0, t.detach(), method="rk4", options=dict(step_size=0.1))
+        pint.odeint(_f, torch.ones(1, dtype=F64), t, method="rk4", parallel=True,
+                    pipelined=True)
+    ys = pint.odeint(_f, torch.ones(1, dtype=F64), t.detach(), method="rk4", parallel=True,
+                     pipelined=True)
     assert ys.shape == (3, 1)
