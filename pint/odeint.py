@@ -46,8 +46,8 @@ from ._checks import check_bool, check_int, check_number
 from .parareal import parareal, serial
 from .problem import ODEProblem
 from .propagators.adaptive import DormandPrince
-from .propagators.base import RHS, Propagator, StepPropagator, expand_as_state
-from .result import Result
+from .propagators.base import RHS, NonFiniteStateError, Propagator, StepPropagator, expand_as_state
+from .result import Result, Stats
 
 __all__ = ["odeint", "METHODS"]
 
@@ -101,7 +101,10 @@ _FIXED: dict[str, tuple[Callable[..., Tensor], int]] = {
 METHODS = (*_FIXED, "dopri5")
 _ADAPTIVE_OPTIONS = {"first_step": "first_step", "max_num_steps": "max_steps",
                      "safety": "safety"}
-_COARSE_RATIO = 10  # default coarse propagator: a fixed-step method's steps 10 times longer
+# default coarse propagator of a fixed-step method: steps 10 times longer; where that is
+# unstable (a NaN/Inf), Parareal restarts with steps 4, then 2 times longer, then 1 (the
+# coarse equals the fine solve: exact after one iteration, no faster than serial)
+_COARSE_RATIOS = (10, 4, 2, 1)
 _PARALLEL_BLOCKS = 16  # default number of blocks with parallel=True (at least len(t) - 1)
 
 
@@ -407,7 +410,12 @@ def odeint(
             ``max_iters=num_blocks`` reproduces the serial solution.
         coarse: Parareal's coarse propagator. Default: for a fixed-step method, the same
             method with steps 10 times longer (``ceil(n / 10)`` steps in a block where the
-            fine solve takes ``n``); for ``dopri5``, :class:`pint.DormandPrince` with
+            fine solve takes ``n``); if that is unstable for the problem (a state turns
+            NaN/Inf), Parareal restarts with steps 4, then 2 times longer, then with the
+            fine steps (exact after one iteration: a correct answer, no speed-up), the failed
+            attempts' work counted in ``stats``, and the adjoint's backward pass uses the
+            coarse propagator that worked (falling back to the serial recursion if its
+            transposed Jacobian overflows); for ``dopri5``, :class:`pint.DormandPrince` with
             ``rtol`` and ``atol`` 1000 times looser (at most ``1e-2``).
         tol: Parareal's stopping tolerance: stop when every boundary changed by at most
             ``tol`` (max-abs) in one iteration; ``0`` iterates to ``max_iters`` (or until
@@ -484,16 +492,20 @@ def odeint(
     t_grad = t.requires_grad and torch.is_grad_enabled()
     if fixed:
         fine: Propagator = _Grid(method, times, steps)
-        coarse_steps = torch.div(steps + _COARSE_RATIO - 1, _COARSE_RATIO, rounding_mode="floor")
-        default_coarse: Propagator = _Grid(method, times, coarse_steps)
+        ladder: list[Propagator] = []
+        seen: list[Tensor] = []
+        for ratio in _COARSE_RATIOS:
+            cs = torch.div(steps + ratio - 1, ratio, rounding_mode="floor")
+            if not any(torch.equal(cs, c) for c in seen):
+                seen.append(cs)
+                ladder.append(_Grid(method, times, cs))
     else:
         kw = {_ADAPTIVE_OPTIONS[k]: v for k, v in opts.items()}
         fine = DormandPrince(rtol=rtol, atol=atol, **kw)
-        default_coarse = DormandPrince(rtol=min(1e-2, 1e3 * rtol), atol=min(1e-2, 1e3 * atol),
-                                       **kw)
+        ladder = [DormandPrince(rtol=min(1e-2, 1e3 * rtol), atol=min(1e-2, 1e3 * atol), **kw)]
     problem = ODEProblem(_batched_rhs(func, flat), y_flat,
                          (float(host_t[0]), float(host_t[-1])), batched=True)
-    G = default_coarse if coarse is None else coarse
+    candidates = ladder if coarse is None else [coarse]
     adjoint = check_bool("adjoint", adjoint)
     T = times.to(y_flat.device)  # the block times; a function of t when t requires grad
     if t_grad:
@@ -503,18 +515,21 @@ def odeint(
         T = _differentiable_times(t, times, where, y_flat.device)
         if not adjoint:  # autograd through the solve: the propagators see T's gradients
             delta = T - T.detach()
-            fine, G = _TimeGrad(fine, times, delta), _TimeGrad(G, times, delta)
+            fine = _TimeGrad(fine, times, delta)
+            candidates = [_TimeGrad(c, times, delta) for c in candidates]
+    chosen = [candidates[0]]  # the coarse propagator Parareal used (the adjoint's too)
 
     def solve(prob: ODEProblem) -> Result:
-        if parallel:
-            return parareal(prob, G, fine, tol=stop_tol, rtol=stop_rtol, max_iters=max_iters,
-                            pipelined=pipelined, partition=times)
-        return serial(prob, fine, partition=times)
+        if not parallel:
+            return serial(prob, fine, partition=times)
+        return _parareal_with_fallback(prob, candidates, fine, chosen, tol=stop_tol,
+                                       rtol=stop_rtol, max_iters=max_iters,
+                                       pipelined=pipelined, partition=times)
 
     if adjoint:
         params = _adjoint_params(func, adjoint_params)
         box: dict[str, Any] = {}
-        setup = _AdjointSetup(solve, problem, G, fine, times, index, parallel, stop_tol,
+        setup = _AdjointSetup(solve, problem, chosen, fine, times, index, parallel, stop_tol,
                               stop_rtol, max_iters, params, box)
         ys = _Adjoint.apply(setup, y_flat, T, *params)
         res = box["result"]
@@ -523,6 +538,33 @@ def odeint(
         ys = res.boundaries[torch.tensor(index, device=y_flat.device)]
     out = flat.unflatten(ys, (ys.shape[0],))
     return (out, res) if return_result else out
+
+
+def _parareal_with_fallback(prob: ODEProblem, candidates: list[Propagator], fine: Propagator,
+                            chosen: list[Propagator], **kw: Any) -> Result:
+    """Parareal with the first coarse propagator of ``candidates`` that keeps the states
+    finite: an unstable default coarse (steps too long for the problem's stiffness) makes
+    a NaN/Inf, caught as :class:`NonFiniteStateError`, and the solve restarts with the next,
+    finer one. The failed attempts' work is added to the result's ``stats``; the last
+    candidate's error propagates. ``chosen[0]`` is set to the coarse propagator used."""
+    spent = Stats()
+    for k, G in enumerate(candidates):
+        live: list[Stats] = []
+        try:
+            res = parareal(prob, G, fine, callback=lambda info, live=live: live.append(info.stats),
+                           **kw)
+        except NonFiniteStateError:
+            if k == len(candidates) - 1:
+                raise
+            if live:  # the running accounting, up to the failure
+                for name, value in live[-1].as_dict().items():
+                    setattr(spent, name, getattr(spent, name) + value)
+            continue
+        chosen[0] = G
+        for name, value in spent.as_dict().items():
+            setattr(res.stats, name, getattr(res.stats, name) + value)
+        return res
+    raise AssertionError("unreachable")
 
 
 # ------------------------------------------------------------------ the adjoint
@@ -624,17 +666,20 @@ def _adjoint_solve(setup: _AdjointSetup, U: Tensor, g: Tensor,
         return grads[0]
 
     grads_too = bool(params) or with_times
-    lam = torch.empty_like(U)
-    lam[B] = g[B]
-    if not setup.parallel:
+    run_serial = not setup.parallel
+    if setup.parallel:
+        lam = _adjoint_parareal(setup, vjp, g, B)
+        if not bool(torch.isfinite(lam).all()) and bool(torch.isfinite(g).all()):
+            run_serial = True  # the coarse VJP amplified to Inf/NaN: the exact recursion
+        elif grads_too:  # lambda is final: the gradients in one batched call (chunking it
+            # would not lower the peak: each iteration's fine VJP is over all blocks too)
+            vjp(setup.fine, slice(0, B), lam[1:], with_params=True)
+    if run_serial:
+        lam = torch.empty_like(U)
+        lam[B] = g[B]
         for i in range(B - 1, -1, -1):  # serial adjoint: one block's graph at a time
             lam[i] = g[i] + vjp(setup.fine, slice(i, i + 1), lam[i + 1 : i + 2],
                                 with_params=grads_too)[0]
-    else:
-        lam = _adjoint_parareal(setup, vjp, g, B)
-        if grads_too:  # lambda is final: the gradients in one batched call (chunking it
-            # would not lower the peak: each iteration's fine VJP is over all blocks too)
-            vjp(setup.fine, slice(0, B), lam[1:], with_params=True)
     by_param = dict(zip(map(id, params), acc, strict=True))
     g_params = [None if id(p) not in by_param else
                 (torch.zeros_like(p) if by_param[id(p)] is None else by_param[id(p)])
@@ -648,7 +693,7 @@ def _adjoint_parareal(setup: _AdjointSetup, vjp, g: Tensor, B: int) -> Tensor:
     K = B if setup.max_iters is None else min(setup.max_iters, B)
 
     def coarse(i: int, v: Tensor) -> Tensor:
-        return vjp(setup.coarse, slice(i, i + 1), v.unsqueeze(0))[0]
+        return vjp(setup.coarse[0], slice(i, i + 1), v.unsqueeze(0))[0]
 
     lam = torch.empty_like(g)
     lam[B] = g[B]

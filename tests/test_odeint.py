@@ -373,3 +373,26 @@ def test_t_gradients_refused_with_pipelined():
     ys = pint.odeint(_f, torch.ones(1, dtype=F64), t.detach(), method="rk4", parallel=True,
                      pipelined=True)
     assert ys.shape == (3, 1)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(pipelined=True), dict(adjoint=True)])
+def test_default_coarse_falls_back_when_unstable(kw):
+    """Lotka-Volterra on [0, 10] with step 0.05: the default coarse steps (10 h, about 0.4)
+    make RK4 overflow; odeint restarts with shorter coarse steps and matches serial (values
+    and, with the adjoint, the y0 gradient), the failed attempt's work counted in stats."""
+    f, y0, _ = _case("lotka_volterra")
+    t = torch.linspace(0.0, 10.0, 11, dtype=F64)
+    opts = dict(method="rk4", options=dict(step_size=0.05), num_blocks=16)
+    y0 = y0.clone().requires_grad_(True)
+    ref = pint.odeint(f, y0, t, **opts)
+    with pytest.raises(pint.NonFiniteStateError):  # what the old default did
+        pint.parareal(pint.ODEProblem(f, y0.detach(), (0.0, 10.0)), pint.RK4(steps=2),
+                      pint.RK4(steps=13), num_blocks=16)
+    ys, res = pint.odeint(f, y0, t, **opts, parallel=True, tol=1e-10, return_result=True, **kw)
+    assert res.converged and torch.isfinite(ys).all()
+    assert (ys - ref).abs().max() <= 1e-8 * ref.abs().max()
+    assert res.stats.depth > res.iterations  # includes the failed attempt's coarse sweep
+    if kw.get("adjoint"):
+        g_ref = torch.autograd.grad(ref[-1].sum(), y0)[0]
+        g = torch.autograd.grad(ys[-1].sum(), y0)[0]
+        assert (g - g_ref).abs().max() <= 1e-6 * g_ref.abs().max()
