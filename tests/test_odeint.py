@@ -19,7 +19,7 @@ def _case(name):
     return case.problem.f, case.problem.y0, case.problem.t_end
 
 
-# the default coarse steps (10 h) must be stable: 0.5 is not for Lotka-Volterra
+# (an unstable default coarse propagator falls back: test_default_coarse_falls_back_when_unstable)
 FIXED = [("van_der_pol", "rk4", 0.05), ("van_der_pol", "midpoint", 0.02),
          ("lorenz", "euler", 0.004), ("lorenz", "heun3", 0.02), ("lorenz", "rk4", 0.01),
          ("lotka_volterra", "rk4", 0.01), ("brusselator", "heun2", 0.02)]
