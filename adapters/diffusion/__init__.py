@@ -12,12 +12,12 @@ Public names::
 """
 
 from .analytic import GaussianMixtureDenoiser
-from .auto import sample
+from .auto import measure_call_cost, plan_sampling, sample
 from .grid import SamplingGrid
 from .model import Denoiser, ModelOutputError
 from .ode import DDIMStep, GridStep, block_partition
 from .picard import picard_sample, quasi_newton_sample
-from .planner import CostModel, SamplingPlan, measure_call_cost, plan_sampling
+from .planner import CostModel, SamplingPlan
 from .pretrained import available, load_pretrained
 from .samplers import (
     DEFAULT_TOL,

@@ -2,12 +2,19 @@
 
 A parallel sampler trades sequential model calls for wider ones. Whether that pays depends
 on the device: a call of ``R`` rows costs about as much as one row on a GPU below its knee,
-and ``R`` times as much on a saturated GPU or a CPU. :func:`plan_sampling` measures the
+and ``R`` times as much on a saturated GPU or a CPU. :func:`make_plan` measures the
 latency of one model call against its rows on the user's model, shape, dtype, device and
-conditioning (:func:`measure_call_cost`, a few timed calls, cached for the process),
-predicts each candidate's call sequence with a model-free proxy, sums the latencies of its
-calls, and picks the fastest, choosing a parallel sampler only when its lead over serial
-exceeds the estimate's error.
+conditioning (:func:`probe`, a few timed calls, cached for the process), predicts each
+candidate's call sequence with a model-free proxy, sums the latencies of its calls plus the
+candidate's own work per call, and picks the fastest, choosing a parallel sampler only when
+its lead over serial exceeds the estimate's error.
+
+The planner runs no sampler of its own: its caller (:mod:`.auto`, which holds the table of
+sampler entry points) hands it ``runners`` (name -> sampler function, ``"serial"``
+included) and a bound :class:`~adapters.diffusion.Denoiser`, so that this module stands
+below the samplers in the package's imports (schedule, model, grid and the analytic
+mixture only). The public forms ``plan_sampling``, ``measure_call_cost`` and ``check_plan``
+live in :mod:`.auto`.
 
 The proxy. A candidate's number of calls and the rows of each come from running it on the
 exact denoiser of a Gaussian mixture (:class:`~adapters.diffusion.GaussianMixtureDenoiser`,
@@ -16,9 +23,10 @@ model converges somewhat differently: on the digits UNet at N = 100 (tol 1e-3) t
 predicts 18, 11 and 9 quasi-Newton calls for windows 16, 32 and 64 where the UNet needs
 21, 15 and 13, Picard 20 and 12 for 22 and 14, SRDS pipelined 36 for 36; at N = 1000
 (``benchmarks/bench_samplers.py``) mixture and UNet differ by up to 30 % either way. A
-proxy estimate carries a 30 % error band. After a run,
-:func:`record_run` (which ``sample(sampler="auto")`` calls) stores the calls measured for
-that candidate, model and grid; later plans use them (10 % band).
+proxy estimate carries a 30 % error band. After a run, :func:`record_run` (which
+``sample(sampler="auto")`` calls) stores the calls measured for that candidate, model and
+grid; plans made afterwards use them (10 % band); a plan already made is never changed by
+them (see :func:`make_plan`, "Plans made once").
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import math
 import numbers
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,11 +45,12 @@ from torch import Tensor
 
 from .analytic import GaussianMixtureDenoiser
 from .grid import SamplingGrid
-from .model import Denoiser, Model, ModelOutputError
-from .picard import picard_sample, quasi_newton_sample
-from .samplers import Schedule, check_x, denoiser_for, serial_sample, srds_sample
+from .model import Denoiser, ModelOutputError
 from .schedule import SigmaSchedule, VPSchedule, check_num_steps
-from .taa import taa_sample
+
+Schedule = VPSchedule | SigmaSchedule
+#: a sampler entry point: ``run(model, schedule, x_T, num_steps, **options)``
+Runner = Callable[..., Any]
 
 #: relative error of a candidate's predicted calls: from the mixture proxy, and from a
 #: recorded run of the same candidate (see the module docstring)
@@ -54,9 +63,17 @@ BLOCK_FACTORS = (1.0, 2.0, 4.0)
 #: within Picard's rows in ``benchmarks/bench_fastest.py`` (secant coupling, memory 1,
 #: ParaDiGMS's change test, extrapolated start; up to 1.4x fewer calls than Picard)
 TAA_OPTIONS = {"linear": "secant", "memory": 1, "test": "change", "init": "extrapolate"}
-#: the parallel samplers by name: what a plan may choose, and what runs it
-PARALLEL_SAMPLERS = {"srds": srds_sample, "picard": picard_sample,
-                     "quasi_newton": quasi_newton_sample, "taa": taa_sample}
+#: the parallel samplers a plan may consider (their entry points come from the caller)
+PARALLEL = ("srds", "picard", "quasi_newton", "taa")
+#: the share of the predicted serial time a first plan may spend measuring the device and
+#: running the proxies, when it measures the device itself (``cost=None``): every step is
+#: priced before it is taken (probe widths, proxy runs), so the plan stays under 10 %
+PLAN_BUDGET = 0.08
+#: the probe's share of that budget at most (the proxy runs get the rest)
+PROBE_SHARE = 0.5
+#: runs shorter than this many steps get serial without a probe: the probe's warm-up and a
+#: few widths (at least 4-8 calls) and the proxy runs would cost more than 10 % of the run
+MIN_PLAN_STEPS = 40
 
 
 # ---------------------------------------------------------------------------- cost model
@@ -160,6 +177,8 @@ class CostModel:
                 "engine_s": self.engine_s}
 
 
+# ---------------------------------------------------------------------------- the probe
+
 _PROBES: dict[tuple, tuple[Any, CostModel]] = {}
 
 
@@ -191,26 +210,72 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int, *,
-                      max_rows: int | None = None, budget: float = 0.15, repeats: int = 2,
-                      cache: bool = True, **model_options: Any) -> CostModel:
-    """Time the model at a few call widths on ``x_T``'s device, dtype and shape.
+def rows_per_step(denoiser: Denoiser, x: Tensor) -> int:
+    """Network rows one step of the batch takes (twice the batch with guidance)."""
+    return x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
 
-    After untimed warm-up calls (until one is no longer 10 % faster than the one before),
-    calls of ``n`` steps (``n * batch`` samples, twice that with guidance) for ``n = 1``
-    (the fastest of ``repeats``) and wider: ``n`` grows 4x while the cost stays flat (under
-    1.25x the previous width's) and 2x once it grows, up to ``max_rows`` network rows (the
-    last width is ``max_rows`` itself), one call each (synchronised on CUDA). It stops once
-    the probe has spent ``budget`` times the predicted serial run (``num_steps`` one-step
-    calls); beyond the widest measured the curve is extrapolated (:class:`CostModel`).
-    Cached per (model, sample shape, dtype, device, conditioning) for the process; a
-    wrapper that builds a new model object per run around the same network names it as its
-    ``cost_key`` attribute.
 
-    Raises:
-        ModelOutputError: the model returned NaN/Inf during the probe.
-    """
+class _Timer:
+    """Timed calls of the network at ``n`` steps per call, on the run's grid."""
+
+    def __init__(self, denoiser: Denoiser, schedule: Schedule, x: Tensor, N: int) -> None:
+        self.denoiser, self.x, self.N = denoiser, x, N
+        self.ts = SamplingGrid.build(schedule, N, None, 0.0).timesteps
+        self.spent = 0.0
+
+    def __call__(self, n: int) -> float:
+        """The seconds of one call of ``n`` steps (synchronised on CUDA)."""
+        x, N = self.x, self.N
+        xs = x.unsqueeze(0).expand(n, *x.shape)
+        t = self.ts[torch.linspace(0, N - 1, n).round().long()]
+        _sync(x.device)
+        t0 = time.perf_counter()
+        self.denoiser.raw(xs, t)
+        _sync(x.device)
+        took = time.perf_counter() - t0
+        self.spent += took
+        try:
+            self.denoiser.check()
+        except ModelOutputError as e:
+            raise ModelOutputError(f"the cost probe of sampler='auto' found the model "
+                                   f"returning NaN/Inf on x_T ({n} steps per call): {e}") from e
+        return max(took, 1e-9)
+
+    def warm(self, repeats: int = 2) -> float:
+        """One step's latency, the warm-up included: calls of one step until one is no
+        longer 10 % faster than the one before (at least ``max(2, repeats)``, at most 5
+        calls); the fastest after the first counts (the first pays the one-time costs:
+        allocator, autotuning, lazy initialisation, clocks)."""
+        secs = [self(1)]
+        while len(secs) < 5:
+            secs.append(self(1))
+            if len(secs) >= max(2, repeats) and secs[-1] > 0.9 * secs[-2]:
+                break
+        return min(secs[1:])
+
+
+def _probe_widths(timer: _Timer, first: float, per_step: int, top: int,
+                  limit_s: float) -> CostModel:
+    """The cost curve from one step's latency ``first`` and wider calls: ``n`` grows 4x
+    while the cost stays flat (under 1.25x the previous width's) and 2x once it grows, up
+    to ``top`` steps, while the next call, priced before it is made (the last latency,
+    times the growth of ``n`` once the curve grows), keeps the probe under ``limit_s``."""
+    rows, secs, n, flat = [per_step], [first], 1, True
+    while n < top:
+        nxt = min(top, n * (4 if flat else 2))
+        guess = secs[-1] * (1.25 if flat else nxt / n)
+        if timer.spent + guess > limit_s:
+            break
+        secs.append(timer(nxt))
+        rows.append(nxt * per_step)
+        flat = secs[-1] < 1.25 * secs[-2]
+        n = nxt
+    return CostModel(tuple(rows), tuple(secs), "probe")
+
+
+def check_probe_options(max_rows: int | None, budget: float, repeats: int,
+                        cache: bool) -> None:
+    """The probe's options, each named when wrong."""
     if max_rows is not None and (not _is_int(max_rows) or max_rows < 1):
         raise ValueError(f"max_rows must be an int >= 1 (network rows) or None, got {max_rows!r}")
     if not (_is_real(budget) and math.isfinite(budget) and budget >= 0):
@@ -220,56 +285,41 @@ def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: 
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     if not isinstance(cache, bool):
         raise TypeError(f"cache must be a bool, got {type(cache).__name__}")
-    x = check_x(x_T, model)
+
+
+@torch.no_grad()
+def probe(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int, *,
+          max_rows: int | None = None, budget: float = 0.15, repeats: int = 2,
+          cache: bool = True, timer: _Timer | None = None,
+          first: float | None = None) -> CostModel:
+    """Time the bound ``denoiser`` at a few call widths on ``x``'s device, dtype and shape
+    (the checked form: :func:`~adapters.diffusion.measure_call_cost`).
+
+    One step's latency after a warm-up (:meth:`_Timer.warm`; or ``first``, measured by
+    ``timer`` already), then calls of ``n`` steps (``n * batch`` rows, twice that with
+    guidance), ``n`` growing 4x while flat and 2x once the cost grows, up to ``max_rows``
+    rows, while the probe, warm-up included, stays under ``budget`` times the predicted
+    serial run (``num_steps`` one-step calls); every width is priced before it is timed.
+    Beyond the widest measured the curve is extrapolated (:class:`CostModel`). Cached per
+    (network, sample shape, dtype, device, conditioning) for the process; a wrapper that
+    builds a new model object per run around the same network names it as ``cost_key``.
+
+    Raises:
+        ModelOutputError: the model returned NaN/Inf during the probe.
+    """
+    check_probe_options(max_rows, budget, repeats, cache)
     N = check_num_steps(num_steps, schedule.max_steps)
-    denoiser = denoiser_for(model, schedule, model_options)
     key = _model_key(denoiser, x)
     hit = _PROBES.get(key)
     if cache and hit is not None and hit[0]() is _network(denoiser) and (
             max_rows is None or hit[1].rows[-1] >= max_rows):
         return hit[1]
-    per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
-    max_rows = max_rows or 256 * per_step
-    ts = SamplingGrid.build(schedule, N, None, 0.0).timesteps
-
-    def timed(n: int, times: int = repeats) -> float:
-        xs = x.unsqueeze(0).expand(n, *x.shape)
-        t = ts[torch.linspace(0, N - 1, n).round().long()]
-        best = math.inf
-        for _ in range(times):
-            _sync(x.device)
-            t0 = time.perf_counter()
-            denoiser.raw(xs, t)
-            _sync(x.device)
-            best = min(best, time.perf_counter() - t0)
-        try:
-            denoiser.check()
-        except ModelOutputError as e:
-            raise ModelOutputError(f"the cost probe of sampler='auto' found the model "
-                                   f"returning NaN/Inf on x_T ({n} steps per call): {e}") from e
-        return best
-
-    # warm-up (allocator, autotuning, lazy initialisation, clocks), not counted: until a
-    # call is no longer 10 % faster than the one before (at most 5 calls)
-    prev = timed(1, 1)
-    for _ in range(4):
-        cur = timed(1, 1)
-        if cur > 0.9 * prev:
-            break
-        prev = cur
-    rows, secs, spent, n = [], [], 0.0, 1
-    top = max(1, max_rows // per_step)
-    while True:
-        t0 = time.perf_counter()
-        s = timed(n, repeats if n == 1 else 1)
-        spent += time.perf_counter() - t0
-        rows.append(n * per_step)
-        secs.append(s)
-        if n >= top or spent > budget * N * secs[0]:
-            break
-        flat = len(secs) == 1 or secs[-1] < 1.25 * secs[-2]
-        n = min(top, n * (4 if flat else 2))
-    cost = CostModel(tuple(rows), tuple(secs), "probe")
+    per_step = rows_per_step(denoiser, x)
+    timer = timer or _Timer(denoiser, schedule, x, N)
+    if first is None:
+        first = timer.warm(repeats)
+    top = max(1, (max_rows or 256 * per_step) // per_step)
+    cost = _probe_widths(timer, first, per_step, top, budget * N * first)
     if cache:
         _PROBES[key] = (_ref(_network(denoiser)), cost)
     return cost
@@ -299,15 +349,20 @@ class _GridMixture(GaussianMixtureDenoiser):
 
 class _Enough(Exception):
     """Raised by a :class:`_Recorder` past its ``limit`` of calls (serial's engine needs
-    only a few steps)."""
+    only a few steps) or past its ``limit_s`` of predicted seconds (a candidate that can
+    no longer be the fastest)."""
 
 
 class _Recorder(torch.nn.Module):
-    """Records the rows, the start and the network seconds of every call of the proxy."""
+    """Records the rows, the start and the network seconds of every call of the proxy;
+    stops the run (:class:`_Enough`) past ``limit`` calls, or once the calls so far,
+    priced by ``price(rows)``, pass ``limit_s``."""
 
-    def __init__(self, net: torch.nn.Module, limit: int | None = None) -> None:
+    def __init__(self, net: torch.nn.Module, limit: int | None = None,
+                 price: Callable[[int], float] | None = None, limit_s: float = math.inf) -> None:
         super().__init__()
         self.net, self.rows, self.seconds, self.limit = net, [], 0.0, limit
+        self.price, self.limit_s, self.priced = price, limit_s, 0.0
         self.stamps: list[float] = []
         self.net_s: list[float] = []
         self.prediction_type = net.prediction_type
@@ -316,6 +371,10 @@ class _Recorder(torch.nn.Module):
         t0 = time.perf_counter()
         if self.limit is not None and len(self.rows) >= self.limit:
             raise _Enough
+        if self.price is not None:
+            self.priced += self.price(x.shape[0])
+            if self.priced > self.limit_s:
+                raise _Enough
         self.stamps.append(t0)
         out = self.net(x, t)
         _sync(out.device)
@@ -331,8 +390,8 @@ _PROXY_BATCH = 4
 #: with 8 components of spread 0.15 came closest to the UNet's calls
 _PROXY_DIM = 64
 #: serial's engine seconds per step are timed over this many proxy steps (not all N)
-_SERIAL_STEPS = 34
-_TRACES: dict[tuple, tuple[list[int], float]] = {}
+_SERIAL_STEPS = 18
+_TRACES: dict[tuple, tuple[list[int], float, float]] = {}
 _RECORDS: dict[tuple, tuple[Any, int]] = {}
 
 
@@ -349,51 +408,62 @@ def _schedule_key(schedule: Schedule, grid: SamplingGrid) -> tuple:
             grid.init_noise_sigma, digest.hexdigest())
 
 
-def _proxy_trace(schedule: Schedule, grid: SamplingGrid, skey: tuple, x_T: Tensor,
-                 sampler: str, options: dict, tol: float | None, eta: float,
-                 solver: str | None) -> tuple[list[int], float]:
-    """Steps per call of ``sampler`` (``"serial"`` too) on the mixture proxy on ``grid`` (the
-    schedule's at ``N`` steps, keyed ``skey``), and its engine seconds per call: the run's
-    wall-clock less the proxy network's own compute (timed around every call), over its
-    calls. Cached for the process (a pure function of the grid, tolerance and candidate)."""
+def _run_proxy(run: Runner, net: _Recorder, schedule: Schedule, x: Tensor, N: int,
+               kw: dict[str, Any]) -> tuple[float, bool]:
+    """Run one sampler on the proxy: its wall-clock, and whether it ran to the end (one
+    CPU thread: the proxy's tensors are tiny, and on a busy machine threads stall)."""
+    threads = torch.get_num_threads()
+    if x.device.type == "cpu":
+        torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        run(net, schedule, x, N, **kw)
+        done = True
+    except _Enough:
+        done = False
+    finally:
+        torch.set_num_threads(threads)
+    return time.perf_counter() - t0, done
+
+
+def proxy_trace(runners: Mapping[str, Runner], schedule: Schedule, grid: SamplingGrid,
+                skey: tuple, x_T: Tensor, sampler: str, options: Mapping[str, Any],
+                tol: float | None, eta: float, solver: str | None,
+                price: Callable[[int], float] | None = None,
+                limit_s: float = math.inf) -> tuple[list[int], float, float] | None:
+    """``(steps per call, engine seconds per call, proxy seconds per call)`` of ``sampler``
+    (``"serial"`` too) on the mixture proxy on ``grid`` (the schedule's at ``N`` steps,
+    keyed ``skey``). The engine seconds are the run's wall-clock less the proxy network's
+    own compute (timed around every call), over its calls; the proxy seconds what the run
+    cost the planner per call. ``None`` when the calls, priced by ``price(rows)``, pass
+    ``limit_s`` before the run ends (the candidate cannot be the fastest). Cached for the
+    process (a pure function of the grid, tolerance and candidate)."""
     N = grid.num_steps
     key = (skey, N, str(x_T.dtype), str(x_T.device), sampler, tuple(sorted(options.items())),
            tol, eta, solver)
     if key in _TRACES:
         return _TRACES[key]
-    net = _Recorder(_GridMixture(grid, schedule.prediction_type, _PROXY_DIM, 0).to(x_T.device),
-                    _SERIAL_STEPS if sampler == "serial" else None)
+    serial = sampler == "serial"
     b = min(_PROXY_BATCH, x_T.shape[0])
+    net = _Recorder(_GridMixture(grid, schedule.prediction_type, _PROXY_DIM, 0).to(x_T.device),
+                    _SERIAL_STEPS if serial else None, None if serial else price, limit_s)
     g = torch.Generator(device=x_T.device).manual_seed(0)
     x = torch.randn(b, _PROXY_DIM, generator=g, device=x_T.device, dtype=x_T.dtype)
     kw = dict(options, eta=eta, sampler=solver,
               generator=torch.Generator(device=x_T.device).manual_seed(1))
-    if tol is not None:
+    if tol is not None and not serial:
         kw["tol"] = tol
-    threads = torch.get_num_threads()
-    if x.device.type == "cpu":  # the proxy's tensors are tiny: one thread is fastest, and
-        torch.set_num_threads(1)  # on a busy machine several threads stall each other
-    try:
-        t0 = time.perf_counter()
-        if sampler == "serial":
-            kw.pop("tol", None)
-            try:
-                serial_sample(net, schedule, x, N, **kw)
-            except _Enough:
-                pass
-        else:
-            PARALLEL_SAMPLERS[sampler](net, schedule, x, N, **kw)
-        wall = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-    steps = [r // b for r in net.rows]
-    if sampler == "serial":  # per step, between the second call and the last (no set-up)
-        k = len(net.stamps)
+    wall, done = _run_proxy(runners[sampler], net, schedule, x, N, kw)
+    k = len(net.rows)
+    if not done and not serial:
+        return None
+    if serial:  # per step, between the second call and the last (no set-up)
         engine = ((net.stamps[-1] - net.stamps[1] - sum(net.net_s[1:-1])) / (k - 2) if k > 2
                   else max(0.0, wall - net.seconds) / max(1, k))
-        trace = ([1] * N, max(0.0, engine))
+        trace = ([1] * N, max(0.0, engine), wall / max(1, k))
     else:
-        trace = (steps, max(0.0, wall - net.seconds) / max(1, len(steps)))
+        trace = ([r // b for r in net.rows], max(0.0, wall - net.seconds) / max(1, k),
+                 wall / max(1, k))
     _TRACES[key] = trace
     return trace
 
@@ -453,7 +523,7 @@ class Candidate:
 
 @dataclass
 class SamplingPlan:
-    """What :func:`plan_sampling` found: every candidate and the choice.
+    """What :func:`make_plan` (``plan_sampling``) found: every candidate and the choice.
 
     Attributes:
         candidates: serial first, then the parallel candidates, fastest predicted first.
@@ -525,13 +595,18 @@ def _from_rank_0(executor: object, obj: Any) -> Any:
     return box[0]
 
 
-#: the share of the predicted serial time a plan may spend measuring the device and running
-#: the proxies, when it measures the device itself (``cost=None``; half of it for the probe)
-PLAN_BUDGET = 0.09
-#: runs shorter than this many steps get serial without a probe: the probe's warm-up and a
-#: few widths (at least 4-8 calls) and the proxy runs would cost more than 10 % of the run
-MIN_PLAN_STEPS = 40
 _PLANS: dict[tuple, tuple[Any, SamplingPlan]] = {}
+#: a typical number of sequential calls of a window of ``w`` steps on the mixture proxy at
+#: tol 1e-3 (N = 100 and 200), ``a N / w + b``: the order in which candidates are priced,
+#: rescaled by the calls of those priced already
+_GUESS = {"taa": (1.4, 6.0), "quasi_newton": (2.0, 7.0), "picard": (2.0, 10.0)}
+#: a candidate whose typical time is above the best predicted by more than this share is
+#: not priced (its typical time errs by about this much)
+GUESS_SLACK = 0.35
+#: before a candidate's proxy run has been timed: its engine seconds per call as a multiple
+#: of serial's per step, and the planner's seconds per proxy call as a multiple of serial's
+#: per proxy step, ``(2 + steps per call / 8)`` (both from the mixture at N = 100 and 200)
+_ENGINE_GUESS = {"srds": 2.0, "picard": 2.0, "quasi_newton": 4.0, "taa": 5.0}
 
 
 def _steps_per_call(options: Mapping[str, Any]) -> int:
@@ -550,132 +625,100 @@ def _calls_bound(sampler: str, options: Mapping[str, Any], N: int) -> int:
 
 
 def _calls_guess(sampler: str, options: Mapping[str, Any], N: int) -> float:
-    """A typical number of calls (the order in which candidates are run on the proxy): about
-    ``2 N / w + 6`` for a window of ``w`` (the mixture at N = 200), ``B + 2 N / B`` for SRDS."""
+    """A typical number of calls (see :data:`_GUESS`); SRDS about ``B + 3.5 N / B``
+    pipelined and ``B + 3.7 (N / B + B)`` as a sweep (3-4 iterations)."""
     if sampler == "srds":
-        return options["num_blocks"] + 2 * N / options["num_blocks"]
-    return 2 * N / options["window"] + 6
+        B = options["num_blocks"]
+        return B + 3.5 * N / B if options.get("pipelined") else B + 3.7 * (N / B + B)
+    a, b = _GUESS[sampler]
+    return max(_calls_bound(sampler, options, N), a * N / options["window"] + b)
 
 
-def _one_call(denoiser: Denoiser, schedule: Schedule, x: Tensor, N: int) -> float:
-    """The seconds of one serial step's call (no warm-up: an overestimate, as serial's own
-    first call)."""
-    ts = SamplingGrid.build(schedule, N, None, 0.0).timesteps
-    _sync(x.device)
-    t0 = time.perf_counter()
-    denoiser.raw(x.unsqueeze(0), ts[:1])
-    _sync(x.device)
-    try:
-        denoiser.check()
-    except ModelOutputError as e:
-        raise ModelOutputError(f"the cost probe of sampler='auto' found the model returning "
-                               f"NaN/Inf on x_T: {e}") from e
-    return max(time.perf_counter() - t0, 1e-9)
+@dataclass
+class _Request:
+    """What one plan is made for, and what it has learnt while pricing."""
+
+    denoiser: Denoiser
+    schedule: Schedule
+    x: Tensor
+    N: int
+    tol: float | None
+    eta: float
+    solver: str | None
+    runners: Mapping[str, Runner]
+    devices: int
+    gather: float
+    grid: SamplingGrid = field(init=False)
+    skey: tuple = field(init=False)
+    mkey: tuple = field(init=False)
+    per_step: int = field(init=False)
+    #: the planner's seconds per proxy step of serial; measured/guessed proxy seconds
+    proxy_step_s: float = 0.0
+    proxy_scale: list[float] = field(default_factory=list)
+    engine: dict[str, float] = field(default_factory=dict)
+    calls_scale: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.grid = SamplingGrid.build(self.schedule, self.N, self.solver, self.eta)
+        self.skey = _schedule_key(self.schedule, self.grid)
+        self.mkey = _model_key(self.denoiser, self.x)
+        self.per_step = rows_per_step(self.denoiser, self.x)
+
+    @property
+    def key(self) -> tuple:
+        """What recorded runs and a plan's match are filed under."""
+        return (self.mkey, self.skey, self.N, self.tol, self.eta, self.solver)
+
+    def rows(self, steps: int) -> int:
+        """Network rows of a call of ``steps`` steps on the widest rank."""
+        return math.ceil(steps / self.devices) * self.per_step
+
+    def trace(self, sampler: str, options: Mapping[str, Any],
+              price: Callable[[int], float] | None = None,
+              limit_s: float = math.inf) -> tuple[list[int], float, float] | None:
+        """The candidate's proxy trace (see :func:`proxy_trace`)."""
+        return proxy_trace(self.runners, self.schedule, self.grid, self.skey, self.x, sampler,
+                           options, None if sampler == "serial" else self.tol, self.eta,
+                           self.solver, price, limit_s)
+
+    def traced(self, sampler: str, options: Mapping[str, Any]) -> bool:
+        """Whether the candidate's proxy trace is cached already (pricing it is free)."""
+        return (self.skey, self.N, str(self.x.dtype), str(self.x.device), sampler,
+                tuple(sorted(options.items())), None if sampler == "serial" else self.tol,
+                self.eta, self.solver) in _TRACES
+
+    def record(self, sampler: str, options: Mapping[str, Any]) -> int | None:
+        """The calls a recorded run of the candidate took (:func:`record_run`), if any."""
+        rec = _RECORDS.get((*self.key, sampler, tuple(sorted(options.items()))))
+        return rec[1] if rec is not None and rec[0]() is _network(self.denoiser) else None
+
+    def guess_calls(self, sampler: str, options: Mapping[str, Any]) -> float:
+        """A typical number of calls, scaled by what the priced candidates showed."""
+        scales = self.calls_scale
+        s = scales.get(sampler, sorted(scales.values())[len(scales) // 2] if scales else 1.0)
+        return _calls_guess(sampler, options, self.N) * s
+
+    def proxy_cost(self, sampler: str, options: Mapping[str, Any]) -> float:
+        """The planner's seconds a proxy run of the candidate would take (0 if cached)."""
+        if self.traced(sampler, options):
+            return 0.0
+        scale = sum(self.proxy_scale) / len(self.proxy_scale) if self.proxy_scale else 1.0
+        per_call = self.proxy_step_s * (2 + _steps_per_call(options) / 8) * scale
+        return self.guess_calls(sampler, options) * per_call
+
+    def learn(self, sampler: str, options: Mapping[str, Any], trace: tuple, took: float) -> None:
+        """Rescale later guesses by a priced candidate's calls, engine and proxy seconds."""
+        steps, engine, _ = trace
+        self.calls_scale[sampler] = len(steps) / _calls_guess(sampler, options, self.N)
+        self.engine[sampler] = engine
+        if self.proxy_step_s > 0 and took > 0:
+            unit = self.proxy_step_s * (2 + _steps_per_call(options) / 8) * len(steps)
+            self.proxy_scale.append(took / unit)
 
 
-@torch.no_grad()
-def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int, *,
-                  tol: float | None = None, max_batch: int | None = None, eta: float = 0.0,
-                  solver: str | None = None, cost: CostModel | None = None,
-                  executor: object | None = None,
-                  samplers: tuple[str, ...] = ("srds", "picard", "quasi_newton", "taa"),
-                  gather_s: float = 0.0, budget: float | None = None,
-                  exhaustive: bool = False, reuse: bool = False,
-                  **model_options: Any) -> SamplingPlan:
-    """Predict the wall-clock of each sampler configuration on this device; pick the fastest.
-
-    Pricing. Serial costs ``N * (latency(rows per step) + serial's engine seconds per
-    step)``, the latter timed on a few steps of serial on the proxy; a parallel candidate
-    the latency of each of its proxy run's calls plus *its own* engine seconds per call
-    (that run's wall-clock less the proxy network's compute). A given ``cost.engine_s``
-    replaces every measured engine time.
-
-    What planning costs, and when it stops. With ``cost=None`` a plan may spend ``budget``
-    (default :data:`PLAN_BUDGET`, 9 %) of the predicted serial time: half of it at most on
-    the probe (:func:`measure_call_cost`), the rest on proxy runs. Before any proxy run each
-    candidate gets a lower bound on its time from the cost model alone (at least
-    ``N // window`` calls, SRDS ``N / B``, each at the cheapest latency its widths allow, and
-    every step at least once at the cheapest seconds per step); candidates are run on the
-    proxy in the order of a typical time (``2 N / w + 6`` calls of a window ``w``, ``B + 2 N /
-    B`` for SRDS, at the full width's latency), and one is not run (listed in ``excluded``) when its
-    bound, raised by its error band, is not below serial's time (it could not be chosen), or
-    is not below the best predicted time so far, or the budget is spent (the candidate with
-    the lowest bound that could beat serial is always priced). So a device whose
-    cost grows in proportion to the rows (a CPU) gets serial after the probe alone; and a
-    run of fewer than :data:`MIN_PLAN_STEPS` steps gets serial after one timed call (the
-    probe's warm-up and widths would cost more than 10 % of it). ``exhaustive=True`` prices
-    every candidate (benchmarks); with a given ``cost`` the budget is unlimited unless
-    ``budget`` is given.
-
-    Plans made once. Every plan is kept for the process under what it depends on (network,
-    sample shape, batch, dtype, device, conditioning, grid, ``num_steps``, ``tol``, ``eta``,
-    solver, ``max_batch``, ranks, ``cost``, ``samplers``); ``reuse=True`` (what
-    ``sample(sampler="auto")`` passes) returns the kept plan for an identical request, its
-    choice unchanged, with ``reused=True`` and ``planning_s`` the lookup's seconds. A run
-    recorded by :func:`record_run` refines only plans made afterwards (``reuse=False``, or
-    ``sample(..., replan=True)``), which may choose differently: a user re-running a seed
-    with ``sample(sampler="auto")`` gets the same sample bit for bit.
-
-    Args:
-        model, schedule, x_T, num_steps: as in :func:`~adapters.diffusion.srds_sample`
-            (``x_T [batch, *sample]`` fixes the rows per step, dtype and device).
-        tol: the samplers' tolerance (``None``: each sampler's default).
-        max_batch: network rows one call may hold (memory); candidates wider are left out.
-        eta: DDIM noise, as in the samplers.
-        solver: the samplers' ``sampler=`` (the solver; default: the schedule's).
-        cost: the device's :class:`CostModel`; default: measured here
-            (:func:`measure_call_cost`, cached).
-        executor: a :class:`pint.DistributedExecutor` over ``R`` ranks: every parallel
-            candidate splits each model call over the ranks, contiguous slices of its steps
-            (SRDS blocks, window steps), so a call of ``n`` steps costs the latency of
-            ``ceil(n / R) * rows_per_step`` rows (the widest rank's slice; ``max_batch``
-            applies to it as well) plus ``gather_s`` (the all_gather of the outputs, per
-            call, default 0). Every rank gets rank 0's plan (broadcast).
-        samplers: the parallel samplers to consider.
-        budget: the share of the predicted serial time planning may spend (see above).
-        exhaustive: price every candidate (no bound, no budget).
-        reuse: return the plan kept for an identical earlier request, if any.
-        **model_options: the model options, as in the samplers.
-
-    Returns:
-        A :class:`SamplingPlan` (``planning_s``: this call's seconds). A parallel candidate
-        is chosen only when its predicted time, raised by its error band, is below the
-        serial time.
-    """
-    t_start = time.perf_counter()
-    x = check_x(x_T, model)
-    N = check_num_steps(num_steps, schedule.max_steps)
-    if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
-        raise TypeError(f"schedule must be a VPSchedule or SigmaSchedule, got "
-                        f"{type(schedule).__name__}")
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
-                                  or max_batch < 1):
-        raise ValueError(f"max_batch must be an int >= 1 (network rows per call), got {max_batch!r}")
-    unknown = sorted(set(samplers) - {"srds", "picard", "quasi_newton", "taa"})
-    if unknown:
-        raise ValueError(f"samplers must be among srds, picard, quasi_newton, taa; got {unknown}")
-    if not (isinstance(gather_s, (int, float)) and math.isfinite(gather_s) and gather_s >= 0):
-        raise ValueError(f"gather_s must be a finite number >= 0 (seconds), got {gather_s!r}")
-    if budget is not None and not (_is_real(budget) and budget >= 0 and not math.isnan(budget)):
-        raise ValueError(f"budget must be a number >= 0 (a share of the serial time) or None, "
-                         f"got {budget!r}")
-    for name, flag in (("exhaustive", exhaustive), ("reuse", reuse)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    if cost is not None and not isinstance(cost, CostModel):
-        raise TypeError(f"cost must be a CostModel or None, got {type(cost).__name__}")
-    denoiser = denoiser_for(model, schedule, model_options)
-    per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
-    devices = _world_size(executor)
-    grid = SamplingGrid.build(schedule, N, solver, eta)
-    mkey, skey = _model_key(denoiser, x), _schedule_key(schedule, grid)
-    plan_key = (mkey, x.shape[0], skey, N, tol, eta, solver, max_batch, tuple(samplers),
-                devices, gather_s, cost, budget, exhaustive)
-    if reuse:
-        hit = _PLANS.get(plan_key)
-        if hit is not None and hit[0]() is _network(denoiser):
-            return replace(hit[1], planning_s=time.perf_counter() - t_start, reused=True)
-
+def _configs(N: int, samplers: tuple[str, ...], grid: SamplingGrid, devices: int,
+             per_step: int, max_batch: int | None) -> tuple[list[tuple[str, dict]], list[str]]:
+    """The candidates a plan considers, and those left out with why."""
     configs: list[tuple[str, dict[str, Any]]] = []
     root = math.sqrt(N)
     for pipelined in (True, False):
@@ -700,11 +743,209 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
             excluded.append(f"{len(configs) - len(keep)} candidates wider than max_batch="
                             f"{max_batch} rows ({per_step} rows per step)")
         configs = keep
+    return configs, excluded
+
+
+_SKIPPED = {
+    "bound_serial": "a lower bound on their time (from the cost model alone), raised by its "
+                    "error band, is not below serial's",
+    "bound_best": "a lower bound on their time is not below the best predicted",
+    "guess_best": f"their typical time (calls guessed from the candidates priced) is more than "
+                  f"{GUESS_SLACK:.0%} above the best predicted",
+    "passed_best": "their proxy run passed the best predicted time (or serial's, less the "
+                   "error band) and was stopped",
+    "budget": "the planning budget ({share:.0%} of serial's predicted time) would be passed",
+}
+
+
+def _candidate(req: _Request, sampler: str, options: dict, cost: CostModel, trace: tuple,
+               rec: int | None) -> Candidate:
+    """A priced candidate from its proxy trace (calls from ``rec``, a recorded run, if any)."""
+    steps, engine, _ = trace
+    if cost.engine_s is not None:
+        engine = cost.engine_s
+    rows = [req.rows(n) for n in steps]
+    calls, estimate, error = len(rows), "proxy", PROXY_ERROR
+    if rec is not None:
+        calls, estimate, error = rec, "recorded run", RECORDED_ERROR
+    scale = calls / max(1, len(rows))
+    t = scale * sum(cost(r) + engine + req.gather for r in rows)
+    return Candidate(sampler, options, calls, max(rows), round(scale * sum(rows)), t,
+                     estimate, error, engine)
+
+
+def _price(req: _Request, configs: list[tuple[str, dict]], serial: Candidate,
+           cost: CostModel, deadline: float, exhaustive: bool) -> tuple[list[Candidate],
+                                                                       dict[str, int]]:
+    """Price the candidates, most promising first, skipping those that cannot be chosen
+    or would pass the ``deadline`` (see :func:`make_plan`); the priced, and the skipped
+    counted by why."""
+    widest = max([1] + [_steps_per_call(o) for _, o in configs])
+    call_min, step_min = [math.inf], [math.inf]  # cheapest call / step over widths <= n
+    for n in range(1, widest + 1):
+        c = cost(req.rows(n)) + req.gather
+        call_min.append(min(call_min[-1], c))
+        step_min.append(min(step_min[-1], c / n))
+    serial_engine = serial.engine_s
+
+    def guess(s: str, o: dict) -> float:
+        eng = cost.engine_s if cost.engine_s is not None else req.engine.get(
+            s, _ENGINE_GUESS[s] * serial_engine)
+        return req.guess_calls(s, o) * (cost(req.rows(_steps_per_call(o))) + req.gather + eng)
+
+    parallel: list[Candidate] = []
+    skipped = dict.fromkeys(_SKIPPED, 0)
+    left = list(configs)
+    while left:
+        s, o = min(left, key=lambda c: guess(*c))
+        left.remove((s, o))
+        rec = req.record(s, o)
+        best = min((c.predicted_s for c in parallel), default=math.inf)
+        err = RECORDED_ERROR if rec else PROXY_ERROR
+        limit = math.inf
+        if not exhaustive:
+            w = _steps_per_call(o)
+            lb = max(_calls_bound(s, o, req.N) * call_min[w], req.N * step_min[w])
+            why = ("bound_serial" if lb * (1 + err) >= serial.predicted_s else
+                   "bound_best" if lb >= best else
+                   "guess_best" if guess(s, o) * (1 - GUESS_SLACK) >= best else
+                   "budget" if time.perf_counter() + req.proxy_cost(s, o) > deadline else None)
+            if why:
+                skipped[why] += 1
+                continue
+            limit = math.inf if rec else min(best, serial.predicted_s / (1 + err))
+        t0 = time.perf_counter()
+        trace = req.trace(s, o, lambda r: cost(r) + req.gather, limit)
+        if trace is None:
+            skipped["passed_best"] += 1
+            continue
+        req.learn(s, o, trace, time.perf_counter() - t0)
+        parallel.append(_candidate(req, s, o, cost, trace, rec))
+    parallel.sort(key=lambda c: c.predicted_s)
+    return parallel, skipped
+
+
+def _choose(serial: Candidate, parallel: list[Candidate], configs: list,
+            max_batch: int | None) -> tuple[Candidate, str]:
+    """The choice and why: the fastest predicted parallel candidate, when its prediction
+    raised by its error band is below serial's; else serial."""
+    if not parallel:
+        if not configs:
+            return serial, ("no parallel candidate fits" + (
+                f" max_batch={max_batch} (a window of two steps needs {2 * serial.max_rows} "
+                "rows)" if max_batch is not None else "") + ": serial")
+        return serial, ("no parallel candidate priced can be faster than serial by more than "
+                        "its error band (lower bounds from the measured cost model, or the "
+                        "planning budget): serial")
+    best = parallel[0]
+    edge = best.predicted_s * (1 + best.error)
+    if edge < serial.predicted_s:
+        return best, (f"predicted {serial.predicted_s / best.predicted_s:.2f}x faster than "
+                      f"serial, {serial.predicted_s / edge:.2f}x at the edge of its error band")
+    return serial, (f"no parallel candidate is predicted faster than serial by more than its "
+                    f"error band (best: {best.label}, "
+                    f"{serial.predicted_s / best.predicted_s:.2f}x)")
+
+
+def _serial(req: _Request, cost: CostModel) -> Candidate:
+    """Serial priced: ``N`` calls of one step at the cost model's latency plus serial's own
+    engine seconds per step (timed on a few proxy steps; ``cost.engine_s`` if given)."""
+    _, engine, step_s = req.trace("serial", {})
+    req.proxy_step_s = step_s
+    if cost.engine_s is not None:
+        engine = cost.engine_s
+    N, rows = req.N, req.per_step
+    return Candidate("serial", {}, N, rows, N * rows, N * (cost(rows) + engine), "exact", 0.0,
+                     engine)
+
+
+def _check_options(samplers: tuple[str, ...], runners: Mapping[str, Runner],
+                   max_batch: int | None, gather_s: float, budget: float | None,
+                   exhaustive: bool, reuse: bool, cost: CostModel | None) -> None:
+    """The planner's own options, each named when wrong."""
+    if max_batch is not None and (not _is_int(max_batch) or max_batch < 1):
+        raise ValueError(f"max_batch must be an int >= 1 (network rows per call), got {max_batch!r}")
+    unknown = sorted(set(samplers) - set(PARALLEL))
+    if unknown:
+        raise ValueError(f"samplers must be among {', '.join(PARALLEL)}; got {unknown}")
+    missing = sorted({"serial", *samplers} - set(runners))
+    if missing:
+        raise ValueError(f"runners must hold an entry point for {', '.join(missing)}")
+    if not (_is_real(gather_s) and math.isfinite(gather_s) and gather_s >= 0):
+        raise ValueError(f"gather_s must be a finite number >= 0 (seconds), got {gather_s!r}")
+    if budget is not None and not (_is_real(budget) and budget >= 0 and not math.isnan(budget)):
+        raise ValueError(f"budget must be a number >= 0 (a share of the serial time) or None, "
+                         f"got {budget!r}")
+    for name, flag in (("exhaustive", exhaustive), ("reuse", reuse)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if cost is not None and not isinstance(cost, CostModel):
+        raise TypeError(f"cost must be a CostModel or None, got {type(cost).__name__}")
+
+
+@torch.no_grad()
+def make_plan(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int, *,
+              runners: Mapping[str, Runner], tol: float | None = None,
+              max_batch: int | None = None, eta: float = 0.0, solver: str | None = None,
+              cost: CostModel | None = None, executor: object | None = None,
+              samplers: tuple[str, ...] = PARALLEL, gather_s: float = 0.0,
+              budget: float | None = None, exhaustive: bool = False,
+              reuse: bool = False) -> SamplingPlan:
+    """Predict the wall-clock of each sampler configuration on this device; pick the fastest.
+
+    The checked, public form is :func:`~adapters.diffusion.plan_sampling` (its docstring
+    has the arguments); here ``denoiser`` is bound and ``x`` checked, and ``runners`` maps
+    ``"serial"`` and every name in ``samplers`` to its entry point.
+
+    Pricing. Serial costs ``N * (latency(rows per step) + serial's engine seconds per
+    step)``, the latter timed on a few steps of serial on the proxy; a parallel candidate
+    the latency of each of its proxy run's calls plus *its own* engine seconds per call
+    (that run's wall-clock less the proxy network's compute). A given ``cost.engine_s``
+    replaces every measured engine time.
+
+    What planning costs, and when it stops. With ``cost=None`` a first plan may spend
+    ``budget`` (default :data:`PLAN_BUDGET`, 8 %) of the predicted serial time, every step
+    priced before it is taken: one step's latency (warm-up included) and a few proxy steps
+    of serial come first; if the cheapest proxy run would already pass the budget, the plan
+    is serial and probes no further (a short run, or a fast network: planning cannot pay
+    for itself). The probe's wider calls then get at most :data:`PROBE_SHARE` of the budget.
+    Candidates are priced most promising first (their typical calls, :data:`_GUESS`,
+    rescaled by those priced, at their width's latency), and one is not priced (counted in
+    ``excluded``) when a lower bound on its time from the cost model alone, raised by its
+    error band, is not below serial's, or is not below the best predicted so far; when its
+    typical time is more than :data:`GUESS_SLACK` above the best; or when its proxy run,
+    priced before it starts, would pass the budget. A proxy run stops as soon as its calls
+    so far cost more than the best predicted time. A run of fewer than
+    :data:`MIN_PLAN_STEPS` steps gets serial after one timed call. ``exhaustive=True``
+    prices every candidate (benchmarks); with a given ``cost`` the budget is unlimited
+    unless ``budget`` is given.
+
+    Plans made once. Every plan is kept for the process under what it depends on (network,
+    sample shape, batch, dtype, device, conditioning, grid, ``num_steps``, ``tol``, ``eta``,
+    solver, ``max_batch``, ranks, ``cost``, ``samplers``, ``budget``); ``reuse=True`` (what
+    ``sample(sampler="auto")`` passes) returns the kept plan for an identical request, its
+    choice unchanged, with ``reused=True`` and ``planning_s`` the lookup's seconds. A run
+    recorded by :func:`record_run` refines only plans made afterwards (``reuse=False``, or
+    ``sample(..., replan=True)``), which may choose differently: a user re-running a seed
+    with ``sample(sampler="auto")`` gets the same sample bit for bit.
+    """
+    t_start = time.perf_counter()
+    N = check_num_steps(num_steps, schedule.max_steps)
+    _check_options(samplers, runners, max_batch, gather_s, budget, exhaustive, reuse, cost)
+    devices = _world_size(executor)
+    req = _Request(denoiser, schedule, x, N, tol, eta, solver, runners, devices,
+                   gather_s if devices > 1 else 0.0)
+    plan_key = (req.mkey, x.shape[0], req.skey, N, tol, eta, solver, max_batch,
+                tuple(samplers), devices, gather_s, cost, budget, exhaustive)
+    if reuse:
+        hit = _PLANS.get(plan_key)
+        if hit is not None and hit[0]() is _network(denoiser):
+            return replace(hit[1], planning_s=time.perf_counter() - t_start, reused=True)
+    configs, excluded = _configs(N, tuple(samplers), req.grid, devices, req.per_step,
+                                 max_batch)
     measured = cost is None
-    share = (PLAN_BUDGET if measured else math.inf) if budget is None else budget
-    if exhaustive:
-        share = math.inf
-    key = (mkey, skey, N, tol, eta, solver)
+    share = math.inf if exhaustive else (
+        (PLAN_BUDGET if measured else math.inf) if budget is None else budget)
 
     def finish(candidates: list[Candidate], choice: Candidate, reason: str,
                cost: CostModel) -> SamplingPlan:
@@ -714,134 +955,79 @@ def plan_sampling(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
             choice = candidates[index]
         else:
             excluded_ = excluded
-        plan = SamplingPlan(candidates, choice, reason, cost, excluded_, key=key,
+        plan = SamplingPlan(candidates, choice, reason, cost, excluded_, key=req.key,
                             planning_s=time.perf_counter() - t_start)
         _PLANS[plan_key] = (_ref(_network(denoiser)), plan)
         return plan
 
+    timer = _Timer(denoiser, schedule, x, N) if measured else None
     if measured and N < MIN_PLAN_STEPS and not exhaustive:
-        lat = _one_call(denoiser, schedule, x, N)
-        cost = CostModel((per_step,), (lat,), "probe")
-        serial = Candidate("serial", {}, N, per_step, N * per_step, N * lat, "exact", 0.0)
+        lat = timer(1)
+        serial = Candidate("serial", {}, N, req.per_step, N * req.per_step, N * lat, "exact",
+                           0.0)
         excluded.append(f"every parallel candidate: a run of {N} < {MIN_PLAN_STEPS} steps is "
                         "too short for planning to pay")
         return finish([serial], serial, f"{N} steps: too short for planning to pay "
-                      f"(under {MIN_PLAN_STEPS}); serial without a probe", cost)
-
-    widest_steps = max([1] + [_steps_per_call(o) for _, o in configs])
+                      f"(under {MIN_PLAN_STEPS}); serial without a probe",
+                      CostModel((req.per_step,), (lat,), "probe"))
     if measured:
-        cost = measure_call_cost(denoiser, schedule, x, N, budget=min(0.15, share / 2),
-                                 max_rows=math.ceil(widest_steps / devices) * per_step)
-    _, serial_engine = _proxy_trace(schedule, grid, skey, x, "serial", {}, None, eta, solver)
-    if cost.engine_s is not None:
-        serial_engine = cost.engine_s
-    serial_s = N * (cost(per_step) + serial_engine)
-    serial = Candidate("serial", {}, N, per_step, N * per_step, serial_s, "exact", 0.0,
-                       serial_engine)
-    deadline = t_start + share * serial_s
-
-    # lower bounds from the cost model alone: per call, and per step, over widths <= n steps
-    gather = gather_s if devices > 1 else 0.0
-    call_min, step_min = [math.inf], [math.inf]
-    for n in range(1, widest_steps + 1):
-        c = cost(math.ceil(n / devices) * per_step) + gather
-        call_min.append(min(call_min[-1], c))
-        step_min.append(min(step_min[-1], c / n))
-
-    def bound(s: str, o: dict) -> float:
-        w = _steps_per_call(o)
-        return max(_calls_bound(s, o, N) * call_min[w], N * step_min[w])
-
-    parallel: list[Candidate] = []
-    skipped = {"bound_serial": 0, "bound_best": 0, "budget": 0}
-    def guess(s: str, o: dict) -> float:
-        return _calls_guess(s, o, N) * (cost(math.ceil(_steps_per_call(o) / devices) * per_step)
-                                        + gather)
-
-    for s, o in sorted(configs, key=lambda c: guess(*c)):
-        okey = tuple(sorted(o.items()))
-        rec = _RECORDS.get((mkey, skey, N, tol, eta, solver, s, okey))
-        rec = rec if rec is not None and rec[0]() is _network(denoiser) else None
-        if not exhaustive:
-            lb = bound(s, o)
-            if lb * (1 + (RECORDED_ERROR if rec else PROXY_ERROR)) >= serial_s:
-                skipped["bound_serial"] += 1
-                continue
-            if parallel and lb >= min(c.predicted_s for c in parallel):
-                skipped["bound_best"] += 1
-                continue
-            if parallel and time.perf_counter() > deadline:  # (the most promising is priced)
-                skipped["budget"] += 1
-                continue
-        steps, engine = _proxy_trace(schedule, grid, skey, x, s, o, tol, eta, solver)
-        if cost.engine_s is not None:
-            engine = cost.engine_s
-        rows = [math.ceil(n / devices) * per_step for n in steps]
-        calls, estimate, error = len(rows), "proxy", PROXY_ERROR
-        if rec is not None:
-            calls, estimate, error = rec[1], "recorded run", RECORDED_ERROR
-        scale = calls / max(1, len(rows))
-        t = scale * sum(cost(r) + engine + gather for r in rows)
-        parallel.append(Candidate(s, o, calls, max(rows), round(scale * sum(rows)), t,
-                                  estimate, error, engine))
-    for what, n in skipped.items():
-        if n:
-            excluded.append(f"{n} candidates not priced: " + {
-                "bound_serial": "a lower bound on their time (from the cost model alone), "
-                                "raised by its error band, is not below serial's",
-                "bound_best": "a lower bound on their time is not below the best predicted",
-                "budget": f"the planning budget ({share:.0%} of serial's time) was spent"}[what])
-    parallel.sort(key=lambda c: c.predicted_s)
-    candidates = [serial] + parallel
-    if not parallel:
-        if not configs:
-            reason = ("no parallel candidate fits" + (
-                f" max_batch={max_batch} (a window of two steps needs {2 * per_step} rows)"
-                if max_batch is not None else "") + ": serial")
-        else:
-            reason = ("no parallel candidate can be faster than serial by more than its error "
-                      "band (lower bounds from the measured cost model): serial")
-        choice = serial
-    else:
-        best = parallel[0]
-        edge = best.predicted_s * (1 + best.error)
-        if edge < serial.predicted_s:
-            choice = best
-            reason = (f"predicted {serial.predicted_s / best.predicted_s:.2f}x faster than "
-                      f"serial, {serial.predicted_s / edge:.2f}x at the edge of its error band")
-        else:
-            choice = serial
-            reason = (f"no parallel candidate is predicted faster than serial by more than its "
-                      f"error band (best: {best.label}, {serial.predicted_s / best.predicted_s:.2f}x)")
-    return finish(candidates, choice, reason,
-                  cost if cost.engine_s is not None else replace(cost, engine_s=serial_engine))
+        cost, cut = _measure(req, timer, configs, share, t_start)
+        if cut is not None:
+            serial = _serial(req, cost)
+            excluded.append(f"every parallel candidate: {cut}")
+            return finish([serial], serial, f"planning cannot pay for itself ({cut}); serial "
+                          "after one step's latency", replace(cost, engine_s=serial.engine_s))
+    serial = _serial(req, cost)
+    parallel, skipped = _price(req, configs, serial, cost, t_start + share * serial.predicted_s,
+                               exhaustive)
+    excluded += [f"{n} candidates not priced: " + _SKIPPED[why].format(share=share)
+                 for why, n in skipped.items() if n]
+    choice, reason = _choose(serial, parallel, configs, max_batch)
+    return finish([serial, *parallel], choice, reason,
+                  cost if cost.engine_s is not None else replace(cost, engine_s=serial.engine_s))
 
 
-def check_plan(plan: SamplingPlan, model: Model, schedule: Schedule, x_T: Tensor,
-               num_steps: int, *, tol: float | None = None, eta: float = 0.0,
-               solver: str | None = None, **model_options: Any) -> None:
-    """Check that ``plan`` was made by :func:`plan_sampling` for a run like this one: the
-    same model, sample shape, batch, dtype, device, conditioning, grid (schedule, solver,
-    steps), tolerance and ``eta``. A plan made for another run predicts that run, and the
-    calls :func:`record_run` stores after this one would be filed under it.
-
-    Raises:
-        TypeError: ``plan`` is not a :class:`SamplingPlan`.
-        ValueError: naming ``plan`` and each thing that differs.
-    """
+def _measure(req: _Request, timer: _Timer, configs: list[tuple[str, dict]], share: float,
+             t_start: float) -> tuple[CostModel, str | None]:
+    """The device's cost curve for a plan: one step's latency, serial's proxy steps, then
+    (if the cheapest proxy run fits the budget at all) the probe's wider calls within
+    :data:`PROBE_SHARE` of the budget. Returns the curve and, when planning cannot pay for
+    itself, why (the curve is then one step's latency)."""
+    key = _model_key(req.denoiser, req.x)
+    hit = _PROBES.get(key)
+    widest = max([1] + [_steps_per_call(o) for _, o in configs])
+    max_rows = req.rows(widest)
+    if hit is not None and hit[0]() is _network(req.denoiser) and hit[1].rows[-1] >= max_rows:
+        return hit[1], None
+    first = timer.warm()
+    one = CostModel((req.per_step,), (first,), "probe")
+    serial = _serial(req, one)
+    allowed = share * serial.predicted_s
+    cheapest = min((req.proxy_cost(s, o) for s, o in configs), default=math.inf)
+    spent = time.perf_counter() - t_start
+    if configs and spent + cheapest > allowed:
+        return one, (f"{spent:.3g} s spent and a proxy run of ~{cheapest:.3g} s would pass "
+                     f"the planning budget, {share:.0%} of serial's predicted "
+                     f"{serial.predicted_s:.3g} s")
+    limit = min(timer.spent + PROBE_SHARE * allowed, allowed - cheapest - spent + timer.spent)
+    cost = probe(req.denoiser, req.schedule, req.x, req.N, max_rows=max_rows,
+                 budget=limit / (req.N * first), timer=timer, first=first)
+    return cost, None
+def check_plan_made(plan: object) -> None:
+    """``plan`` must be a :class:`SamplingPlan` made by the planner (holding its run's key)."""
     if not isinstance(plan, SamplingPlan):
         raise TypeError(f"plan must be a SamplingPlan (from plan_sampling), got "
                         f"{type(plan).__name__}")
     if not plan.key:
         raise ValueError("plan holds no key of the run it was made for: make it with "
                          "plan_sampling(...)")
-    x = check_x(x_T, model)
-    N = check_num_steps(num_steps, schedule.max_steps)
-    if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
-        raise TypeError(f"schedule must be a VPSchedule or SigmaSchedule, got "
-                        f"{type(schedule).__name__}")
-    denoiser = denoiser_for(model, schedule, model_options)
-    per_step = x.shape[0] * (2 if denoiser.guidance_scale is not None else 1)
+
+
+def check_plan_matches(plan: SamplingPlan, denoiser: Denoiser, schedule: Schedule, x: Tensor,
+                       N: int, tol: float | None, eta: float, solver: str | None) -> None:
+    """``plan`` must have been made for this run (the checked, public form:
+    :func:`~adapters.diffusion.auto.check_plan`); a ``ValueError`` naming each thing that
+    differs otherwise."""
     mkey, skey, n, made_tol, made_eta, _ = plan.key
     now = _model_key(denoiser, x)
     diffs = []
@@ -855,7 +1041,7 @@ def check_plan(plan: SamplingPlan, model: Model, schedule: Schedule, x_T: Tensor
     for name, i in (("sample shape", 1), ("dtype", 2), ("device", 3), ("conditioning", 4),
                     ("guidance", 5)):
         differ(name, mkey[i], now[i])
-    differ("rows per step (batch x guidance)", plan.serial.max_rows, per_step)
+    differ("rows per step (batch x guidance)", plan.serial.max_rows, rows_per_step(denoiser, x))
     differ("num_steps", n, N)
     if n == N:  # (another N is another grid)
         here = _schedule_key(schedule, SamplingGrid.build(schedule, N, solver, eta))
@@ -906,6 +1092,7 @@ def clear_caches() -> None:
     _PLANS.clear()
 
 
-__all__ = ["CostModel", "Candidate", "SamplingPlan", "measure_call_cost", "plan_sampling",
-           "check_plan", "record_run", "clear_caches", "PROXY_ERROR", "RECORDED_ERROR",
-           "PLAN_BUDGET", "MIN_PLAN_STEPS"]
+__all__ = ["CostModel", "Candidate", "SamplingPlan", "probe", "make_plan", "proxy_trace",
+           "check_plan_made", "check_plan_matches", "record_run", "clear_caches",
+           "rows_per_step", "PROXY_ERROR", "RECORDED_ERROR", "PLAN_BUDGET", "PROBE_SHARE",
+           "GUESS_SLACK", "MIN_PLAN_STEPS", "PARALLEL"]
