@@ -8,6 +8,10 @@ fine propagator ``F`` (each over one block ``[T_i, T_{i+1}]``):
   that is not yet exact (``i >= k - 1``), then the sequential correction
   ``U^k_{i+1} = G(U^k_i) + F(U^{k-1}_i) - G(U^{k-1}_i)``.
 
+With ``correction="learned"`` (:mod:`pint.learned`) a model ``M`` of ``F - G``, fitted on
+every pair ``(U^j_i, F(U^j_i) - G(U^j_i))`` of the fine solves so far (``j < k``), adds
+``M(U^k_i) - M(U^{k-1}_i)`` to that correction.
+
 After ``k`` iterations ``U^k_0 .. U^k_k`` equal the serial fine solution (exactness), so
 ``k = B`` reproduces :func:`serial`. The loop stops early when every boundary moved by at
 most ``tol + rtol * |U^k_i|`` (max-abs norms) in one iteration.
@@ -24,6 +28,7 @@ from torch import Tensor
 
 from ._checks import check_bool, check_callback, check_int, check_number
 from .grid import make_partition
+from .learned import LearnedCorrection, Learner, resolve_correction
 from .pipeline import pipelined_parareal
 from .problem import ODEProblem
 from .propagators.base import FixedStepPropagator, Propagator
@@ -59,6 +64,7 @@ def parareal(
     stopping: StoppingRule | None = None,
     executor: object | None = None,
     initial: Tensor | None = None,
+    correction: str | LearnedCorrection = "classic",
 ) -> Result:
     """Solve ``problem`` with Parareal.
 
@@ -101,6 +107,14 @@ def parareal(
             values ``G(U^0_i)`` are then one batched call instead of ``B`` sequential
             ones. ``initial[0]`` is replaced by ``y0``; exactness after ``k`` iterations
             holds as without it.
+        correction: ``"classic"`` (default) the update above; ``"learned"`` or a
+            :class:`~pint.LearnedCorrection` (its options) adds a model of ``F - G``
+            learned from the fine solves so far (:mod:`pint.learned`), falling back to the
+            classic update in iterations where the model predicted worse. Exactness after
+            ``k`` iterations holds as with the classic update. Sweep schedule only
+            (``ValueError`` with ``pipelined=True`` or an ``executor``); the fits and model
+            evaluations are counted in ``stats`` (``fits``, ``model_evals``, ``fit_depth``,
+            included in ``depth``).
 
     Returns:
         A :class:`Result`; ``result.stats.depth`` for the sweep schedule with ``K``
@@ -132,6 +146,11 @@ def parareal(
     elif not callable(stopping):
         raise TypeError(f"stopping must be callable, got {type(stopping).__name__}")
     check_callback(callback)
+    learned = resolve_correction(correction)
+    if learned is not None and (pipelined or executor is not None):
+        raise ValueError("correction='learned' runs with the sweep schedule only: it fits its "
+                         "model on every block's fine solve before the sequential correction; "
+                         "use pipelined=False and executor=None, or correction='classic'")
     if initial is not None:
         expected = (B + 1, *problem.y0.shape)
         if not isinstance(initial, Tensor) or tuple(initial.shape) != expected:
@@ -177,6 +196,7 @@ def parareal(
         U[1:] = initial[1:]
         G_old = list(run(coarse, U[:B], t0, t1, "coarse").unbind(0))
     run.check_finite(U[1:], 0, first_block=0, what="coarse sweep")
+    learner = None if learned is None else Learner(learned, B, problem.y0, run.stats)
     if callback is not None:
         callback(IterationInfo(0, U, math.nan, 0, run.stats))
 
@@ -188,15 +208,20 @@ def parareal(
         a = k - 1  # blocks a..B-1 start from a state that is not yet exact
         F = run(fine, U[a:B], t0[a:B], t1[a:B], "fine")
         run.check_finite(F, k, first_block=a, what="fine solve")
+        if learner is not None:  # learns from this iteration's fine solves only
+            learner.observe(k, a, U[a:B], F - torch.stack(G_old[a:B]))
         U_new = U.clone()
         y = F[0]
         U_new[k] = y
         for i in range(k, B):
             g = run(coarse, y.unsqueeze(0), t0[i : i + 1], t1[i : i + 1], "coarse")[0]
-            y = g + F[i - a] - G_old[i]
+            step = None if learner is None else learner.delta(y, U[i])  # M(U^k_i) - M(U^{k-1}_i)
+            y = g + F[i - a] - G_old[i] + (0 if step is None else step)
             G_old[i] = g
             U_new[i + 1] = y
         run.check_finite(U_new[k:], k, first_block=k - 1, what="coarse correction")
+        if learner is not None:  # the model's view of this change, checked next iteration
+            learner.record(k, U_new[k:B], U[k:B])
         index = torch.arange(k, B + 1, device=U.device)
         change, passed = stopping(U_new[k:].detach(), U[k:].detach(), index)
         U = U_new

@@ -25,6 +25,11 @@ class Stats:
             as a single one (a GPU below saturation). For adaptive solvers a step is one
             ``f`` call.
         rows: block rows handed to propagators, summed over calls (memory/width proxy).
+        fits: fits of a learned correction's model (``correction="learned"``, one per
+            iteration).
+        model_evals: evaluations of that model, counted per block row.
+        fit_depth: the part of ``depth`` the learned correction adds: one step per fit and
+            one per model evaluation in the sequential correction.
     """
 
     coarse_steps: int = 0
@@ -33,6 +38,9 @@ class Stats:
     f_evals: int = 0
     depth: int = 0
     rows: int = 0
+    fits: int = 0
+    model_evals: int = 0
+    fit_depth: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain ``dict`` of ints (for JSON reports)."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from ._case import Case
 from .ode import brusselator, dahlquist, fitzhugh_nagumo, kepler, lorenz, lotka_volterra, rossler, van_der_pol
 from .pde import allen_cahn, burgers, heat
+from .pde2d import brusselator_2d
 
 BUILDERS: dict[str, Callable[..., Case]] = {
     "dahlquist": dahlquist,
@@ -32,6 +33,7 @@ BUILDERS: dict[str, Callable[..., Case]] = {
     "heat": heat,
     "burgers": burgers,
     "allen_cahn": allen_cahn,
+    "brusselator_2d": brusselator_2d,
 }
 
 

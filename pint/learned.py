@@ -1,0 +1,346 @@
+"""A learned Parareal correction: a cheap model of the coarse-fine discrepancy ``F(U) - G(U)``
+fitted online from the fine solves Parareal already makes (GParareal, nnGParareal,
+RandNet-Parareal; see ``docs/learned_correction.md``).
+
+Every Parareal iteration ``k`` yields one pair per fine-solved block: the start state
+``U^{k-1}_i`` and its discrepancy ``D^{k-1}_i = F(U^{k-1}_i) - G(U^{k-1}_i)``. A model ``M``
+fitted on all pairs seen so far enters the sequential correction as
+
+    U^k_{i+1} = G(U^k_i) + D^{k-1}_i + M(U^k_i) - M(U^{k-1}_i),
+
+i.e. the classic correction plus the model's estimate of how the discrepancy changed
+between the old and the new start state (a model that interpolates its data gives exactly
+GParareal's ``G(U^k_i) + M(U^k_i)``; a constant model gives classic Parareal). Exactness is
+untouched: block ``k``'s boundary is still the fine solve from an exact state.
+
+The models (``LearnedCorrection.model``), all closed-form least squares on flattened states:
+
+* ``"nearest"`` (default): a linear model of the discrepancy fitted on the ``neighbours``
+  pairs nearest to the old state ``U^{k-1}_i`` (a local secant estimate of the Jacobian of
+  ``F - G``, as nnGParareal's local GP but linear);
+* ``"linear"``: one linear model on every pair (exact once it has seen enough pairs of a
+  linear system);
+* ``"random_features"``: ``tanh`` random features of a low-dimensional projection of the
+  state plus that projection, output weights by ridge least squares (RandNet-Parareal);
+* ``"gp"``: the posterior mean of a Gaussian process with a squared-exponential kernel
+  (GParareal), length scale the median pairwise distance.
+
+Memory stays bounded for large states: at most ``max_pairs`` pairs are kept (the newest),
+inputs of the nonlinear models are projected onto at most ``rank`` principal directions of
+the data, and a fitted model holds ``O((max_pairs + rank) * state size)`` numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._checks import check_bool, check_int, check_number
+from .result import Stats
+
+__all__ = ["LearnedCorrection", "Learner", "resolve_correction", "MODELS"]
+
+#: the model kinds ``LearnedCorrection.model`` accepts
+MODELS = ("nearest", "linear", "random_features", "gp")
+
+
+@dataclass(frozen=True)
+class LearnedCorrection:
+    """Options of ``pint.parareal(..., correction=LearnedCorrection(...))``;
+    ``correction="learned"`` means ``LearnedCorrection()``.
+
+    Attributes:
+        model: ``"nearest"``, ``"linear"``, ``"random_features"`` or ``"gp"`` (see
+            :mod:`pint.learned`).
+        neighbours: pairs in the local model of ``"nearest"`` (>= 2).
+        features: random features of ``"random_features"`` (>= 1).
+        rank: at most this many principal directions of the data are the inputs of the
+            nonlinear models (``"random_features"``, ``"gp"``) (>= 1).
+        max_pairs: at most this many (state, discrepancy) pairs are kept, the newest
+            (>= 2); ``None``: ``4 * num_blocks``.
+        ridge: Tikhonov regularisation relative to the largest squared singular value (or
+            kernel eigenvalue) of the data (>= 0).
+        warmup: classic iterations before the learned update may be used (>= 0).
+        fallback: use the model in an iteration only when it predicted the change of the
+            discrepancy with at most ``accept`` times the error of the classic update
+            (which predicts no change): judged on the newest fine solves against the
+            model's prediction from the iteration before (which had not seen them), or, in
+            the first iteration, leaving each pair out of the fit in turn. ``False`` always
+            uses the model after ``warmup``.
+        accept: the error ratio the check must beat (> 0).
+        seed: seed of the random features (a private generator; the global RNG is untouched).
+    """
+
+    model: str = "nearest"
+    neighbours: int = 6
+    features: int = 64
+    rank: int = 16
+    max_pairs: int | None = None
+    ridge: float = 1e-12
+    warmup: int = 0
+    accept: float = 0.5
+    fallback: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str):
+            raise TypeError(f"LearnedCorrection.model must be a str, one of {MODELS}; got "
+                            f"{type(self.model).__name__}")
+        if self.model not in MODELS:
+            raise ValueError(f"LearnedCorrection.model must be one of {MODELS}, got {self.model!r}")
+        check_int("LearnedCorrection.neighbours", self.neighbours, 2)
+        check_int("LearnedCorrection.features", self.features, 1)
+        check_int("LearnedCorrection.rank", self.rank, 1)
+        if self.max_pairs is not None:
+            check_int("LearnedCorrection.max_pairs", self.max_pairs, 2)
+        check_number("LearnedCorrection.ridge", self.ridge, positive=False)
+        check_int("LearnedCorrection.warmup", self.warmup, 0)
+        check_bool("LearnedCorrection.fallback", self.fallback)
+        check_number("LearnedCorrection.accept", self.accept, positive=True)
+        check_int("LearnedCorrection.seed", self.seed, 0)
+
+
+def resolve_correction(correction: object) -> LearnedCorrection | None:
+    """``None`` for the classic update, the options for a learned one.
+
+    Raises:
+        ValueError: an unknown string.
+        TypeError: neither a string nor a :class:`LearnedCorrection`.
+    """
+    if isinstance(correction, LearnedCorrection):
+        return correction
+    if isinstance(correction, str):
+        if correction == "classic":
+            return None
+        if correction == "learned":
+            return LearnedCorrection()
+        raise ValueError(f"correction must be 'classic', 'learned' or a "
+                         f"pint.LearnedCorrection, got {correction!r}")
+    raise TypeError(f"correction must be 'classic', 'learned' or a pint.LearnedCorrection, "
+                    f"got {type(correction).__name__}")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _ridge_pinv(A: Tensor, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of ``A [n, m]`` with filtered inverse singular values: ``(U [n, r], w [r],
+    Vh [r, m])`` so that ``Vh.T diag(w) U.T`` is the ridge pseudo-inverse of ``A``."""
+    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return U[:, :0], s[:0], Vh[:0]
+    eps = torch.finfo(A.dtype).eps * max(A.shape)
+    keep = s > eps * s[0]
+    U, s, Vh = U[:, keep], s[keep], Vh[keep]
+    return U, s / (s * s + ridge * s[0] * s[0]), Vh
+
+
+class _Linear:
+    """``M(x) = ybar + (x - xbar) A`` with ``A`` the min-norm ridge solution on every pair;
+    stored as ``A = Vh.T C`` (``Vh [r, d]``, ``C [r, d]``, ``r <= pairs``)."""
+
+    def __init__(self, X: Tensor, Y: Tensor, opts: LearnedCorrection) -> None:
+        self.xbar = X.mean(0)
+        U, w, self.Vh = _ridge_pinv(X - self.xbar, opts.ridge)
+        self.C = (w[:, None] * U.T) @ (Y - Y.mean(0))
+
+    def delta(self, new: Tensor, old: Tensor) -> Tensor:
+        """``M(new) - M(old)`` for rows ``[n, d]``."""
+        return ((new - old) @ self.Vh.T) @ self.C
+
+
+class _Nearest:
+    """Per query row: a linear model on the ``neighbours`` pairs nearest to ``old`` (its
+    secant Jacobian of the discrepancy), applied to ``new - old``."""
+
+    def __init__(self, X: Tensor, Y: Tensor, opts: LearnedCorrection) -> None:
+        self.X, self.Y, self.opts = X, Y, opts
+
+    def delta(self, new: Tensor, old: Tensor) -> Tensor:
+        m = min(self.opts.neighbours, self.X.shape[0])
+        idx = torch.cdist(old, self.X).topk(m, largest=False).indices  # [n, m]
+        out = []
+        for j in range(old.shape[0]):  # one small least-squares fit per block
+            Xn, Yn = self.X[idx[j]], self.Y[idx[j]]
+            local = _Linear.__new__(_Linear)
+            local.xbar = Xn.mean(0)
+            U, w, local.Vh = _ridge_pinv(Xn - local.xbar, self.opts.ridge)
+            local.C = (w[:, None] * U.T) @ (Yn - Yn.mean(0))
+            out.append(local.delta(new[j : j + 1], old[j : j + 1]))
+        return torch.cat(out)
+
+
+class _Projected:
+    """Inputs projected onto at most ``rank`` principal directions of the data, scaled to
+    unit spread: ``z(x) = (x - xbar) P [r]``."""
+
+    def _project(self, X: Tensor, opts: LearnedCorrection) -> Tensor:
+        self.xbar = X.mean(0)
+        _, s, Vh = torch.linalg.svd(X - self.xbar, full_matrices=False)
+        r = min(opts.rank, int((s > torch.finfo(X.dtype).eps * max(X.shape) * s[0]).sum()) or 1)
+        scale = (s[:r].square().sum() / X.shape[0]).sqrt().clamp_min(torch.finfo(X.dtype).tiny)
+        self.P = Vh[:r].T / scale  # [d, r]
+        return self.z(X)
+
+    def z(self, x: Tensor) -> Tensor:
+        return (x - self.xbar) @ self.P
+
+
+class _RandomFeatures(_Projected):
+    """``M(x) = [tanh(z W + b), z, 1] beta`` (RandNet-Parareal's random network with a
+    linear skip), ``beta`` by ridge least squares."""
+
+    def __init__(self, X: Tensor, Y: Tensor, opts: LearnedCorrection) -> None:
+        Z = self._project(X, opts)
+        g = torch.Generator(device="cpu").manual_seed(opts.seed)
+        r = Z.shape[1]
+        self.W = torch.randn(r, opts.features, generator=g, dtype=torch.float64).to(Z) / math.sqrt(r)
+        self.b = (torch.rand(opts.features, generator=g, dtype=torch.float64).to(Z) - 0.5) * 2
+        U, w, Vh = _ridge_pinv(self.phi(Z), opts.ridge)
+        self.beta = Vh.T @ ((w[:, None] * U.T) @ Y)  # [features + r + 1, d]
+
+    def phi(self, Z: Tensor) -> Tensor:
+        return torch.cat([torch.tanh(Z @ self.W + self.b), Z, torch.ones_like(Z[:, :1])], 1)
+
+    def delta(self, new: Tensor, old: Tensor) -> Tensor:
+        return (self.phi(self.z(new)) - self.phi(self.z(old))) @ self.beta
+
+
+class _GP(_Projected):
+    """The posterior mean ``ybar + k(z, Z) alpha`` of a GP with kernel ``exp(-|z - z'|^2 /
+    (2 l^2))``, ``l`` the median pairwise distance, nugget ``ridge`` (at least round-off)."""
+
+    def __init__(self, X: Tensor, Y: Tensor, opts: LearnedCorrection) -> None:
+        self.Z = self._project(X, opts)
+        d = torch.cdist(self.Z, self.Z)
+        off = d[~torch.eye(d.shape[0], dtype=torch.bool, device=d.device)]
+        self.ell = float(off.median()) if off.numel() and float(off.median()) > 0 else 1.0
+        K = self.k(self.Z)
+        nugget = max(opts.ridge, 100 * torch.finfo(X.dtype).eps) * K.shape[0]
+        self.ybar = Y.mean(0)
+        self.alpha = torch.linalg.solve(K + nugget * torch.eye(K.shape[0]).to(K), Y - self.ybar)
+
+    def k(self, Zq: Tensor) -> Tensor:
+        return torch.exp(-torch.cdist(Zq, self.Z).square() / (2 * self.ell ** 2))
+
+    def delta(self, new: Tensor, old: Tensor) -> Tensor:
+        return (self.k(self.z(new)) - self.k(self.z(old))) @ self.alpha
+
+
+_BUILD = {"nearest": _Nearest, "linear": _Linear, "random_features": _RandomFeatures, "gp": _GP}
+
+
+# --------------------------------------------------------------------------- the learner
+
+
+class Learner:
+    """The online model of ``F - G`` that :func:`pint.parareal` drives, one call per
+    iteration stage (states ``[n, *state]`` in the caller's dtype and device; the fit runs
+    in float64 for float64 states, float32 otherwise).
+
+    * :meth:`observe` (iteration ``k``, after the fine solves): take the new pairs, check
+      the model's last predictions against them (fallback), refit; counts one fit in
+      ``stats`` (``fits``, ``depth`` +1).
+    * :meth:`delta` (in the sequential correction): ``M(new) - M(old)`` for one block, or
+      ``None`` while the classic update is in use; counts a model evaluation (``depth`` +1).
+    * :meth:`record` (after the correction): the model's batched prediction of the change
+      from ``U^{k-1}`` to ``U^k``, kept for the next :meth:`observe`'s check.
+    """
+
+    def __init__(self, opts: LearnedCorrection, num_blocks: int, like: Tensor, stats: Stats) -> None:
+        self.opts, self.stats = opts, stats
+        self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        self.out_dtype, self.device = like.dtype, like.device
+        self.max_pairs = opts.max_pairs if opts.max_pairs is not None else max(4 * num_blocks, 8)
+        self.X: Tensor | None = None  # [pairs, d] kept states (oldest first)
+        self.Y: Tensor | None = None  # [pairs, d] their discrepancies
+        self.model: object | None = None
+        self.D_prev: dict[int, Tensor] = {}  # block -> last discrepancy seen
+        self.predicted: dict[int, Tensor] = {}  # block -> predicted change of its discrepancy
+        self.use_model = False
+        self.iteration = 0
+        self.log: list[dict[str, float | bool | int]] = []
+
+    def _flat(self, x: Tensor) -> Tensor:
+        return x.detach().reshape(x.shape[0], -1).to(self.dtype)
+
+    def observe(self, k: int, first_block: int, states: Tensor, discrepancy: Tensor) -> None:
+        """Pairs of iteration ``k``: ``states[j] = U^{k-1}_{first_block + j}`` and
+        ``discrepancy[j] = F - G`` there. Decides whether iteration ``k``'s correction uses
+        the model, then refits on every pair kept."""
+        X, D = self._flat(states), self._flat(discrepancy)
+        err_model = err_classic = 0.0
+        compared = 0
+        for j in range(X.shape[0]):  # the out-of-sample check of the last prediction
+            i = first_block + j
+            if i in self.predicted and i in self.D_prev:
+                change = D[j] - self.D_prev[i]
+                err_classic += float(change.norm())
+                err_model += float((change - self.predicted[i]).norm())
+                compared += 1
+        for j in range(X.shape[0]):
+            self.D_prev[first_block + j] = D[j]
+        self.X = X if self.X is None else torch.cat([self.X, X])[-self.max_pairs :]
+        self.Y = D if self.Y is None else torch.cat([self.Y, D])[-self.max_pairs :]
+        if compared == 0 and self.opts.fallback and k > self.opts.warmup:
+            err_model, err_classic = self._leave_one_out()
+        if k <= self.opts.warmup:
+            self.use_model = False
+        elif not self.opts.fallback:
+            self.use_model = True
+        else:
+            self.use_model = err_model < self.opts.accept * err_classic
+        self.log.append({"iteration": k, "model_error": err_model, "classic_error": err_classic,
+                         "used_model": self.use_model})
+        self.model = _BUILD[self.opts.model](self.X, self.Y, self.opts)
+        self.iteration = k
+        self.stats.fits += 1
+        self.stats.depth += 1
+        self.stats.fit_depth += 1
+
+    def _leave_one_out(self) -> tuple[float, float]:
+        """The check without a past prediction (first iteration): for each pair ``j`` and
+        its nearest other pair ``l``, the model fitted without ``j`` predicts ``D_j`` from
+        ``D_l`` (``D_l + M(X_j) - M(X_l)``), the classic update predicts ``D_l``; summed
+        errors ``(model, classic)``."""
+        X, Y = self.X, self.Y
+        assert X is not None and Y is not None
+        n = X.shape[0]
+        if n < 3:
+            return math.inf, 0.0
+        dist = torch.cdist(X, X) + torch.diag(torch.full((n,), math.inf, dtype=X.dtype, device=X.device))
+        err_model = err_classic = 0.0
+        for j in range(n):
+            keep = torch.arange(n, device=X.device) != j
+            l = int(dist[j].argmin())
+            change = Y[j] - Y[l]
+            model = _BUILD[self.opts.model](X[keep], Y[keep], self.opts)
+            pred = model.delta(X[j : j + 1], X[l : l + 1])[0]
+            err_classic += float(change.norm())
+            err_model += float((change - pred).norm())
+        return err_model, err_classic
+
+    def delta(self, new: Tensor, old: Tensor) -> Tensor | None:
+        """``M(new) - M(old)`` for one block's start states (``[*state]`` each), or
+        ``None`` when this iteration uses the classic update."""
+        if not self.use_model:
+            return None
+        self.stats.model_evals += 1
+        self.stats.depth += 1
+        self.stats.fit_depth += 1
+        out = self.model.delta(self._flat(new[None]), self._flat(old[None]))  # type: ignore[union-attr]
+        return out.reshape(new.shape).to(self.out_dtype)
+
+    def record(self, first_block: int, new: Tensor, old: Tensor) -> None:
+        """Predicted discrepancy changes of blocks ``first_block..`` from ``old`` to ``new``
+        start states (``[n, *state]``), one batched model call off the critical path."""
+        self.predicted = {}
+        if self.model is None or new.shape[0] == 0:
+            return
+        self.stats.model_evals += new.shape[0]
+        P = self.model.delta(self._flat(new), self._flat(old))  # type: ignore[attr-defined]
+        for j in range(P.shape[0]):
+            self.predicted[first_block + j] = P[j]
