@@ -8,10 +8,12 @@ Public names::
     pint.DormandPrince (adaptive, step size control per block: exact under Parareal)
     pint.Coarsened (a coarse propagator on a coarser spatial grid: restrict / interpolate)
     pint.DistributedExecutor (multi-process Parareal over torch.distributed)
+    pint.LearnedCorrection (options of parareal(correction="learned"), see pint.learned)
 """
 
 from .executors import DistributedError, DistributedExecutor, DistributedStats
 from .grid import TimeResolutionWarning
+from .learned import LearnedCorrection
 from .mgrit import mgrit
 from .odeint import odeint
 from .parareal import NonFiniteStateError, SwappedPropagatorsWarning, parareal, serial
@@ -43,5 +45,5 @@ __all__ = [
     "Euler", "Heun", "RK4", "TorchDiffEq", "SciPy", "DormandPrince", "StepLimitError",
     "BackwardEuler", "ImplicitMidpoint", "SDIRK2", "NewtonConvergenceError", "Coarsened",
     "DistributedExecutor", "DistributedError", "DistributedStats", "TimeResolutionWarning",
-    "SwappedPropagatorsWarning", "mgrit", "odeint",
+    "SwappedPropagatorsWarning", "mgrit", "odeint", "LearnedCorrection",
 ]

@@ -44,7 +44,7 @@ from .result import Stats
 __all__ = ["LearnedCorrection", "Learner", "resolve_correction", "MODELS"]
 
 #: the model kinds ``LearnedCorrection.model`` accepts
-MODELS = ("nearest", "linear", "random_features", "gp")
+MODELS = ("nearest", "linear", "random_features", "gp", "secant", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -142,12 +142,12 @@ class _Linear:
     """``M(x) = ybar + (x - xbar) A`` with ``A`` the min-norm ridge solution on every pair;
     stored as ``A = Vh.T C`` (``Vh [r, d]``, ``C [r, d]``, ``r <= pairs``)."""
 
-    def __init__(self, X: Tensor, Y: Tensor, opts: LearnedCorrection) -> None:
+    def __init__(self, X: Tensor, Y: Tensor, ids: Tensor, opts: LearnedCorrection) -> None:
         self.xbar = X.mean(0)
         U, w, self.Vh = _ridge_pinv(X - self.xbar, opts.ridge)
         self.C = (w[:, None] * U.T) @ (Y - Y.mean(0))
 
-    def delta(self, new: Tensor, old: Tensor) -> Tensor:
+    def delta(self, new: Tensor, old: Tensor, ids: Tensor) -> Tensor:
         """``M(new) - M(old)`` for rows ``[n, d]``."""
         return ((new - old) @ self.Vh.T) @ self.C
 
@@ -156,10 +156,10 @@ class _Nearest:
     """Per query row: a linear model on the ``neighbours`` pairs nearest to ``old`` (its
     secant Jacobian of the discrepancy), applied to ``new - old``."""
 
-    def __init__(self, X: Tensor, Y: Tensor, opts: LearnedCorrection) -> None:
+    def __init__(self, X: Tensor, Y: Tensor, ids: Tensor, opts: LearnedCorrection) -> None:
         self.X, self.Y, self.opts = X, Y, opts
 
-    def delta(self, new: Tensor, old: Tensor) -> Tensor:
+    def delta(self, new: Tensor, old: Tensor, ids: Tensor) -> Tensor:
         m = min(self.opts.neighbours, self.X.shape[0])
         idx = torch.cdist(old, self.X).topk(m, largest=False).indices  # [n, m]
         out = []
@@ -169,7 +169,7 @@ class _Nearest:
             local.xbar = Xn.mean(0)
             U, w, local.Vh = _ridge_pinv(Xn - local.xbar, self.opts.ridge)
             local.C = (w[:, None] * U.T) @ (Yn - Yn.mean(0))
-            out.append(local.delta(new[j : j + 1], old[j : j + 1]))
+            out.append(local.delta(new[j : j + 1], old[j : j + 1], ids))
         return torch.cat(out)
 
 
@@ -193,7 +193,7 @@ class _RandomFeatures(_Projected):
     """``M(x) = [tanh(z W + b), z, 1] beta`` (RandNet-Parareal's random network with a
     linear skip), ``beta`` by ridge least squares."""
 
-    def __init__(self, X: Tensor, Y: Tensor, opts: LearnedCorrection) -> None:
+    def __init__(self, X: Tensor, Y: Tensor, ids: Tensor, opts: LearnedCorrection) -> None:
         Z = self._project(X, opts)
         g = torch.Generator(device="cpu").manual_seed(opts.seed)
         r = Z.shape[1]
@@ -205,7 +205,7 @@ class _RandomFeatures(_Projected):
     def phi(self, Z: Tensor) -> Tensor:
         return torch.cat([torch.tanh(Z @ self.W + self.b), Z, torch.ones_like(Z[:, :1])], 1)
 
-    def delta(self, new: Tensor, old: Tensor) -> Tensor:
+    def delta(self, new: Tensor, old: Tensor, ids: Tensor) -> Tensor:
         return (self.phi(self.z(new)) - self.phi(self.z(old))) @ self.beta
 
 
@@ -213,7 +213,7 @@ class _GP(_Projected):
     """The posterior mean ``ybar + k(z, Z) alpha`` of a GP with kernel ``exp(-|z - z'|^2 /
     (2 l^2))``, ``l`` the median pairwise distance, nugget ``ridge`` (at least round-off)."""
 
-    def __init__(self, X: Tensor, Y: Tensor, opts: LearnedCorrection) -> None:
+    def __init__(self, X: Tensor, Y: Tensor, ids: Tensor, opts: LearnedCorrection) -> None:
         self.Z = self._project(X, opts)
         d = torch.cdist(self.Z, self.Z)
         off = d[~torch.eye(d.shape[0], dtype=torch.bool, device=d.device)]
@@ -226,11 +226,44 @@ class _GP(_Projected):
     def k(self, Zq: Tensor) -> Tensor:
         return torch.exp(-torch.cdist(Zq, self.Z).square() / (2 * self.ell ** 2))
 
-    def delta(self, new: Tensor, old: Tensor) -> Tensor:
+    def delta(self, new: Tensor, old: Tensor, ids: Tensor) -> Tensor:
         return (self.k(self.z(new)) - self.k(self.z(old))) @ self.alpha
 
 
-_BUILD = {"nearest": _Nearest, "linear": _Linear, "random_features": _RandomFeatures, "gp": _GP}
+class _Secant:
+    """Per block: the min-norm linear model of that block's own pairs (a multi-secant
+    estimate of the Jacobian of ``F - G`` along the block's past updates); ``"hybrid"``
+    adds the every-pair linear model for the directions outside that span."""
+
+    def __init__(self, X: Tensor, Y: Tensor, ids: Tensor, opts: LearnedCorrection,
+                 hybrid: bool = False) -> None:
+        self.X, self.Y, self.ids, self.opts = X, Y, ids, opts
+        self.glob = _Linear(X, Y, ids, opts) if hybrid else None
+
+    def delta(self, new: Tensor, old: Tensor, ids: Tensor) -> Tensor:
+        out = []
+        for j in range(new.shape[0]):
+            step = new[j : j + 1] - old[j : j + 1]
+            mine = self.ids == ids[j]
+            res = torch.zeros_like(step)
+            if int(mine.sum()) >= 2:
+                Xn, Yn = self.X[mine], self.Y[mine]
+                xbar = Xn.mean(0)
+                U, w, Vh = _ridge_pinv(Xn - xbar, self.opts.ridge)
+                coef = step @ Vh.T
+                res = (coef * w) @ (U.T @ (Yn - Yn.mean(0)))
+                step = step - coef @ Vh
+            if self.glob is not None:
+                res = res + self.glob.delta(step, torch.zeros_like(step), ids)
+            out.append(res)
+        return torch.cat(out)
+
+
+def _hybrid(X: Tensor, Y: Tensor, ids: Tensor, opts: LearnedCorrection) -> _Secant:
+    return _Secant(X, Y, ids, opts, hybrid=True)
+
+
+_BUILD = {"secant": _Secant, "hybrid": _hybrid, "nearest": _Nearest, "linear": _Linear, "random_features": _RandomFeatures, "gp": _GP}
 
 
 # --------------------------------------------------------------------------- the learner
@@ -252,11 +285,13 @@ class Learner:
 
     def __init__(self, opts: LearnedCorrection, num_blocks: int, like: Tensor, stats: Stats) -> None:
         self.opts, self.stats = opts, stats
-        self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        real = like.real.dtype if like.is_complex() else like.dtype  # complex: (re, im) pairs
+        self.dtype = torch.float64 if real == torch.float64 else torch.float32
         self.out_dtype, self.device = like.dtype, like.device
         self.max_pairs = opts.max_pairs if opts.max_pairs is not None else max(4 * num_blocks, 8)
         self.X: Tensor | None = None  # [pairs, d] kept states (oldest first)
         self.Y: Tensor | None = None  # [pairs, d] their discrepancies
+        self.ids: Tensor | None = None  # [pairs] their blocks
         self.model: object | None = None
         self.D_prev: dict[int, Tensor] = {}  # block -> last discrepancy seen
         self.predicted: dict[int, Tensor] = {}  # block -> predicted change of its discrepancy
@@ -265,7 +300,17 @@ class Learner:
         self.log: list[dict[str, float | bool | int]] = []
 
     def _flat(self, x: Tensor) -> Tensor:
-        return x.detach().reshape(x.shape[0], -1).to(self.dtype)
+        """``[n, *state]`` as ``[n, d]`` rows in the fit's dtype."""
+        x = x.detach()
+        if x.is_complex():
+            x = torch.view_as_real(x.contiguous())
+        return x.reshape(x.shape[0], -1).to(self.dtype)
+
+    def _unflat(self, row: Tensor, like: Tensor) -> Tensor:
+        """One flat row back to ``like``'s shape and dtype."""
+        if like.is_complex():
+            return torch.view_as_complex(row.reshape(*like.shape, 2).contiguous()).to(like.dtype)
+        return row.reshape(like.shape).to(like.dtype)
 
     def observe(self, k: int, first_block: int, states: Tensor, discrepancy: Tensor) -> None:
         """Pairs of iteration ``k``: ``states[j] = U^{k-1}_{first_block + j}`` and
@@ -285,6 +330,8 @@ class Learner:
             self.D_prev[first_block + j] = D[j]
         self.X = X if self.X is None else torch.cat([self.X, X])[-self.max_pairs :]
         self.Y = D if self.Y is None else torch.cat([self.Y, D])[-self.max_pairs :]
+        ids = torch.arange(first_block, first_block + X.shape[0], device=X.device)
+        self.ids = ids if self.ids is None else torch.cat([self.ids, ids])[-self.max_pairs :]
         if compared == 0 and self.opts.fallback and k > self.opts.warmup:
             err_model, err_classic = self._leave_one_out()
         if k <= self.opts.warmup:
@@ -295,7 +342,7 @@ class Learner:
             self.use_model = err_model < self.opts.accept * err_classic
         self.log.append({"iteration": k, "model_error": err_model, "classic_error": err_classic,
                          "used_model": self.use_model})
-        self.model = _BUILD[self.opts.model](self.X, self.Y, self.opts)
+        self.model = _BUILD[self.opts.model](self.X, self.Y, self.ids, self.opts)
         self.iteration = k
         self.stats.fits += 1
         self.stats.depth += 1
@@ -317,13 +364,13 @@ class Learner:
             keep = torch.arange(n, device=X.device) != j
             l = int(dist[j].argmin())
             change = Y[j] - Y[l]
-            model = _BUILD[self.opts.model](X[keep], Y[keep], self.opts)
-            pred = model.delta(X[j : j + 1], X[l : l + 1])[0]
+            model = _BUILD[self.opts.model](X[keep], Y[keep], self.ids[keep], self.opts)
+            pred = model.delta(X[j : j + 1], X[l : l + 1], self.ids[l : l + 1])[0]
             err_classic += float(change.norm())
             err_model += float((change - pred).norm())
         return err_model, err_classic
 
-    def delta(self, new: Tensor, old: Tensor) -> Tensor | None:
+    def delta(self, block: int, new: Tensor, old: Tensor) -> Tensor | None:
         """``M(new) - M(old)`` for one block's start states (``[*state]`` each), or
         ``None`` when this iteration uses the classic update."""
         if not self.use_model:
@@ -331,8 +378,9 @@ class Learner:
         self.stats.model_evals += 1
         self.stats.depth += 1
         self.stats.fit_depth += 1
-        out = self.model.delta(self._flat(new[None]), self._flat(old[None]))  # type: ignore[union-attr]
-        return out.reshape(new.shape).to(self.out_dtype)
+        ids = torch.tensor([block], device=self.device)
+        out = self.model.delta(self._flat(new[None]), self._flat(old[None]), ids)  # type: ignore[union-attr]
+        return self._unflat(out, new)
 
     def record(self, first_block: int, new: Tensor, old: Tensor) -> None:
         """Predicted discrepancy changes of blocks ``first_block..`` from ``old`` to ``new``
@@ -341,6 +389,7 @@ class Learner:
         if self.model is None or new.shape[0] == 0:
             return
         self.stats.model_evals += new.shape[0]
-        P = self.model.delta(self._flat(new), self._flat(old))  # type: ignore[attr-defined]
+        ids = torch.arange(first_block, first_block + new.shape[0], device=self.device)
+        P = self.model.delta(self._flat(new), self._flat(old), ids)  # type: ignore[attr-defined]
         for j in range(P.shape[0]):
             self.predicted[first_block + j] = P[j]

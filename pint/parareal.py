@@ -215,7 +215,7 @@ def parareal(
         U_new[k] = y
         for i in range(k, B):
             g = run(coarse, y.unsqueeze(0), t0[i : i + 1], t1[i : i + 1], "coarse")[0]
-            step = None if learner is None else learner.delta(y, U[i])  # M(U^k_i) - M(U^{k-1}_i)
+            step = None if learner is None else learner.delta(i, y, U[i])  # M(U^k_i) - M(U^{k-1}_i)
             y = g + F[i - a] - G_old[i] + (0 if step is None else step)
             G_old[i] = g
             U_new[i + 1] = y
