@@ -52,6 +52,9 @@ class Denoiser:
         defer_check: with ``check_finite``, keep each call's per-row finiteness on the
             device and raise at the next :meth:`check` instead (no synchronisation per
             call; the samplers check once per iteration or window call and at the end).
+        input_dtype: the dtype the network is given its input in (``None``: the state's);
+            the samplers set it to the network's dtype and keep their state in float32
+            when that is a half precision dtype (:mod:`.precision`).
 
     Attributes:
         calls: model invocations so far. rows: samples evaluated so far (guidance counts 2).
@@ -68,6 +71,7 @@ class Denoiser:
         uncond_kwargs: Mapping[str, Any] | None = None,
         check_finite: bool = True,
         defer_check: bool = False,
+        input_dtype: torch.dtype | None = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable model(x, t), got {type(model).__name__}")
@@ -106,6 +110,7 @@ class Denoiser:
         self.uncond_kwargs = dict(uncond_kwargs or {})
         self.check_finite = check_finite
         self.defer_check = defer_check
+        self.input_dtype = input_dtype
         self._unchecked: list[tuple[Tensor, Tensor, int]] = []  # (row finite [R], t [n], b)
         # keys whose value is the same in both halves (may be shared by every sample)
         self._same = {k for k, v in self.model_kwargs.items()
@@ -118,22 +123,26 @@ class Denoiser:
         """The wrapped model's ``sample_shape`` (``None`` where it fixes none)."""
         return getattr(self.model, "sample_shape", None)
 
-    def bind(self, schedule: Any) -> Denoiser:
+    def bind(self, schedule: Any, input_dtype: torch.dtype | None = None) -> Denoiser:
         """A fresh copy for one sampling run on ``schedule``: its prediction type and
-        clipping where this denoiser leaves them open, counters at zero, and the NaN/Inf
-        check deferred to the sampler's check points."""
+        clipping where this denoiser leaves them open, counters at zero, the NaN/Inf
+        check deferred to the sampler's check points, and the network's ``input_dtype``
+        (where this denoiser leaves it open)."""
         clip = self.clip_sample or bool(getattr(schedule, "clip_sample", False))
         clip_range = self.clip_range if self.clip_sample else float(
             getattr(schedule, "clip_sample_range", 1.0))
         return Denoiser(self.model, self.prediction_type or schedule.prediction_type, clip,
                         clip_range, self.model_kwargs, self.guidance_scale,
                         self.uncond_kwargs if self.guidance_scale is not None else None,
-                        self.check_finite, defer_check=True)
+                        self.check_finite, defer_check=True,
+                        input_dtype=self.input_dtype or input_dtype)
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
         """The (guided) network output for ``x [n, b, *sample]`` at timesteps ``t [n]``."""
         n, b = x.shape[0], x.shape[1]
         xf = x.reshape(n * b, *x.shape[2:])
+        if self.input_dtype is not None:
+            xf = xf.to(self.input_dtype)
         tf = t.to(x.device).repeat_interleave(b)
         kwargs, tiled = _tile("model_kwargs", self.model_kwargs, n, b, self._same)
         if self.guidance_scale is not None:
@@ -155,10 +164,11 @@ class Denoiser:
             self._unchecked.append((finite, t, b))
             if not self.defer_check:
                 self.check()
+        out = out.to(x.dtype)  # the guidance combination in the state's precision
         if self.guidance_scale is not None:
             cond, unc = out.chunk(2)
             out = unc + self.guidance_scale * (cond - unc)
-        return out.to(x.dtype).reshape(x.shape)
+        return out.reshape(x.shape)
 
     def check(self) -> None:
         """Raise :class:`ModelOutputError` for the first model output since the last check

@@ -33,21 +33,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .model import Model
-from .ode import GridStep
-from .progress import check_progress
-from .samplers import (
-    SampleOutput,
+from .inputs import (
     Schedule,
     check_callback,
     check_finite_input,
+    check_initial,
     prepare,
     sample_of,
 )
+from .model import Model
+from .ode import GridStep
+from .output import SampleOutput
+from .precision import WINDOW_TOL, resolve_tol
+from .progress import check_progress
 from .window import (
     Ranks,
     affine_scan,
-    check_initial,
     check_window_tol,
     evaluate,
     finish_stats,
@@ -65,7 +66,9 @@ _COMMON_ARGS = """
         window: steps ``w`` evaluated per model call (``1 <= w <= num_steps``, default
             ``min(32, num_steps)``); the batch of each call is ``w * batch`` samples.
         tol: per-step tolerance (relative to the step's noise scale, see the module doc);
-            ``0`` slides one step per iteration (the serial sampler, batched).
+            ``0`` slides one step per iteration (the serial sampler, batched). Default:
+            ``WINDOW_TOL`` of the network's dtype (1e-3 in float32; a half precision
+            network's own noise level, see :mod:`~adapters.diffusion.precision`).
         max_iters: limit on model calls (default: ``num_steps``, which always suffices).
         callback: ``callback(iteration, window_start, max_error)`` after every iteration.
         initial: a trajectory guess ``[num_steps + 1, *x_T.shape]`` to start from (warm
@@ -104,7 +107,7 @@ def picard_sample(
     x_T: Tensor,
     num_steps: int,
     window: int | None = None,
-    tol: float = 1e-3,
+    tol: float | None = None,
     max_iters: int | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
@@ -134,7 +137,7 @@ def quasi_newton_sample(
     x_T: Tensor,
     num_steps: int,
     window: int | None = None,
-    tol: float = 1e-3,
+    tol: float | None = None,
     max_iters: int | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
@@ -177,6 +180,8 @@ def _window_sample(
         raise TypeError(f"window must be an int, got {type(window).__name__}")
     if not 1 <= window <= N:
         raise ValueError(f"window must be between 1 and num_steps={N}, got {window}")
+    precision = resolve_tol(tol, WINDOW_TOL, denoiser.input_dtype, "WINDOW_TOL")
+    tol = precision.tol
     check_window_tol("tol", tol)
     if max_iters is None:
         max_iters = N
@@ -199,8 +204,9 @@ def _window_sample(
     traj = run.traj
     denoiser.check()
     stats = finish_stats(denoiser, ranks, it, it, traj[N])
-    return SampleOutput(sample_of(grid, traj[N]).clone(), it, a >= N, history, stats, float(tol),
-                        window, trajectory=traj if return_trajectory else None)
+    return SampleOutput(sample_of(grid, traj[N]).to(x_T.dtype, copy=True), it, a >= N, history,
+                        stats, float(tol), window,
+                        trajectory=traj if return_trajectory else None, precision=precision)
 
 
 class _Rebuild:
@@ -227,9 +233,9 @@ class _Rebuild:
             # the guess's increments, anchored at x_T (a neighbouring run's trajectory starts
             # elsewhere; its steps are what carries over)
             self.guide = guide = initial.to(device=dev, dtype=y0.dtype)
-            check_finite_input("initial", guide, y0.dtype)
+            check_finite_input("initial", guide, denoiser.input_dtype)
             traj[1:] = y0 + (guide[1:] - guide[0])
-            check_finite_input("initial", traj, y0.dtype)
+            check_finite_input("initial", traj, denoiser.input_dtype)
         self.ones = torch.ones(window, dtype=torch.float64, device=dev)
         self.secant = _Secant(self.smp(traj), window) if secant else None
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .model import Denoiser
 
 
 def check_progress(progress: object) -> bool:
@@ -25,10 +24,11 @@ def check_progress(progress: object) -> bool:
 
 @contextmanager
 def progress_bar(progress: bool, total: int, desc: str, unit: str = "call",
-                 denoiser: Denoiser | None = None) -> Iterator[Any]:
+                 denoiser: Any = None) -> Iterator[Any]:
     """A tqdm bar of ``total`` (``None`` when ``progress`` is false). With ``denoiser``,
     the bar advances by one on every model call it makes; a count past ``total`` (which
-    an upper bound should never see) raises the total rather than overflowing the bar."""
+    an upper bound should never see) raises the total rather than overflowing the bar.
+    (``denoiser``: a :class:`~adapters.diffusion.Denoiser`, whose ``raw`` is wrapped.)"""
     if not check_progress(progress):
         yield None
         return

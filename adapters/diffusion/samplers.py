@@ -9,8 +9,7 @@ returns a sample whose last iteration moved it by less than ``tol``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,12 +19,23 @@ import pint
 from pint.stopping import FinalStateChange, MaxAbsChange
 
 from .grid import SamplingGrid
+from .inputs import (  # noqa: F401  (check_x, denoiser_for, ... : re-exported, as before)
+    MODEL_OPTIONS,
+    Schedule,
+    check_callback,
+    check_finite_input,
+    check_x,
+    denoiser_for,
+    initial_state,
+    prepare,
+    sample_of,
+)
 from .model import Denoiser, Model
 from .ode import GridStep, block_partition
+from .output import SampleOutput, SamplerStats
+from .precision import SRDS_TOL, resolve_tol
 from .progress import check_progress, progress_bar
-from .schedule import SigmaSchedule, VPSchedule, check_num_steps
-
-Schedule = VPSchedule | SigmaSchedule
+from .schedule import VPSchedule
 
 #: default ``tol`` per state dtype: the max-abs change of the final sample (data in [-1, 1])
 #: in one iteration at which SRDS stops. Parareal converges superlinearly, so the error of
@@ -33,92 +43,11 @@ Schedule = VPSchedule | SigmaSchedule
 #: serial sampler itself (:func:`serial_floor`) is model-dependent: 3e-6 for the bundled
 #: digits model at N = 1000, ~1e-3 for cosine-schedule models whose first step divides by
 #: sqrt(alpha_bar_T); a tol below the floor never triggers, so the default sits above both.
-DEFAULT_TOL = {torch.float64: 1e-6, torch.float32: 2e-3, torch.float16: 2e-2,
-               torch.bfloat16: 5e-2}
+#: (:data:`.precision.SRDS_TOL`, by the network's dtype.)
+DEFAULT_TOL = SRDS_TOL
 
 
 COARSE_ORDERS = {"ddim": 1, "dpm2": 2}
-
-
-@dataclass
-class SamplerStats:
-    """Cost of one sampling run.
-
-    Attributes:
-        model_calls: network invocations (each one batched over blocks and samples).
-        model_rows: samples pushed through the network, summed over calls (classifier-free
-            guidance counts both halves).
-        depth: sequential model calls on the critical path: what wall-clock follows when a
-            batched call costs about as much as a single one.
-        engine: the engine's :class:`pint.Stats`.
-    """
-
-    model_calls: int = 0
-    model_rows: int = 0
-    depth: int = 0
-    engine: pint.Stats = field(default_factory=pint.Stats)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The counters as a plain ``dict`` (``engine`` nested), for JSON reports."""
-        return {"model_calls": self.model_calls, "model_rows": self.model_rows,
-                "depth": self.depth, "engine": self.engine.as_dict()}
-
-
-@dataclass
-class SampleOutput:
-    """What :func:`srds_sample` returns.
-
-    Attributes:
-        sample: the final sample, shape and dtype of ``x_T``.
-        iterations: Parareal iterations done.
-        converged: whether the stopping rule passed (or every block became exact).
-        history: the change measured by the stopping rule in each iteration.
-        stats: :class:`SamplerStats`.
-        tol: the tolerance used (``DEFAULT_TOL`` of the dtype when none was given).
-        num_blocks: blocks of the grid.
-        iterates: with ``return_iterates=True``, the sample after the coarse sweep and
-            after every iteration ``[iterations + 1, *x_T.shape]``; else ``None``.
-        trajectory: window samplers with ``return_trajectory=True``: the state after every
-            step ``[num_steps + 1, *x_T.shape]`` (a warm start for a neighbouring run);
-            else ``None``.
-        boundaries: SRDS: the state at every block edge ``[num_blocks + 1, *x_T.shape]``
-            (also a warm start); else ``None``.
-        plan: ``sample(sampler="auto")``: the
-            :class:`~adapters.diffusion.planner.SamplingPlan` it followed; else ``None``.
-    """
-
-    sample: Tensor
-    iterations: int
-    converged: bool
-    history: list[float]
-    stats: SamplerStats
-    tol: float
-    num_blocks: int
-    iterates: Tensor | None = None
-    trajectory: Tensor | None = None
-    boundaries: Tensor | None = None
-    plan: Any = None
-
-
-def check_x(x_T: object, model: Model) -> Tensor:
-    """``x_T`` checked: a finite floating-point tensor ``[batch, *sample]`` (the model's
-    ``sample_shape`` where it has one); a ``TypeError``/``ValueError`` naming it otherwise."""
-    if not isinstance(x_T, Tensor):
-        raise TypeError(f"x_T must be a torch.Tensor [batch, *sample], got {type(x_T).__name__}")
-    if not x_T.is_floating_point():
-        raise TypeError(f"x_T must be floating point, got {x_T.dtype}")
-    expected = getattr(model, "sample_shape", None)
-    if expected is not None and tuple(x_T.shape[1:]) != tuple(expected):
-        raise ValueError(
-            f"x_T must have shape [batch, {', '.join(map(str, expected))}] for this model, "
-            f"got {tuple(x_T.shape)}"
-        )
-    if x_T.dim() < 2:
-        raise ValueError(f"x_T must be [batch, *sample] (at least 2-D), got {tuple(x_T.shape)}")
-    if x_T.numel() == 0:
-        raise ValueError(f"x_T must hold at least one sample, got shape {tuple(x_T.shape)}")
-    check_finite_input("x_T", x_T)
-    return x_T
 
 
 def _checked(denoiser: Denoiser, solve: Callable[[], pint.Result]) -> pint.Result:
@@ -132,93 +61,6 @@ def _checked(denoiser: Denoiser, solve: Callable[[], pint.Result]) -> pint.Resul
         raise
     denoiser.check()
     return res
-
-
-def initial_state(grid: SamplingGrid, x_T: Tensor) -> Tensor:
-    """The sampler's first state: ``x_T * init_noise_sigma``, with zeroed history slots
-    ``[batch, S, *sample]`` for multistep solvers."""
-    x = x_T if grid.init_noise_sigma == 1.0 else x_T * grid.init_noise_sigma
-    if grid.num_slots == 1:
-        return x
-    return torch.stack([x] + [torch.zeros_like(x)] * (grid.num_slots - 1), 1)
-
-
-def sample_of(grid: SamplingGrid, state: Tensor) -> Tensor:
-    """The sample ``[batch, *sample]`` held by one state (slot 0 of a multistep state)."""
-    return state if grid.num_slots == 1 else state[:, 0]
-
-
-def check_finite_input(name: str, value: Tensor, dtype: torch.dtype | None = None) -> None:
-    """``value`` must hold finite numbers (``dtype``: where it holds them once converted to
-    the run's dtype, which a float32 warm start can overflow in a float16 run)."""
-    if value.is_meta:
-        raise ValueError(f"{name} is a meta tensor, which holds no values; give it on a real "
-                         "device (cpu, cuda, ...)")
-    if not bool(torch.isfinite(value).all()):
-        if dtype is None:
-            raise ValueError(f"{name} must be finite (it contains NaN or Inf)")
-        raise ValueError(f"{name} must be finite in x_T's dtype {dtype}: converted to it and "
-                         "anchored at x_T, its values overflow (Inf or NaN)")
-
-
-#: the keywords that describe the model and its conditioning (see :class:`Denoiser`); every
-#: sampler takes them as ``**model_options``, or wrapped once: ``model = Denoiser(net, ...)``
-MODEL_OPTIONS = ("prediction_type", "model_kwargs", "guidance_scale", "uncond_kwargs",
-                 "check_finite")
-
-
-def denoiser_for(model: Model | Denoiser, schedule: Schedule,
-                 model_options: Mapping[str, Any]) -> Denoiser:
-    """The run's :class:`Denoiser`: ``model`` wrapped with ``model_options``, or a
-    :class:`Denoiser` given as ``model`` bound to ``schedule``."""
-    unknown = sorted(set(model_options) - set(MODEL_OPTIONS))
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {unknown}; the model options are "
-                        f"{', '.join(MODEL_OPTIONS)}")
-    if isinstance(model, Denoiser):
-        if model_options:
-            raise ValueError(f"model is a Denoiser, which holds the model options: pass "
-                             f"{sorted(model_options)} to Denoiser(...), not to the sampler")
-        return model.bind(schedule)
-    return Denoiser(model, **model_options).bind(schedule)
-
-
-def prepare(model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options):
-    """What every sampler starts from, its common arguments checked: ``(N, denoiser, grid,
-    noise, problem)`` with ``noise`` drawn (``[N, *x_T.shape]``) for a stochastic grid and
-    ``problem.y0`` the first state (:func:`initial_state`)."""
-    if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
-        raise TypeError("schedule must be a VPSchedule or SigmaSchedule (see "
-                        f"adapters.diffusers.schedule_from_scheduler), got {type(schedule).__name__}")
-    x_T = check_x(x_T, model)
-    N = check_num_steps(num_steps, schedule.max_steps)
-    if sampler is not None and not isinstance(sampler, str):
-        raise TypeError(f"sampler must be a solver name, got {type(sampler).__name__}")
-    grid = SamplingGrid.build(schedule, N, sampler, eta)
-    denoiser = denoiser_for(model, schedule, model_options)
-    if grid.stochastic:
-        if noise is None:
-            noise = torch.stack([
-                torch.randn(x_T.shape, generator=generator, dtype=x_T.dtype,
-                            device=generator.device if generator is not None else x_T.device)
-                for _ in range(N)
-            ]).to(x_T.device)
-        elif not isinstance(noise, Tensor) or tuple(noise.shape) != (N, *x_T.shape):
-            raise ValueError(f"noise must have shape {(N, *x_T.shape)}, got "
-                             f"{tuple(getattr(noise, 'shape', ())) or type(noise).__name__}")
-        else:
-            check_finite_input("noise", noise)
-    elif noise is not None:
-        raise ValueError(f"noise is given, but the {grid.solver} sampler here is deterministic "
-                         "(eta=0); pass eta > 0, sampler='ddpm' or an ancestral solver")
-    problem = pint.ODEProblem(None, initial_state(grid, x_T), (0.0, float(N)))
-    return N, denoiser, grid, noise, problem
-
-
-def check_callback(callback: object) -> None:
-    """``callback`` is ``None`` or callable (a ``TypeError`` otherwise)."""
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
 
 
 @torch.no_grad()  # sampling never needs the autograd graph
@@ -253,7 +95,7 @@ def serial_sample(
     fine = GridStep(denoiser, grid, fine=True, noise=noise)
     with progress_bar(progress, N, "serial", denoiser=denoiser):
         res = _checked(denoiser, lambda: pint.serial(problem, fine, num_blocks=1))
-    return sample_of(grid, res.y)
+    return sample_of(grid, res.y).to(x_T.dtype)
 
 
 @torch.no_grad()  # sampling never needs the autograd graph
@@ -265,7 +107,7 @@ def srds_sample(
     num_blocks: int | None = None,
     tol: float | None = None,
     max_iters: int | None = None,
-    pipelined: bool = False,
+    pipelined: bool = True,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callable[[pint.IterationInfo], None] | None = None,
@@ -296,9 +138,12 @@ def srds_sample(
             are smallest near ``B = sqrt(k N)``, with ``k ~ 3-4`` iterations; see
             ``benchmarks/bench_partition.py``). Blocks differ in length by at most one step.
         tol: stop once the stopping rule's change is at most ``tol`` (data units; default
-            ``DEFAULT_TOL[x_T.dtype]``, about float round-off of the serial sampler).
+            ``DEFAULT_TOL`` of the network's dtype: about float32 round-off of the serial
+            sampler, or a half precision network's own noise, see :mod:`.precision`).
         max_iters: iteration limit (default ``B``: the serial sample exactly).
-        pipelined: wavefront schedule (same sample, fewer sequential model calls).
+        pipelined: the wavefront schedule (default; the same sample as the sweep with
+            ``pipelined=False``, in fewer sequential model calls: 26-32 against 63-71 for
+            ``N = 50`` on the bundled digits model).
         eta: DDIM noise (``sampler="ddim"``); stochastic samplers draw all per-step noise up
             front from ``generator``, which makes the recursion deterministic.
         generator: for the noise of stochastic samplers.
@@ -360,8 +205,8 @@ def srds_sample(
             raise ValueError(f"partition must be 1-D, got shape {tuple(edges.shape)}")
         if not bool((edges == edges.round()).all()):
             raise ValueError("partition must hold whole grid positions 0 .. num_steps")
-    if tol is None:
-        tol = DEFAULT_TOL.get(x_T.dtype, 1e-3)
+    precision = resolve_tol(tol, SRDS_TOL, denoiser.input_dtype, "DEFAULT_TOL")
+    tol = precision.tol
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol):
         raise TypeError(f"tol must be a finite number, got {tol!r}")
     if tol <= 0 and max_iters is None:
@@ -382,11 +227,11 @@ def srds_sample(
                              f"{(B + 1, *y0.shape)} (block boundaries), got "
                              f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
         check_finite_input("initial", initial)
-        guess = initial.to(device=x_T.device, dtype=x_T.dtype)
+        guess = initial.to(device=x_T.device, dtype=y0.dtype)
         if guess.shape[0] == N + 1:
             guess = guess[edges.round().long().to(guess.device)]
         guess = y0 + (guess - guess[0])
-        check_finite_input("initial", guess, x_T.dtype)
+        check_finite_input("initial", guess, denoiser.input_dtype)
 
     def on_iteration(info: pint.IterationInfo) -> None:
         if return_iterates:
@@ -411,9 +256,10 @@ def srds_sample(
     # on one device every model call waits for the previous one: depth = calls
     depth = res.stats.depth if executor is not None else denoiser.calls
     stats = SamplerStats(denoiser.calls, denoiser.rows, depth, res.stats)
-    return SampleOutput(sample_of(grid, res.y), res.iterations, res.converged, res.history, stats, float(tol),
-                        res.num_blocks, torch.stack(iterates) if return_iterates else None,
-                        boundaries=res.boundaries)
+    return SampleOutput(sample_of(grid, res.y).to(x_T.dtype), res.iterations, res.converged,
+                        res.history, stats, float(tol), res.num_blocks,
+                        torch.stack(iterates) if return_iterates else None,
+                        boundaries=res.boundaries, precision=precision)
 
 
 def srds_max_calls(edges: Tensor, max_iters: int | None, pipelined: bool = False,

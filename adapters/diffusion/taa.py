@@ -89,14 +89,15 @@ from torch import Tensor
 from pint import NonFiniteStateError
 
 from .grid import SamplingGrid
+from .inputs import Schedule, check_callback, check_initial, prepare
 from .model import Model
 from .ode import block_partition
+from .output import SampleOutput
+from .precision import WINDOW_TOL, resolve_tol
 from .progress import check_progress
-from .samplers import SampleOutput, Schedule, check_callback, prepare
 from .window import (
     Ranks,
     affine_scan,
-    check_initial,
     check_window_tol,
     evaluate,
     finish_stats,
@@ -294,7 +295,7 @@ def taa_sample(
     x_T: Tensor,
     num_steps: int,
     window: int | None = None,
-    tol: float = 1e-3,
+    tol: float | None = None,
     max_iters: int | None = None,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
@@ -330,6 +331,7 @@ def taa_sample(
         tol: per-step tolerance relative to the step's noise scale, as
             :func:`~adapters.diffusion.picard_sample`'s: a converged step's change, rebuilt
             from the window's start, is ``<= tol * sigma_j`` (rms; see the module doc).
+            Default: ``WINDOW_TOL`` of the network's dtype, as Picard's.
         max_iters: limit on the window's model calls (default ``num_steps``: always enough).
         callback: ``callback(iteration, window_start_state, worst_normalised_change)``.
         order: steps each equation is unrolled over (ParaTAA: 20 for SD with 50 steps, 100
@@ -376,6 +378,8 @@ def taa_sample(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
     if grid.num_slots != 1:
         raise ValueError(f"taa_sample needs a one-step solver, not {grid.solver!r}")
+    precision = resolve_tol(tol, WINDOW_TOL, denoiser.input_dtype, "WINDOW_TOL")
+    tol = precision.tol
     opt = _Options.checked(N, window, tol, max_iters, order, memory, tikhonov, tol_abs, linear,
                            test, init, preconditioning, num_blocks)
     y0 = problem.y0
@@ -399,10 +403,11 @@ def taa_sample(
     if k <= N:  # states no window call has reached (an initial guess's, max_iters)
         raise NonFiniteStateError(f"non-finite state at step {k} after {it} iterations (window "
                                   f"at step {a})")
-    out = traj.reshape(N + 1, *y0.shape).to(x_T.dtype)
+    out = traj.reshape(N + 1, *y0.shape).to(y0.dtype)
     stats = finish_stats(denoiser, ranks, it, run.setup_calls + it, traj[N])
-    return SampleOutput(out[N].clone(), it, a >= N, history, stats, float(tol), opt.window,
-                        trajectory=out if return_trajectory else None)
+    return SampleOutput(out[N].to(x_T.dtype, copy=True), it, a >= N, history, stats,
+                        float(tol), opt.window, trajectory=out if return_trajectory else None,
+                        precision=precision)
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .output import SamplerStats
 from .progress import progress_bar
-from .samplers import SamplerStats, check_finite_input
 
 
 class WindowCoupling(Protocol):
@@ -128,15 +128,6 @@ def check_window_tol(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
             math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def check_initial(initial: object, N: int, y0: Tensor) -> None:
-    """A warm start ``initial`` has the trajectory's shape ``[N + 1, *y0.shape]`` and finite
-    values."""
-    if not isinstance(initial, Tensor) or tuple(initial.shape) != (N + 1, *y0.shape):
-        raise ValueError(f"initial must have shape {(N + 1, *y0.shape)}, "
-                         f"got {tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
-    check_finite_input("initial", initial)
 
 
 def affine_scan(A: Tensor, B: Tensor) -> Tensor:

@@ -127,7 +127,7 @@ def test_srds_stops_early_within_tolerance():
     m = gmm(dim=16)
     x = torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     ref = serial_sample(m, SCHED, x, 400)
-    out = srds_sample(m, SCHED, x, 400, tol=1e-3)
+    out = srds_sample(m, SCHED, x, 400, tol=1e-3, pipelined=False)
     assert out.converged and out.iterations < out.num_blocks == 20
     assert out.history[-1] <= 1e-3
     # Parareal converges superlinearly here: the error after the last iteration is below
@@ -139,7 +139,7 @@ def test_model_calls_follow_the_sweep_formula():
     m = Counting(gmm())
     N, B, K = 50, 7, 3
     x = torch.randn(2, 8, dtype=torch.float64)
-    out = srds_sample(m, SCHED, x, N, num_blocks=B, tol=0, max_iters=K)
+    out = srds_sample(m, SCHED, x, N, num_blocks=B, tol=0, max_iters=K, pipelined=False)
     lengths = torch.diff(block_partition(N, B)).long().tolist()
     assert sorted(lengths, reverse=True) == lengths and sum(lengths) == N
     # coarse sweep: B calls of 1 block each; iteration k: fine steps of blocks k-1.. (longest
@@ -155,7 +155,7 @@ def test_model_calls_follow_the_sweep_formula():
 def test_exact_prefix_is_not_recomputed():
     m = Counting(gmm())
     x = torch.randn(1, 8, dtype=torch.float64)
-    srds_sample(m, SCHED, x, 36, num_blocks=6, tol=0, max_iters=6)
+    srds_sample(m, SCHED, x, 36, num_blocks=6, tol=0, max_iters=6, pipelined=False)
     # fine batches shrink by one block per iteration: 6, 5, 4, 3, 2, 1 blocks
     fine_sizes = sorted(set(m.batches) - {1}, reverse=True)
     assert fine_sizes == [6, 5, 4, 3, 2]
@@ -230,7 +230,7 @@ def test_conditioning_is_repeated_per_block_and_guidance_is_one_call():
     c = torch.randn(3, 8, dtype=torch.float64)
     u = torch.zeros(3, 8, dtype=torch.float64)
     w = 3.0
-    out = srds_sample(model, SCHED, x, 16, num_blocks=4, tol=0, max_iters=4, model_kwargs={"cond": c},
+    out = srds_sample(model, SCHED, x, 16, num_blocks=4, tol=0, max_iters=4, pipelined=False, model_kwargs={"cond": c},
                       guidance_scale=w, uncond_kwargs={"cond": u})
     # every call carried both halves for every block: rows == 2 * blocks * samples
     assert all(n == k for n, k in model.calls)
@@ -372,7 +372,7 @@ def test_schedules_match_diffusers_formulas():
 def test_pipelined_srds_equals_sweep_and_is_shorter():
     m = Counting(gmm(dim=16))
     x = torch.randn(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    sweep = srds_sample(m, SCHED, x, 400, num_blocks=20, tol=1e-3)
+    sweep = srds_sample(m, SCHED, x, 400, num_blocks=20, tol=1e-3, pipelined=False)
     calls_sweep = len(m.batches)
     pipe = srds_sample(m, SCHED, x, 400, num_blocks=20, tol=1e-3, pipelined=True)
     assert pipe.iterations == sweep.iterations
@@ -396,8 +396,8 @@ def test_second_order_coarse_is_exact_and_needs_fewer_iterations():
     ref = serial_sample(m, SCHED, x, 400)
     exact = srds_sample(m, SCHED, x, 400, num_blocks=8, tol=0, max_iters=8, coarse="dpm2")
     assert torch.allclose(exact.sample, ref, atol=1e-10, rtol=0)
-    d1 = srds_sample(m, SCHED, x, 400, tol=1e-4, coarse="ddim")
-    d2 = srds_sample(m, SCHED, x, 400, tol=1e-4, coarse="dpm2")
+    d1 = srds_sample(m, SCHED, x, 400, tol=1e-4, coarse="ddim", pipelined=False)
+    d2 = srds_sample(m, SCHED, x, 400, tol=1e-4, coarse="dpm2", pipelined=False)
     assert d2.iterations < d1.iterations
     assert (d2.sample - ref).abs().max() < 1e-4
     # each coarse jump costs two sequential model calls
@@ -412,7 +412,8 @@ def test_pipelined_default_blocks_and_serial_floor():
     m = gmm()
     x = torch.randn(3, 8)
     assert srds_sample(m, SCHED, x, 100, pipelined=True).num_blocks == 20
-    assert srds_sample(m, SCHED, x, 100).num_blocks == 10
+    assert srds_sample(m, SCHED, x, 100, pipelined=False).num_blocks == 10
+    assert srds_sample(m, SCHED, x, 100).num_blocks == 20  # pipelined by default
     floor32 = serial_floor(m, SCHED, x, 100)
     floor64 = serial_floor(m, SCHED, x.double(), 100)
     assert 0 <= floor64 < 1e-12 and floor32 < 1e-4
