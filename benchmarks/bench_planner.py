@@ -67,12 +67,14 @@ from adapters.diffusion import (  # noqa: E402
     sample,
     serial_sample,
 )
-from adapters.diffusion.planner import PARALLEL_SAMPLERS  # noqa: E402
+from adapters.diffusion.auto import PARALLEL_SAMPLERS  # noqa: E402
 
 SCHED = VPSchedule.linear(1000)
 
 #: simulated devices: name -> (CostModel of the device's true latency, note)
 SIMULATED = {
+    "flat-128": (CostModel.knee(0.020, 128, 0.020 / 128),
+                 "issue 30's GPU-like device: 20 ms flat to 128 rows, then in proportion"),
     "h100-eager": (CostModel.knee(0.0140, 64, (0.0268 - 0.00796) / 192),
                    "H100 eager fp16, 35.7M UNet: ~14 ms flat to 64 rows (gpu-notes), beyond "
                    "the CUDA-graph slope"),

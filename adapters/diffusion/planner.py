@@ -68,7 +68,7 @@ PARALLEL = ("srds", "picard", "quasi_newton", "taa")
 #: the share of the predicted serial time a first plan may spend measuring the device and
 #: running the proxies, when it measures the device itself (``cost=None``): every step is
 #: priced before it is taken (probe widths, proxy runs), so the plan stays under 10 %
-PLAN_BUDGET = 0.08
+PLAN_BUDGET = 0.09
 #: the probe's share of that budget at most (the proxy runs get the rest)
 PROBE_SHARE = 0.5
 #: runs shorter than this many steps get serial without a probe: the probe's warm-up and a
@@ -254,23 +254,31 @@ class _Timer:
         return min(secs[1:])
 
 
-def _probe_widths(timer: _Timer, first: float, per_step: int, top: int,
-                  limit_s: float) -> CostModel:
+def _probe_widths(timer: _Timer, first: float, per_step: int, top: int, limit_s: float,
+                  at: tuple[int, ...] = ()) -> CostModel:
     """The cost curve from one step's latency ``first`` and wider calls: ``n`` grows 4x
     while the cost stays flat (under 1.25x the previous width's) and 2x once it grows, up
     to ``top`` steps, while the next call, priced before it is made (the last latency,
-    times the growth of ``n`` once the curve grows), keeps the probe under ``limit_s``."""
-    rows, secs, n, flat = [per_step], [first], 1, True
+    times the growth of ``n`` once the curve grows), keeps the probe under ``limit_s``.
+    Where the cost first grows, the steps in ``at`` (the candidates' widths) between the
+    last flat width and that one are timed first, narrowest first: interpolating across a
+    knee would overprice a call just below it."""
+    points, n, flat = {1: first}, 1, True
     while n < top:
         nxt = min(top, n * (4 if flat else 2))
-        guess = secs[-1] * (1.25 if flat else nxt / n)
-        if timer.spent + guess > limit_s:
+        if timer.spent + points[n] * (1.25 if flat else nxt / n) > limit_s:
             break
-        secs.append(timer(nxt))
-        rows.append(nxt * per_step)
-        flat = secs[-1] < 1.25 * secs[-2]
+        points[nxt] = timer(nxt)
+        if flat and points[nxt] >= 1.25 * points[n]:  # the knee: time the widths inside
+            flat = False
+            for m in sorted({a for a in at if n < a < nxt}):
+                if timer.spent + points[nxt] > limit_s:
+                    break
+                points[m] = timer(m)
         n = nxt
-    return CostModel(tuple(rows), tuple(secs), "probe")
+    steps = sorted(points)
+    return CostModel(tuple(m * per_step for m in steps), tuple(points[m] for m in steps),
+                     "probe")
 
 
 def check_probe_options(max_rows: int | None, budget: float, repeats: int,
@@ -291,7 +299,7 @@ def check_probe_options(max_rows: int | None, budget: float, repeats: int,
 def probe(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int, *,
           max_rows: int | None = None, budget: float = 0.15, repeats: int = 2,
           cache: bool = True, timer: _Timer | None = None,
-          first: float | None = None) -> CostModel:
+          first: float | None = None, at: tuple[int, ...] = ()) -> CostModel:
     """Time the bound ``denoiser`` at a few call widths on ``x``'s device, dtype and shape
     (the checked form: :func:`~adapters.diffusion.measure_call_cost`).
 
@@ -300,7 +308,9 @@ def probe(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int, *,
     guidance), ``n`` growing 4x while flat and 2x once the cost grows, up to ``max_rows``
     rows, while the probe, warm-up included, stays under ``budget`` times the predicted
     serial run (``num_steps`` one-step calls); every width is priced before it is timed.
-    Beyond the widest measured the curve is extrapolated (:class:`CostModel`). Cached per
+    Widths of ``at`` steps (default: powers of two) between the last flat width and the
+    first that grew are timed as well (the knee). Beyond the widest measured the curve is
+    extrapolated (:class:`CostModel`). Cached per
     (network, sample shape, dtype, device, conditioning) for the process; a wrapper that
     builds a new model object per run around the same network names it as ``cost_key``.
 
@@ -319,7 +329,8 @@ def probe(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int, *,
     if first is None:
         first = timer.warm(repeats)
     top = max(1, (max_rows or 256 * per_step) // per_step)
-    cost = _probe_widths(timer, first, per_step, top, budget * N * first)
+    cost = _probe_widths(timer, first, per_step, top, budget * N * first,
+                         at or tuple(2 ** k for k in range(1, 12)))
     if cache:
         _PROBES[key] = (_ref(_network(denoiser)), cost)
     return cost
@@ -390,7 +401,7 @@ _PROXY_BATCH = 4
 #: with 8 components of spread 0.15 came closest to the UNet's calls
 _PROXY_DIM = 64
 #: serial's engine seconds per step are timed over this many proxy steps (not all N)
-_SERIAL_STEPS = 18
+_SERIAL_STEPS = 10
 _TRACES: dict[tuple, tuple[list[int], float, float]] = {}
 _RECORDS: dict[tuple, tuple[Any, int]] = {}
 
@@ -458,9 +469,12 @@ def proxy_trace(runners: Mapping[str, Runner], schedule: Schedule, grid: Samplin
     if not done and not serial:
         return None
     if serial:  # per step, between the second call and the last (no set-up)
-        engine = ((net.stamps[-1] - net.stamps[1] - sum(net.net_s[1:-1])) / (k - 2) if k > 2
-                  else max(0.0, wall - net.seconds) / max(1, k))
-        trace = ([1] * N, max(0.0, engine), wall / max(1, k))
+        if k > 2:
+            step = (net.stamps[-1] - net.stamps[1]) / (k - 2)
+            engine = step - sum(net.net_s[1:-1]) / (k - 2)
+        else:
+            step, engine = wall / max(1, k), max(0.0, wall - net.seconds) / max(1, k)
+        trace = ([1] * N, max(0.0, engine), step)
     else:
         trace = ([r // b for r in net.rows], max(0.0, wall - net.seconds) / max(1, k),
                  wall / max(1, k))
@@ -607,6 +621,9 @@ GUESS_SLACK = 0.35
 #: of serial's per step, and the planner's seconds per proxy call as a multiple of serial's
 #: per proxy step, ``(2 + steps per call / 8)`` (both from the mixture at N = 100 and 200)
 _ENGINE_GUESS = {"srds": 2.0, "picard": 2.0, "quasi_newton": 4.0, "taa": 5.0}
+#: the planner's seconds per proxy step of serial before one has been timed (twice what it
+#: takes on a quiet 2-core CPU)
+_PROXY_STEP_PRIOR = 0.001
 
 
 def _steps_per_call(options: Mapping[str, Any]) -> int:
@@ -847,11 +864,13 @@ def _choose(serial: Candidate, parallel: list[Candidate], configs: list,
                     f"{serial.predicted_s / best.predicted_s:.2f}x)")
 
 
-def _serial(req: _Request, cost: CostModel) -> Candidate:
+def _serial(req: _Request, cost: CostModel, proxy: bool = True) -> Candidate:
     """Serial priced: ``N`` calls of one step at the cost model's latency plus serial's own
-    engine seconds per step (timed on a few proxy steps; ``cost.engine_s`` if given)."""
-    _, engine, step_s = req.trace("serial", {})
-    req.proxy_step_s = step_s
+    engine seconds per step (timed on a few proxy steps, unless ``proxy`` is false and
+    none were timed yet: then none; ``cost.engine_s`` if given)."""
+    engine = 0.0
+    if proxy or req.traced("serial", {}):
+        _, engine, req.proxy_step_s = req.trace("serial", {})
     if cost.engine_s is not None:
         engine = cost.engine_s
     N, rows = req.N, req.per_step
@@ -904,7 +923,7 @@ def make_plan(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int,
     replaces every measured engine time.
 
     What planning costs, and when it stops. With ``cost=None`` a first plan may spend
-    ``budget`` (default :data:`PLAN_BUDGET`, 8 %) of the predicted serial time, every step
+    ``budget`` (default :data:`PLAN_BUDGET`, 9 %) of the predicted serial time, every step
     priced before it is taken: one step's latency (warm-up included) and a few proxy steps
     of serial come first; if the cheapest proxy run would already pass the budget, the plan
     is serial and probes no further (a short run, or a fast network: planning cannot pay
@@ -973,7 +992,7 @@ def make_plan(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int,
     if measured:
         cost, cut = _measure(req, timer, configs, share, t_start)
         if cut is not None:
-            serial = _serial(req, cost)
+            serial = _serial(req, cost, proxy=False)
             excluded.append(f"every parallel candidate: {cut}")
             return finish([serial], serial, f"planning cannot pay for itself ({cut}); serial "
                           "after one step's latency", replace(cost, engine_s=serial.engine_s))
@@ -985,6 +1004,20 @@ def make_plan(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int,
     choice, reason = _choose(serial, parallel, configs, max_batch)
     return finish([serial, *parallel], choice, reason,
                   cost if cost.engine_s is not None else replace(cost, engine_s=serial.engine_s))
+
+
+def _cannot_pay(req: _Request, configs: list[tuple[str, dict]], allowed: float,
+                t_start: float, more: float) -> str | None:
+    """Why planning cannot pay for itself, if it cannot: the seconds spent, ``more`` to
+    come, and the cheapest proxy run would pass ``allowed``."""
+    if not configs:
+        return None
+    cheapest = min(req.proxy_cost(s, o) for s, o in configs)
+    spent = time.perf_counter() - t_start
+    if spent + more + cheapest <= allowed:
+        return None
+    return (f"{spent:.3g} s spent and a proxy run of ~{cheapest + more:.3g} s would pass the "
+            f"planning budget, {allowed:.3g} s")
 
 
 def _measure(req: _Request, timer: _Timer, configs: list[tuple[str, dict]], share: float,
@@ -1001,18 +1034,29 @@ def _measure(req: _Request, timer: _Timer, configs: list[tuple[str, dict]], shar
         return hit[1], None
     first = timer.warm()
     one = CostModel((req.per_step,), (first,), "probe")
+    allowed = share * req.N * first
+    if not req.traced("serial", {}):  # before any proxy ran: the prior, then serial's own
+        req.proxy_step_s = _PROXY_STEP_PRIOR
+        cut = _cannot_pay(req, configs, allowed, t_start, _SERIAL_STEPS * _PROXY_STEP_PRIOR)
+        if cut:
+            return one, cut
     serial = _serial(req, one)
     allowed = share * serial.predicted_s
-    cheapest = min((req.proxy_cost(s, o) for s, o in configs), default=math.inf)
+    cut = _cannot_pay(req, configs, allowed, t_start, 0.0)
+    if cut:
+        return one, cut
+    cheapest = min((req.proxy_cost(s, o) for s, o in configs), default=0.0)
     spent = time.perf_counter() - t_start
-    if configs and spent + cheapest > allowed:
-        return one, (f"{spent:.3g} s spent and a proxy run of ~{cheapest:.3g} s would pass "
-                     f"the planning budget, {share:.0%} of serial's predicted "
-                     f"{serial.predicted_s:.3g} s")
-    limit = min(timer.spent + PROBE_SHARE * allowed, allowed - cheapest - spent + timer.spent)
+    if math.isinf(allowed):  # (exhaustive, or a budget of inf: the probe's own default)
+        limit = timer.spent + 0.15 * req.N * first
+    else:
+        limit = min(timer.spent + PROBE_SHARE * allowed, allowed - cheapest - spent + timer.spent)
+    at = tuple(sorted({math.ceil(_steps_per_call(o) / req.devices) for _, o in configs}))
     cost = probe(req.denoiser, req.schedule, req.x, req.N, max_rows=max_rows,
-                 budget=limit / (req.N * first), timer=timer, first=first)
+                 budget=limit / (req.N * first), timer=timer, first=first, at=at)
     return cost, None
+
+
 def check_plan_made(plan: object) -> None:
     """``plan`` must be a :class:`SamplingPlan` made by the planner (holding its run's key)."""
     if not isinstance(plan, SamplingPlan):
