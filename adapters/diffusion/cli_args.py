@@ -46,7 +46,40 @@ def _finite_float(s: str) -> float:
     return v
 
 
-WINDOW_SAMPLERS = ("quasi_newton", "picard")
+WINDOW_SAMPLERS = ("quasi_newton", "picard", "taa")
+SAMPLERS = ("srds", "serial", "quasi_newton", "picard", "taa", "auto")
+# --scheduler: the API's solver names (``sampler=`` of every sampler), by model family
+VP_SCHEDULERS = ("ddim", "ddpm")
+SIGMA_SCHEDULERS = ("euler", "euler_ancestral", "dpmpp_2m", "unipc")
+SCHEDULERS = (*VP_SCHEDULERS, *SIGMA_SCHEDULERS)
+
+DESCRIPTION = """Sample a diffusion model parallel in time; write a sample grid, a convergence figure and
+report.json (every field explained in the docs' CLI page).
+
+samplers (--sampler):
+  srds          default. SRDS: Parareal over blocks of the solver's steps (a 1-step coarse
+                jump per block, batched fine solves); the serial sample after at most
+                --num-blocks iterations, usually 3-5. --num-blocks, --pipelined, --tol
+  serial        the solver alone, one model call per step: the reference
+  picard        ParaDiGMS's sliding window: one batched call evaluates --window steps,
+                Picard (fixed-point) update; per-step --tol relative to the noise scale
+  quasi_newton  the same window with a secant estimate of each step's gain (fewer calls)
+  taa           ParaTAA: the window with triangular Anderson acceleration (ParaTAA itself
+                uses --window N: all steps in every call)
+  auto          times the model on this device, prices the candidates (serial, srds,
+                picard, quasi_newton, taa), prints the table and runs the fastest;
+                serial when no parallel sampler beats it. --max-batch caps rows per call
+
+schedulers (--scheduler; default: the model's own, from its scheduler config):
+  ddim, ddpm    VP (DDPM-trained, e.g. digits) models: DDIM (eta = 0) or DDPM steps on the
+                model's betas; for a StableDiffusion folder they replace its scheduler
+                (needed for PNDM)
+  euler, euler_ancestral, dpmpp_2m, unipc
+                Euler, Euler ancestral, DPM-Solver++ 2M, UniPC: flow-matching models
+                (digits-flow) and VP unconditional models (on the model's betas, as
+                diffusers' scheduler of that name builds them from its config). SD3 and
+                Flux folders sample with their own flow-matching Euler scheduler.
+  Stochastic solvers (ddpm, euler_ancestral) draw their noise from --seed."""
 # what pint-sample writes into --out; nothing else there is ever deleted
 EPILOG = f"""\
 outputs: --out holds one run: samples.png, convergence.png (iterative samplers),
@@ -60,24 +93,31 @@ and --out are checked before the model loads.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``pint-sample: error: ...`` and exit status 2; the
+    usage is printed by ``--help`` only."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {line} (pint-sample --help lists the arguments)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pint-sample",
-        description="Sample a diffusion model with SRDS (Parareal) or the serial DDIM sampler.",
+    p = _Parser(
+        prog="pint-sample", description=DESCRIPTION,
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="digits",
-                   help="a bundled model name (digits; always the bundled model, even where "
-                        "a folder of that name exists: give ./digits for the folder), a local "
-                        "diffusers UNet folder, or a local text-to-image pipeline folder "
-                        "(with --prompt)")
-    p.add_argument("--sampler", choices=["srds", "serial", "quasi_newton", "picard", "auto"],
-                   default="srds",
-                   help="srds (Parareal), serial, the sliding-window samplers quasi_newton / "
-                        "picard, or auto (measures the model on this device, prints the "
-                        "candidates with their predicted time, runs the fastest)")
+                   help="a bundled model: digits (DDPM-trained UNet, 8x8 digits, DDIM) or "
+                        "digits-flow (rectified flow, flow-matching Euler); always the "
+                        "bundled model, even where a folder of that name exists (give "
+                        "./digits for the folder); or a local diffusers UNet folder, or a "
+                        "local text-to-image pipeline folder (with --prompt). Default digits")
+    p.add_argument("--sampler", choices=SAMPLERS, default="srds", metavar="SAMPLER",
+                   help="srds (default), serial, picard, quasi_newton, taa or auto (see "
+                        "above)")
     p.add_argument("--window", type=_positive_int, default=None,
-                   help="steps per call of --sampler quasi_newton / picard (default 32)")
+                   help="steps per call of --sampler picard / quasi_newton / taa (default 32)")
     p.add_argument("--max-batch", type=_positive_int, default=None,
                    help="network rows one call may hold (memory), --sampler auto only")
     p.add_argument("--steps", type=_positive_int, default=None,
@@ -124,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image height in pixels (default: the pipeline's)")
     t2i.add_argument("--width", type=_positive_int, default=None,
                      help="image width in pixels (default: the pipeline's)")
-    t2i.add_argument("--scheduler", choices=["ddim", "ddpm"], default=None,
-                     help="replace the folder's scheduler by DDIM/DDPM steps on its betas "
-                          "(needed when it ships another scheduler, e.g. PNDM)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None, metavar="SCHEDULER",
+                   help="the solver: ddim, ddpm, euler, euler_ancestral, dpmpp_2m or unipc "
+                        "(see above for which model takes which; default the model's own)")
     return p
 
 
@@ -210,7 +250,7 @@ def check_sampler_flags(args) -> str | None:
     s = args.sampler
     if args.window is not None and s not in WINDOW_SAMPLERS:
         hint = "; it sizes the window from --max-batch" if s == "auto" else ""
-        return (f"--window is for --sampler quasi_newton or picard, not --sampler {s}{hint}")
+        return (f"--window is for --sampler picard, quasi_newton or taa, not --sampler {s}{hint}")
     if args.max_batch is not None and s != "auto":
         return f"--max-batch is for --sampler auto, not --sampler {s}"
     if args.blocks is not None and s != "srds":

@@ -75,34 +75,67 @@ def save_grid(x: torch.Tensor, path: Path, title: str | None = None) -> None:
     plt.close(fig)
 
 
+def _changes(iterates: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, per_sample)``: each iteration's change of every sample (``[K, n, ...]``,
+    iterate ``k`` minus iterate ``k - 1``; tensors in data units, numpy images in pixel
+    units) and its max-abs per sample ``[K, n]``."""
+    if isinstance(iterates, np.ndarray):
+        x = iterates.astype(np.float64)
+    else:
+        x = iterates.detach().double().cpu().numpy()
+    steps = x[1:] - x[:-1]
+    per = np.abs(steps).reshape(steps.shape[0], steps.shape[1], -1).max(-1) if steps.size \
+        else np.zeros((0, x.shape[1] if x.ndim > 1 else 0))
+    return steps, per
+
+
 def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray | None,
                      tol: float, path: Path, show: int = 4,
-                     ylabel: str = "max |change| of the final sample") -> None:
-    """The change per iteration (left) and, for the first ``show`` samples, what each
-    iteration still had to change (right): the final samples on top, then per iteration
-    (the coarse sweep first) its difference to the final sample, all on one symmetric
-    colour scale with a colourbar. ``iterates`` ``[rows, n, C, H, W]`` in [-1, 1] or numpy
-    ``[rows, n, H, W, C]`` in [0, 1], the last row the final sample (``None``: the curve
-    only)."""
+                     ylabel: str = "max |change| of the final sample",
+                     converged: bool | None = None, accepted: list[int] | None = None,
+                     num_steps: int | None = None) -> None:
+    """The quantity the stopping test compares with ``tol``, per iteration, with the
+    tolerance line; for SRDS (``iterates`` given) also the samples that decided it.
+
+    SRDS (``iterates`` ``[K + 1, n, C, H, W]`` in data units, or numpy decoded images
+    ``[K + 1, n, H, W, C]`` in [0, 1], row 0 the coarse sweep's sample, the last row the
+    final one): ``history`` is the max over samples of the final sample's max-abs change in
+    each iteration. The left panel draws it with ``tol``, and the per-sample curve of the
+    sample with the largest change in the last iteration (the one that decided when the
+    run stopped). The right panel shows the ``show`` samples with the largest last change
+    (that sample first): the final sample on top, then each iteration's change of it (the
+    very quantity the test measured, same units, its max beside each row).
+
+    Window samplers (``iterates`` ``None``): ``history`` is the worst normalised change
+    (rms / sigma_j) over the whole window in each call; the test accepts the window's
+    leading steps at or below ``tol`` (the first step is exact after one call and is
+    always accepted), so the curve need not end below ``tol``; with ``accepted`` (the steps
+    accepted after each call) and ``num_steps`` an upper panel shows the window's
+    progress to ``num_steps``, which is what ``converged`` means.
+
+    ``converged`` true with a last change above ``tol`` (SRDS run to ``max_iters = B``:
+    every block exact) is said in the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if iterates is None:
-        iterates = np.zeros((0, 0, 1, 1, 1))
-    window = iterates.shape[0] == 0
-    if isinstance(iterates, np.ndarray):
-        imgs = iterates
-    elif not window:
-        imgs = to_images(iterates.reshape(-1, *iterates.shape[2:]))
-        imgs = imgs.reshape(iterates.shape[0], iterates.shape[1], *imgs.shape[1:])
-    show = min(show, iterates.shape[1])
-    K = iterates.shape[0] - 1  # iterations after the coarse sweep
-    rows = K + 1 if show else 0  # the final samples, then coarse and iterations 1 .. K - 1
+    window = iterates is None or iterates.shape[0] == 0
+    pixels = isinstance(iterates, np.ndarray)
+    if window:
+        steps, per = np.zeros((0, 0)), np.zeros((0, 0))
+        order: list[int] = []
+    else:
+        steps, per = _changes(iterates)
+        last = per[-1] if per.shape[0] else np.zeros(iterates.shape[1])
+        order = [int(i) for i in np.argsort(-last, kind="stable")]
+    show = min(show, len(order))
+    K = steps.shape[0]  # iterations with a change
+    rows = K + 1 if show else 0  # the final samples, then each iteration's change
     cell, curve_w, label_w = 1.1, 5.0, 1.1  # inches
     fig_w = curve_w + (label_w + show * cell + 1.4 if show else 0)
-    fig_h = max(3.6, rows * cell + 1.0)
+    progress = window and accepted is not None and num_steps is not None and len(accepted) > 0
+    fig_h = max(3.6 if not progress else 5.4, rows * cell + 1.0)
     fig = plt.figure(figsize=(fig_w, fig_h))
     if show:
         outer = fig.add_gridspec(1, 2, width_ratios=[curve_w - 0.8, fig_w - curve_w],
@@ -111,19 +144,49 @@ def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray |
         gs = outer[0, 1].subgridspec(rows, show + 3, wspace=0.1, hspace=0.1,
                                      width_ratios=[label_w / cell, *[1] * show, 0.1, 0.2])
         ax = fig.add_subplot(outer[0, 0])
+    elif progress:
+        ax_p, ax = fig.subplots(2, 1, sharex=True)
+        calls = range(1, len(accepted) + 1)
+        ax_p.step(calls, accepted, where="post", marker="o", ms=3,
+                  label="steps accepted (window start)")
+        ax_p.axhline(num_steps, color="gray", ls="--", label=f"N = {num_steps}: converged")
+        ax_p.set(ylabel="steps accepted", title="window sampler: what the stopping test decided")
+        ax_p.legend(fontsize=8)
     else:
         ax = fig.add_subplot(1, 1, 1)
     if history:
-        ax.semilogy(range(1, len(history) + 1), history, "o-", label="change of the sample")
+        x = range(1, len(history) + 1)
+        if window:
+            label = "worst change in the window (rms / sigma_j)"
+        else:
+            label = "max over samples (the stopping test)"
+        ax.semilogy(x, history, "o-", label=label)
+        if show and not pixels and per.shape[0] == len(history):
+            ax.semilogy(x, np.maximum(per[:, order[0]], 1e-30), "s--", ms=3,
+                        label=f"sample {order[0] + 1} (largest last change)")
         ax.axhline(tol, color="gray", ls="--", label=f"tol = {tol:g}")
-        ax.legend(fontsize=9)
+        if converged and history[-1] > tol:
+            why = ("converged: all steps accepted (upper panel); this curve is the\n"
+                   "window's worst change, steps the test did not accept by it included"
+                   if window else "converged: every block exact (max_iters = blocks),\n"
+                   "the serial sample, with the last change above tol")
+            ax.text(0.02, 0.98, why, transform=ax.transAxes, fontsize=7, va="top")
+        ax.legend(fontsize=8)
     ax.set(xlabel="model call (window iteration)" if window else "Parareal iteration",
-           ylabel="worst per-step change / noise scale" if window else ylabel,
-           title="window sampler convergence" if window else "SRDS convergence")
+           ylabel="worst change / noise scale" if window else ylabel,
+           title="" if progress else "window sampler convergence" if window
+           else "SRDS convergence")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if show:
-        final = imgs[-1, :show]
-        diff = (imgs[:-1, :show] - final[None]).mean(-1)  # [K, show, H, W], channels averaged
+        imgs = iterates if pixels else to_images(
+            iterates.reshape(-1, *iterates.shape[2:])).reshape(
+                iterates.shape[0], iterates.shape[1], *iterates.shape[3:], iterates.shape[2])
+        cols = order[:show]
+        final = imgs[-1, cols]
+        # [K, show, H, W]: channels reduced by their largest magnitude (the test's max-abs)
+        ch = steps[:, cols] if pixels else np.moveaxis(steps[:, cols], 2, -1)
+        idx = np.abs(ch).argmax(-1)[..., None]
+        diff = np.take_along_axis(ch, idx, -1)[..., 0]
         vmax = (float(np.abs(diff).max()) if diff.size else 0.0) or 1.0
         im = None
         for r in range(rows):
@@ -131,25 +194,26 @@ def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray |
                 a = fig.add_subplot(gs[r, 1 + c])
                 if r == 0:
                     _show(a, final[c])
+                    a.set_title(f"sample {cols[c] + 1}", fontsize=8)
                 else:
                     im = a.imshow(diff[r - 1, c], cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                                   interpolation="nearest")
                 a.set_xticks([])
                 a.set_yticks([])
                 if c == 0:
-                    label = "final" if r == 0 else "coarse" if r == 1 else f"iter {r - 1}"
+                    label = "final" if r == 0 else f"iter {r}"
                     if r:
-                        label += f"\nmax {np.abs(diff[r - 1]).max():.1g}"
+                        label += f"\nmax {np.abs(diff[r - 1]).max():.2g}"
                     a.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+        units = ("decoded pixels in [0, 1]; the test measures the latents" if pixels
+                 else "data units, as the curve")
         fig.text((gs[0, 1].get_position(fig).x0 + gs[0, show].get_position(fig).x1) / 2,
                  1 - 0.1 / fig_h,
-                 "final samples; below: each iteration's\ndifference to them (pixels in [0, 1])",
-                 ha="center", va="top", fontsize=10)
+                 f"samples with the largest last change; below: each iteration's\n"
+                 f"change of them ({units})", ha="center", va="top", fontsize=9)
         if im is not None:
             fig.colorbar(im, cax=fig.add_subplot(gs[1:, show + 2]))
     else:
         fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-

@@ -14,6 +14,8 @@ import torch
 
 from .cli_args import (
     DTYPES,
+    SIGMA_SCHEDULERS,
+    VP_SCHEDULERS,
     check_device,
     check_sampler_flags,
     check_steps,
@@ -67,12 +69,16 @@ def run(args) -> int | Outputs:
         return error(err)
     args.progress = args.rank == 0
     if args.prompt is not None or is_text_to_image(args.model):
+        if args.scheduler is not None and args.scheduler not in VP_SCHEDULERS:
+            return error(f"--scheduler {args.scheduler}: a text-to-image pipeline folder takes "
+                         f"--scheduler ddim or ddpm (StableDiffusion; SD3 and Flux sample with "
+                         "their own flow-matching scheduler)")
         return run_text_to_image(args)
     given = [f for f, v in (("--negative-prompt", args.negative_prompt),
                             ("--guidance-scale", args.guidance_scale),
                             ("--true-cfg-scale", args.true_cfg_scale),
-                            ("--height", args.height), ("--width", args.width),
-                            ("--scheduler", args.scheduler)) if v is not None]
+                            ("--height", args.height), ("--width", args.width))
+             if v is not None]
     if given:
         return error(f"{', '.join(given)} need(s) --prompt and a text-to-image pipeline folder")
     return run_unconditional(args)
@@ -100,6 +106,10 @@ def run_unconditional(args) -> int | Outputs:
     err = check_steps(args, steps, getattr(schedule, "num_train_timesteps", None))
     if err:
         return error(err)
+    if args.scheduler is not None:
+        schedule, err = with_scheduler(args, info, schedule)
+        if err:
+            return error(err)
     pipelined = True if args.pipelined is None else args.pipelined
     note = memory_note(args, steps, tuple(model.sample_shape), dtype, pipelined)
     if note and args.rank == 0:
@@ -108,7 +118,7 @@ def run_unconditional(args) -> int | Outputs:
     x_T = torch.randn(args.num_samples, *model.sample_shape, generator=g).to(args.device, dtype)
     plan = None
     if args.sampler == "auto":  # measure this device, print the candidates and the choice
-        from adapters.diffusion.planner import plan_sampling
+        from adapters.diffusion import plan_sampling
 
         with torch.inference_mode():
             plan = plan_sampling(model, schedule, x_T, steps, max_batch=args.max_batch,
@@ -118,7 +128,8 @@ def run_unconditional(args) -> int | Outputs:
             print(plan.table(), file=sys.stderr)
 
     report: dict[str, Any] = {
-        "model": str(args.model), "sampler": args.sampler, "steps": steps,
+        "model": str(args.model), "sampler": args.sampler,
+        "scheduler": getattr(schedule, "solver", None), "steps": steps,
         "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
         "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
         "world_size": args.world,
@@ -145,6 +156,51 @@ def run_unconditional(args) -> int | Outputs:
                    "max |change| of the final sample")
 
 
+_DIFFUSERS_SCHEDULERS = {"euler": "EulerDiscreteScheduler",
+                         "euler_ancestral": "EulerAncestralDiscreteScheduler",
+                         "dpmpp_2m": "DPMSolverMultistepScheduler",
+                         "unipc": "UniPCMultistepScheduler"}
+
+
+def with_scheduler(args, info, schedule) -> tuple[Any, str | None]:
+    """``schedule`` sampling with ``--scheduler``'s solver: on a VP model ``ddim``/``ddpm``
+    directly, the sigma solvers as diffusers' scheduler of that name built from the model's
+    scheduler config; on a flow-matching (sigma) model the sigma solvers. Returns
+    ``(schedule, None)`` or ``(None, why not)``."""
+    import dataclasses
+
+    from .schedule import VPSchedule
+
+    name = args.scheduler
+    if isinstance(schedule, VPSchedule):
+        if name in VP_SCHEDULERS:
+            return dataclasses.replace(schedule, solver=name), None
+        import diffusers
+
+        from adapters.diffusers import schedule_from_scheduler
+
+        cls = getattr(diffusers, _DIFFUSERS_SCHEDULERS[name])
+        try:
+            return schedule_from_scheduler(cls.from_config(info.scheduler_config)), None
+        except (TypeError, ValueError) as err:
+            return None, f"--scheduler {name}: cannot build a {cls.__name__} for {args.model}: {err}"
+    if name in SIGMA_SCHEDULERS:
+        return schedule.with_solver(name), None
+    return None, (f"--scheduler {name} needs a VP (DDPM-trained) model; {args.model} samples a "
+                  f"{getattr(schedule, 'family', 'sigma')} schedule, which takes --scheduler "
+                  f"{', '.join(SIGMA_SCHEDULERS)}")
+
+
+def noise_for(args, schedule, x_T: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
+    """``{"noise": ...}``, the per-step noise ``[N, *x_T.shape]`` of a stochastic solver
+    (ddpm, euler_ancestral), drawn once from ``--seed`` so that every run of one command
+    (the serial comparison too) sees the same noise; ``{}`` for a deterministic one."""
+    if getattr(schedule, "solver", None) not in ("ddpm", "euler_ancestral"):
+        return {}
+    g = torch.Generator().manual_seed(args.seed + 1)
+    return {"noise": torch.randn(steps, *x_T.shape, generator=g).to(x_T.device, x_T.dtype)}
+
+
 def _sample(args, model, schedule, x_T, steps: int, plan, pipelined: bool,
             report: dict[str, Any]) -> tuple[torch.Tensor, Any]:
     """``--sampler``'s run: the sample and the sampler's output (``None`` for the serial
@@ -153,19 +209,21 @@ def _sample(args, model, schedule, x_T, steps: int, plan, pipelined: bool,
 
     t0 = time.perf_counter()
     if args.sampler == "serial":
-        sample = serial_sample(model, schedule, x_T, steps, progress=args.progress)
+        sample = serial_sample(model, schedule, x_T, steps, progress=args.progress,
+                               **noise_for(args, schedule, x_T, steps))
         report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
         return sample, None
     if args.sampler == "srds":
         out = srds_sample(model, schedule, x_T, steps, num_blocks=args.blocks,
                           tol=args.tol, max_iters=args.max_iters, pipelined=pipelined,
                           return_iterates=True, progress=args.progress,
-                          executor=args.executor)
+                          executor=args.executor, **noise_for(args, schedule, x_T, steps))
         report.update(srds_report(out, steps, pipelined, t0, "data in [-1, 1]"))
         return out.sample, out
     from adapters.diffusion import sample as sample_with
 
-    kw: dict[str, Any] = {"tol": args.tol if args.tol is not None else 1e-4}
+    kw: dict[str, Any] = {"tol": args.tol if args.tol is not None else 1e-4,
+                          **noise_for(args, schedule, x_T, steps)}
     iterative = True
     if plan is not None:
         kw["plan"] = plan
@@ -176,9 +234,15 @@ def _sample(args, model, schedule, x_T, steps: int, plan, pipelined: bool,
         kw["max_iters"] = args.max_iters
     if args.executor is not None:
         kw["executor"] = args.executor
+    starts: list[torch.Tensor] = []
+    if plan is None:  # the window's start after every call, for convergence.png
+        kw.update(return_trajectory=True,
+                  callback=lambda it, state, worst: starts.append(state.detach().clone()))
     out = sample_with(model, schedule, x_T, steps, sampler=args.sampler, progress=args.progress,
                       **kw)
     sample = out.sample
+    if starts and out.trajectory is not None:
+        report["accepted_steps"] = accepted_steps(out.trajectory, starts)
     if plan is not None and plan.choice.sampler == "serial":
         report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
         out = None
@@ -192,6 +256,21 @@ def _sample(args, model, schedule, x_T, steps: int, plan, pipelined: bool,
     return sample, out
 
 
+def accepted_steps(trajectory: torch.Tensor, starts: list[torch.Tensor]) -> list[int]:
+    """The steps a window sampler had accepted after each call: the index of each call's
+    window-start state (handed to its callback) in the final trajectory ``[N + 1, ...]``
+    (accepted states are never changed again, so each is found there, at or after the
+    previous one)."""
+    out: list[int] = []
+    lo = 0
+    traj = trajectory.detach()
+    for s in starts:
+        d = (traj[lo:] - s.to(traj.device, traj.dtype)).abs().reshape(traj.shape[0] - lo, -1)
+        lo += int(d.amax(1).argmin())
+        out.append(lo)
+    return out
+
+
 def _compare_serial(args, model, schedule, x_T, steps: int, plan, sample: torch.Tensor,
                     report: dict[str, Any]) -> None:
     """``--compare-serial``: the serial sampler's wall clock and sample (and its own change
@@ -199,9 +278,11 @@ def _compare_serial(args, model, schedule, x_T, steps: int, plan, sample: torch.
     from adapters.diffusion import serial_sample
 
     t1 = time.perf_counter()
-    ref = serial_sample(model, schedule, x_T, steps, progress=args.progress)
+    noise = noise_for(args, schedule, x_T, steps)
+    ref = serial_sample(model, schedule, x_T, steps, progress=args.progress, **noise)
     serial_s = time.perf_counter() - t1
-    alone = serial_sample(model, schedule, x_T[:1], steps, progress=args.progress)
+    alone = serial_sample(model, schedule, x_T[:1], steps, progress=args.progress,
+                          **{k: v[:, :1] for k, v in noise.items()})
     if plan is not None:
         report.update(serial_predicted_s=plan.serial.predicted_s)
         print(f"auto: predicted {plan.choice.predicted_s:.2f} s ({plan.choice.label}), "

@@ -46,7 +46,9 @@ def test_srds_run_writes_grid_convergence_and_report(tiny_folder, tmp_path, caps
         assert (out / png).stat().st_size > 2000
     captured = capsys.readouterr()
     closing = captured.out.strip().splitlines()[-1]
-    assert closing.startswith("wrote") and "wall clock vs serial (measured)" in closing
+    assert closing.startswith("wrote") and "wall clock (measured)" in closing
+    assert closing.endswith(report["wall_clock_vs_serial"])
+    assert report["wall_clock_vs_serial"].endswith(("faster than serial", "slower than serial"))
     # the samplers' bars on stderr: SRDS by model calls (done: n/n), then the serial runs
     assert f"{report['model_calls']}/{report['model_calls']}" in captured.err
     assert "srds" in captured.err and "serial" in captured.err and "64/64" in captured.err
@@ -60,7 +62,7 @@ def test_serial_sampler_and_bundled_model(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--sampler", "quasi_newton", "--window", "16"],
-                                   ["--sampler", "picard"]])
+                                   ["--sampler", "picard"], ["--sampler", "taa"]])
 def test_window_samplers(tiny_folder, tmp_path, extra):
     out = tmp_path / "out"
     assert main(["--model", str(tiny_folder), "--steps", "64", "--num-samples", "4",
@@ -70,6 +72,51 @@ def test_window_samplers(tiny_folder, tmp_path, extra):
     assert report["depth"] == report["iterations"] == len(report["history"]) < 64
     assert report["max_abs_diff_vs_serial"] < 1e-3
     assert (out / "convergence.png").stat().st_size > 2000
+    # what the stopping test decided: the steps accepted after each call, up to N
+    acc = report["accepted_steps"]
+    assert len(acc) == report["iterations"] and acc[-1] == 64 and acc == sorted(acc)
+    assert report["sequential_model_calls_vs_serial"].endswith(
+        "fewer sequential model calls than serial")
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpmpp_2m", "unipc", "euler", "euler_ancestral"])
+def test_every_scheduler_on_a_vp_model(tiny_folder, tmp_path, scheduler):
+    """--scheduler takes every solver of the API; stochastic ones draw the same noise for
+    SRDS and the serial comparison, so SRDS still reproduces the serial sample."""
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_folder), "--steps", "16", "--num-samples", "2",
+                 "--scheduler", scheduler, "--tol", "1e-5", "--compare-serial",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["scheduler"] == scheduler
+    assert report["max_abs_diff_vs_serial"] < 1e-3
+
+
+def test_flow_model_schedulers(tmp_path, capsys):
+    assert main(["--model", "digits-flow", "--scheduler", "ddim", "--out",
+                 str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--scheduler ddim needs a VP" in err and "unipc" in err
+    assert main(["--model", "digits-flow", "--scheduler", "unipc", "--sampler", "serial",
+                 "--steps", "8", "--num-samples", "1", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["scheduler"] == "unipc"
+
+
+def test_help_names_every_sampler_scheduler_and_bundled_model(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("srds", "serial", "picard", "quasi_newton", "taa", "auto", "ddim", "ddpm",
+                 "euler_ancestral", "dpmpp_2m", "unipc", "digits-flow", "usage:"):
+        assert word in text, word
+
+
+def test_ratios_in_words():
+    from adapters.diffusion.cli_output import versus_serial
+
+    assert versus_serial(0.31) == "3.2x slower than serial"
+    assert versus_serial(1.8) == "1.8x faster than serial"
 
 
 def test_auto_prints_its_plan_and_predicted_vs_measured(tiny_folder, tmp_path, capsys):
@@ -102,10 +149,13 @@ def test_unknown_model_lists_what_exists(tmp_path, capsys):
 
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--tol", "-1"], ["--num-samples", "x"],
                                   ["--sampler", "magic"], ["--max-iters", "-2"]])
-def test_bad_numbers_are_argparse_errors(args, tmp_path):
+def test_bad_numbers_are_argparse_errors(args, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(args + ["--out", str(tmp_path)])
     assert exc.value.code == 2
+    err = capsys.readouterr().err  # one line, no usage (that is --help's)
+    assert err.startswith("pint-sample: error: ") and err.count("\n") == 1, err
+    assert "usage" not in err
 
 
 def test_too_many_steps(tmp_path, capsys):
@@ -212,7 +262,7 @@ BAD_ARGS = [
     (["--sampler", "quasi_newton", "--max-iters", "0"], "--max-iters must be >= 1"),
     (["--device", "cuda"], "--device cuda: CUDA is not available"),
     (["--device", "bogus"], "--device: expected cpu, cuda, cuda:N, mps or xpu, got 'bogus'"),
-    (["--window", "8"], "--window is for --sampler quasi_newton or picard, not --sampler srds"),
+    (["--window", "8"], "--window is for --sampler picard, quasi_newton or taa, not --sampler srds"),
     (["--sampler", "auto", "--window", "8"], "--window is for"),
     (["--sampler", "picard", "--num-blocks", "4"],
      "--num-blocks (Parareal blocks) is for --sampler srds"),
@@ -270,6 +320,34 @@ def test_figures_are_readable_sizes(tmp_path):
     cli.save_convergence([1e-1, 1e-2, 1e-4], iterates, 1e-3, tmp_path / "convergence.png")
     h, w = imread(tmp_path / "convergence.png").shape[:2]
     assert h >= 400 and w >= 900
+    cli.save_convergence([1.0, 3.0, 2e-3], None, 1e-4, tmp_path / "window.png",
+                         converged=True, accepted=[1, 5, 16], num_steps=16)
+    assert imread(tmp_path / "window.png").shape[0] >= 500  # two panels
+
+
+def test_convergence_figure_shows_the_sample_that_decided(monkeypatch, tmp_path):
+    """The curve is the stopping test's max over samples; the panels start with the sample
+    whose last change is largest (sample 7 here, beyond the first four), and each row's
+    max is that iteration's change in the same units as the curve."""
+    from adapters.diffusion import cli_figures
+
+    torch.manual_seed(0)
+    it = torch.zeros(4, 8, 1, 8, 8)
+    for k in range(1, 4):
+        it[k] = it[k - 1] + 1e-4 * torch.randn(8, 1, 8, 8)
+        it[k, 6] = it[k - 1, 6] + 10.0 ** (-k)  # sample 7 moves most, every iteration
+    history = (it[1:] - it[:-1]).abs().flatten(2).amax(-1).amax(-1).tolist()
+    labels = []
+    import matplotlib.axes
+
+    orig = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, t, *a, **k: (labels.append(t), orig(self, t, *a, **k))[1])
+    cli_figures.save_convergence(history, it, 2e-3, tmp_path / "c.png")
+    samples = [t for t in labels if t.startswith("sample ")]
+    assert samples[0] == "sample 7" and len(samples) == 4
+    steps, per = cli_figures._changes(it)
+    assert per.max(1).tolist() == pytest.approx(history)
 
 
 def test_broken_model_folder_is_one_line(tiny_folder, tmp_path, capsys):
