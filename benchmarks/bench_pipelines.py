@@ -1,0 +1,255 @@
+"""Sequential network calls per pipeline family: every family ``srds_pipeline`` samples, on a
+tiny random pipeline built from configs (offline), at the family's default number of steps
+and its usual scheduler, with the serial sampler (the pipeline's own loop) and SRDS / Picard
+/ quasi-Newton at their default tolerances. Reports per family and sampler the sequential
+calls (depth), the calls and rows, and the max-abs latent error against the serial path.
+
+The builders here (``tiny_sd``, ``tiny_sdxl``, ``tiny_controlnet``, ...) are what
+``tests/diffusion/test_pipelines_*.py`` sample. The network sizes are tiny (random weights),
+so the numbers say how many sequential calls each sampler needs on each family's grid and
+guidance, not how good the images are.
+
+Run: ``python benchmarks/bench_pipelines.py [--quick]`` -> ``benchmarks/results/pipelines.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_spec = importlib.util.spec_from_file_location("bench_text_to_image",
+                                               ROOT / "benchmarks" / "bench_text_to_image.py")
+t2i = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(t2i)
+MAX_TOKENS = t2i.MAX_TOKENS
+SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                num_train_timesteps=1000)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, sample_size=16)
+
+
+def _clip(tmp: Path, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tok = t2i.clip_tokenizer(tmp / "clip_vocab")
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    extra = {"projection_dim": 16} if projection else {}
+    enc = cls(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=MAX_TOKENS, bos_token_id=0,
+        eos_token_id=1, pad_token_id=1, **extra))
+    return enc, tok
+
+
+def _unet(in_channels: int = 4, cross: int = 16, xl: bool = False):
+    from diffusers import UNet2DConditionModel
+
+    extra = dict(addition_embed_type="text_time", addition_time_embed_dim=4,
+                 projection_class_embeddings_input_dim=4 * 6 + 16) if xl else {}
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(8, 16),
+        layers_per_block=1, cross_attention_dim=cross, attention_head_dim=2, norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), **extra)
+
+
+def sd_scheduler(kind: str = "ddim"):
+    """StableDiffusion's schedulers with its betas: DDIM (``steps_offset=1``), Euler, DPM++,
+    UniPC, PNDM (SD's shipped default, which pint refuses)."""
+    import diffusers
+
+    name = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "ddpm": "DDPMScheduler",
+            "dpmpp": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler"}[kind]
+    extra = dict(set_alpha_to_one=False, clip_sample=False) if kind == "ddim" else {}
+    if kind == "ddpm":
+        extra = dict(clip_sample=False)
+    return getattr(diffusers, name)(**SD_BETAS, steps_offset=1, **extra)
+
+
+def _ready(pipe):
+    for m in pipe.components.values():
+        if isinstance(m, torch.nn.Module):
+            m.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd(tmp: Path, cls: str = "StableDiffusionPipeline", scheduler: str = "ddim",
+            seed: int = 0):
+    """A StableDiffusion pipeline of class ``cls`` (text-to-image, img2img, inpainting: a
+    9-channel UNet) with random weights: 16 x 16 images, 8 x 8 x 4 latents."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    enc, tok = _clip(tmp)
+    unet = _unet(9 if "Inpaint" in cls else 4)
+    return _ready(getattr(diffusers, cls)(
+        vae=_vae(), text_encoder=enc, tokenizer=tok, unet=unet,
+        scheduler=sd_scheduler(scheduler), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False))
+
+
+def tiny_sdxl(tmp: Path, cls: str = "StableDiffusionXLPipeline", scheduler: str = "euler",
+              seed: int = 0):
+    """An SDXL pipeline of class ``cls`` with random weights: two CLIP encoders (the second
+    with a projection: pooled embeddings), a ``text_time`` UNet, 16 x 16 images."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    enc1, tok = _clip(tmp)
+    enc2, _ = _clip(tmp, projection=True)
+    parts = dict(vae=_vae(), text_encoder=enc1, tokenizer=tok, text_encoder_2=enc2,
+                 tokenizer_2=tok, unet=_unet(cross=32, xl=True), scheduler=sd_scheduler(scheduler))
+    if "ControlNet" in cls:
+        parts["controlnet"] = tiny_controlnet(xl=True)
+    pipe = getattr(diffusers, cls)(**parts)
+    return _ready(pipe)
+
+
+def tiny_controlnet(xl: bool = False):
+    """A ControlNetModel matching the tiny UNets (SD or SDXL)."""
+    from diffusers import ControlNetModel
+
+    extra = dict(addition_embed_type="text_time", addition_time_embed_dim=4,
+                 projection_class_embeddings_input_dim=4 * 6 + 16) if xl else {}
+    return ControlNetModel(
+        in_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        cross_attention_dim=32 if xl else 16, attention_head_dim=2, norm_num_groups=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        conditioning_embedding_out_channels=(4, 8), **extra)
+
+
+def tiny_sd_controlnet(tmp: Path, scheduler: str = "ddim", seed: int = 0):
+    """A StableDiffusionControlNetPipeline with random weights (16 x 16 control images)."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    torch.manual_seed(seed)
+    enc, tok = _clip(tmp)
+    return _ready(StableDiffusionControlNetPipeline(
+        vae=_vae(), text_encoder=enc, tokenizer=tok, unet=_unet(), controlnet=tiny_controlnet(),
+        scheduler=sd_scheduler(scheduler), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False))
+
+
+def tiny_flux_img2img(tmp: Path, seed: int = 0):
+    """FluxImg2ImgPipeline over the tiny Flux's components."""
+    from diffusers import FluxImg2ImgPipeline
+
+    return _ready(FluxImg2ImgPipeline(**t2i.tiny_flux(tmp, seed).components))
+
+
+def image(seed: int = 0, size: int = 16) -> torch.Tensor:
+    """A random image ``[1, 3, size, size]`` in ``[0, 1]``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, size, size, generator=g)
+
+
+def mask(size: int = 16) -> torch.Tensor:
+    """The right half masked ``[1, 1, size, size]``."""
+    m = torch.zeros(1, 1, size, size)
+    m[..., size // 2:] = 1
+    return m
+
+
+# ---- the benchmark ----------------------------------------------------------------------------
+
+def cases(tmp: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Per family: the pipeline and ``pipe(...)`` arguments (default steps and guidance)."""
+    p = dict(prompt="a photo of a cat", negative_prompt="blurry")
+    img = dict(image=image())
+    return {
+        "StableDiffusionPipeline (DDIM)": (tiny_sd(tmp), p),
+        "StableDiffusionImg2ImgPipeline (DDIM, strength 0.8)": (
+            tiny_sd(tmp, "StableDiffusionImg2ImgPipeline"), {**p, **img}),
+        "StableDiffusionInpaintPipeline (DDIM)": (
+            tiny_sd(tmp, "StableDiffusionInpaintPipeline"), {**p, **img, "mask_image": mask()}),
+        "StableDiffusionControlNetPipeline (DDIM)": (tiny_sd_controlnet(tmp), {**p, **img}),
+        "StableDiffusionXLPipeline (Euler)": (tiny_sdxl(tmp), dict(p, height=16, width=16)),
+        "StableDiffusionXLImg2ImgPipeline (Euler, strength 0.3)": (
+            tiny_sdxl(tmp, "StableDiffusionXLImg2ImgPipeline"), {**p, **img}),
+        "StableDiffusion3Pipeline (FlowMatch)": (
+            t2i.tiny_sd3(tmp), dict(p, max_sequence_length=MAX_TOKENS)),
+        "FluxPipeline (FlowMatch)": (
+            t2i.tiny_flux(tmp), dict(prompt="a cat", height=16, width=16,
+                                     max_sequence_length=MAX_TOKENS)),
+        "FluxImg2ImgPipeline (FlowMatch, strength 0.6)": (
+            tiny_flux_img2img(tmp), dict(prompt="a cat", image=image(), height=16, width=16,
+                                         max_sequence_length=MAX_TOKENS)),
+    }
+
+
+SAMPLERS = {"srds": dict(sampler="srds"), "picard": dict(sampler="picard"),
+            "quasi_newton": dict(sampler="quasi_newton")}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Every family x sampler: depth, calls, rows, error vs serial (max-abs, latents)."""
+    from adapters.pipelines import srds_pipeline
+
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d, torch.inference_mode():
+        for family, (pipe, kw) in cases(Path(d)).items():
+            if quick and "Flux" in family:
+                continue
+            g = torch.Generator().manual_seed(0)
+            t0 = time.perf_counter()
+            ref = srds_pipeline(pipe, sampler="serial", generator=g, output_type="latent", **kw)
+            serial_s = time.perf_counter() - t0
+            for name, opts in SAMPLERS.items():
+                t0 = time.perf_counter()
+                out = srds_pipeline(pipe, latents=None, generator=torch.Generator().manual_seed(0),
+                                    output_type="latent", **opts, **kw)
+                wall = time.perf_counter() - t0
+                st = out.stats
+                rows.append(dict(
+                    family=family, pipeline=type(pipe).__name__,
+                    scheduler=type(pipe.scheduler).__name__, steps=ref.stats.depth,
+                    sampler=name, depth=st.depth, model_calls=st.model_calls,
+                    model_rows=st.model_rows, tol=out.sampling.tol,
+                    iterations=out.sampling.iterations, converged=bool(out.sampling.converged),
+                    max_abs_err=float((out.latents - ref.latents).abs().max()),
+                    latent_scale=float(ref.latents.abs().max()), wall_s=wall,
+                    serial_wall_s=serial_s))
+                r = rows[-1]
+                print(f"{family:55s} {name:13s} {r['depth']:3d} / {r['steps']:3d} calls, "
+                      f"err {r['max_abs_err']:.1e}", flush=True)
+    return {"what": "sequential network calls per pipeline family (tiny random pipelines, "
+                    "default steps and scheduler; error: max-abs latent difference to the "
+                    "serial path, the pipeline's own loop)",
+            "torch": torch.__version__, "numpy": np.__version__, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="skip the Flux families")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipelines.json"))
+    args = ap.parse_args(argv)
+    res = run(args.quick)
+    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
