@@ -124,8 +124,10 @@ def run_unconditional(args) -> int | Outputs:
             plan = plan_sampling(model, schedule, x_T, steps, max_batch=args.max_batch,
                                  tol=args.tol if args.tol is not None else 1e-4,
                                  executor=args.executor)
-        if args.rank == 0:
+        if args.rank == 0:  # (the table ends with the planning seconds)
             print(plan.table(), file=sys.stderr)
+            print(f"auto: {plan.choice.label}, planned in {plan.planning_s:.3f} s",
+                  file=sys.stderr)
 
     report: dict[str, Any] = {
         "model": str(args.model), "sampler": args.sampler,
@@ -252,7 +254,8 @@ def _sample(args, model, schedule, x_T, steps: int, plan, pipelined: bool,
     else:
         report.update(window_report(out, steps, t0))
     if plan is not None:
-        report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s)
+        report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s,
+                      planning_s=plan.planning_s)
     return sample, out
 
 
@@ -285,8 +288,9 @@ def _compare_serial(args, model, schedule, x_T, steps: int, plan, sample: torch.
                           **{k: v[:, :1] for k, v in noise.items()})
     if plan is not None:
         report.update(serial_predicted_s=plan.serial.predicted_s)
-        print(f"auto: predicted {plan.choice.predicted_s:.2f} s ({plan.choice.label}), "
-              f"measured {report['wall_s']:.2f} s; serial predicted "
+        print(f"auto: predicted {plan.choice.predicted_s:.2f} s ({plan.choice.label}, "
+              f"planned in {plan.planning_s:.3f} s), measured {report['wall_s']:.2f} s; "
+              "serial predicted "
               f"{plan.serial.predicted_s:.2f} s, measured {serial_s:.2f} s",
               file=sys.stderr)
     report.update(serial_comparison(serial_s, report["wall_s"]),
