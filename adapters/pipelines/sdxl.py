@@ -78,18 +78,25 @@ def encode(pipe: Any, call: Call) -> Conditioning:
             tuple(g("negative_original_size")),
             tuple(g("negative_crops_coords_top_left", (0, 0))), tuple(g("negative_target_size")),
             dtype=pe.dtype, text_encoder_projection_dim=dim)
+    if call.cfg:  # as the pipeline lays them out: the pair [neg, pos] repeated per sample,
+        # so with several samples the rows alternate between the halves (diffusers' layout)
+        both = torch.cat([neg_ids, ids]).to(call.device).repeat(call.n, 1)
+        neg_ids, ids = both[:call.n], both[call.n:]
     return _conditioning(call, pe, npe, ppe, nppe, ids, neg_ids)
 
 
 def _conditioning(call: Call, pe: Tensor, npe: Tensor, ppe: Tensor, nppe: Tensor,
                   ids: Tensor, neg_ids: Tensor) -> Conditioning:
-    dev = call.device
-    cond = {"encoder_hidden_states": pe, "text_embeds": ppe,
-            "time_ids": ids.to(dev).repeat(call.n, 1)}
+    """Per-sample inputs; ``ids``/``neg_ids``: one row for all samples, or one per sample."""
+    dev, n = call.device, call.n
+
+    def rows(t: Tensor) -> Tensor:
+        return t.to(dev) if t.shape[0] == n else t.to(dev).repeat(n, 1)
+
+    cond = {"encoder_hidden_states": pe, "text_embeds": ppe, "time_ids": rows(ids)}
     unc = None
     if call.cfg:
-        unc = {"encoder_hidden_states": npe, "text_embeds": nppe,
-               "time_ids": neg_ids.to(dev).repeat(call.n, 1)}
+        unc = {"encoder_hidden_states": npe, "text_embeds": nppe, "time_ids": rows(neg_ids)}
     return Conditioning(cond, unc)
 
 
