@@ -15,15 +15,24 @@ untouched: block ``k``'s boundary is still the fine solve from an exact state.
 
 The models (``LearnedCorrection.model``), all closed-form least squares on flattened states:
 
-* ``"nearest"`` (default): a linear model of the discrepancy fitted on the ``neighbours``
-  pairs nearest to the old state ``U^{k-1}_i`` (a local secant estimate of the Jacobian of
-  ``F - G``, as nnGParareal's local GP but linear);
+* ``"hybrid"`` (default): per block, a linear model on that block's own past iterates (a
+  multi-secant estimate of the Jacobian of ``F - G`` along the block's past updates), and
+  for the directions outside their span one linear model on every pair;
+* ``"secant"``: the per-block part alone;
 * ``"linear"``: one linear model on every pair (exact once it has seen enough pairs of a
-  linear system);
+  linear autonomous system);
+* ``"nearest"``: a linear model on the ``neighbours`` pairs nearest to the old state
+  ``U^{k-1}_i`` (as nnGParareal's local GP, but linear);
 * ``"random_features"``: ``tanh`` random features of a low-dimensional projection of the
   state plus that projection, output weights by ridge least squares (RandNet-Parareal);
 * ``"gp"``: the posterior mean of a Gaussian process with a squared-exponential kernel
-  (GParareal), length scale the median pairwise distance.
+  (GParareal), length scale the median pairwise distance;
+* ``"local"``: for states on a grid, a translation-invariant local Jacobian on a stencil
+  (per-component features, as RandNet-Parareal uses for large meshes).
+
+Whether an iteration uses the model is decided by an out-of-sample check (see
+:class:`LearnedCorrection` ``fallback``); the default was chosen by measurement
+(``benchmarks/bench_learned_correction.py``, ``docs/learned_correction.md``).
 
 Memory stays bounded for large states: at most ``max_pairs`` pairs are kept (the newest),
 inputs of the nonlinear models are projected onto at most ``rank`` principal directions of
@@ -35,7 +44,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import itertools
+from functools import partial
+
 import torch
+import torch.nn.functional as Fn
 from torch import Tensor
 
 from ._checks import check_bool, check_int, check_number
@@ -44,7 +57,7 @@ from .result import Stats
 __all__ = ["LearnedCorrection", "Learner", "resolve_correction", "MODELS"]
 
 #: the model kinds ``LearnedCorrection.model`` accepts
-MODELS = ("nearest", "linear", "random_features", "gp", "secant", "hybrid")
+MODELS = ("nearest", "linear", "random_features", "gp", "secant", "hybrid", "local")
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,8 @@ class LearnedCorrection:
     ``correction="learned"`` means ``LearnedCorrection()``.
 
     Attributes:
-        model: ``"nearest"``, ``"linear"``, ``"random_features"`` or ``"gp"`` (see
+        model: one of :data:`MODELS`: ``"hybrid"``, ``"secant"``, ``"linear"``,
+            ``"nearest"``, ``"random_features"``, ``"gp"`` or ``"local"`` (see
             :mod:`pint.learned`).
         neighbours: pairs in the local model of ``"nearest"`` (>= 2).
         features: random features of ``"random_features"`` (>= 1).
@@ -72,18 +86,26 @@ class LearnedCorrection:
             uses the model after ``warmup``.
         accept: the error ratio the check must beat (> 0).
         seed: seed of the random features (a private generator; the global RNG is untouched).
+        stencil: radius of the ``"local"`` model's stencil in grid points (>= 1).
+        grid_dims: how many trailing state dimensions are the grid for ``"local"`` (1-3);
+            the leading ones are channels (``[2, n, n]`` with ``grid_dims=2``: two species
+            on an ``n x n`` grid).
+        boundary: ``"periodic"`` or ``"zeros"`` (Dirichlet): how ``"local"`` pads the grid.
     """
 
-    model: str = "nearest"
+    model: str = "hybrid"
     neighbours: int = 6
     features: int = 64
     rank: int = 16
     max_pairs: int | None = None
     ridge: float = 1e-12
     warmup: int = 0
-    accept: float = 0.5
+    accept: float = 0.9
     fallback: bool = True
     seed: int = 0
+    stencil: int = 2
+    grid_dims: int = 1
+    boundary: str = "periodic"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str):
@@ -101,6 +123,13 @@ class LearnedCorrection:
         check_bool("LearnedCorrection.fallback", self.fallback)
         check_number("LearnedCorrection.accept", self.accept, positive=True)
         check_int("LearnedCorrection.seed", self.seed, 0)
+        check_int("LearnedCorrection.stencil", self.stencil, 1)
+        check_int("LearnedCorrection.grid_dims", self.grid_dims, 1)
+        if self.grid_dims > 3:
+            raise ValueError(f"LearnedCorrection.grid_dims must be 1, 2 or 3, got {self.grid_dims}")
+        if self.boundary not in ("periodic", "zeros"):
+            raise ValueError(f"LearnedCorrection.boundary must be 'periodic' or 'zeros', got "
+                             f"{self.boundary!r}")
 
 
 def resolve_correction(correction: object) -> LearnedCorrection | None:
@@ -263,7 +292,65 @@ def _hybrid(X: Tensor, Y: Tensor, ids: Tensor, opts: LearnedCorrection) -> _Seca
     return _Secant(X, Y, ids, opts, hybrid=True)
 
 
-_BUILD = {"secant": _Secant, "hybrid": _hybrid, "nearest": _Nearest, "linear": _Linear, "random_features": _RandomFeatures, "gp": _GP}
+class _Local:
+    """A local, translation-invariant Jacobian of the discrepancy on a grid (states
+    ``[*channels, *grid]``, the last ``grid_dims`` dimensions the grid), learned from
+    secants: the change of the discrepancy at grid point ``j`` between two iterates of one
+    block is ``sum_s K_s(u_j) du_{j+s}`` over the ``(2 stencil + 1)^grid_dims`` neighbours,
+    with coefficients ``K_s`` quadratic in the channels at ``j`` (per-component features:
+    the model has ``O(channels^3 (2 stencil + 1)^grid_dims)`` numbers whatever the grid size),
+    fitted by least squares on every (secant, grid point) sample."""
+
+    def __init__(self, X: Tensor, Y: Tensor, ids: Tensor, opts: LearnedCorrection,
+                 shape: tuple[int, ...] = ()) -> None:
+        g = opts.grid_dims
+        if len(shape) < g:
+            raise ValueError(f"LearnedCorrection.grid_dims={g} needs states of at least {g} "
+                             f"dimensions, got shape {shape}")
+        self.opts, self.grid = opts, shape[-g:]
+        self.C = math.prod(shape[:-g])
+        base, dX, dY = [], [], []
+        for block in torch.unique(ids).tolist():  # consecutive iterates of each block
+            rows = (ids == block).nonzero().flatten()
+            base.append(X[rows[:-1]])
+            dX.append(X[rows[1:]] - X[rows[:-1]])
+            dY.append(Y[rows[1:]] - Y[rows[:-1]])
+        self.beta: Tensor | None = None
+        if sum(len(b) for b in base) == 0:
+            return  # no secant yet: no change predicted (the classic update)
+        Phi = self.features(torch.cat(dX), torch.cat(base))
+        U, w, Vh = _ridge_pinv(Phi, opts.ridge)
+        self.beta = Vh.T @ ((w[:, None] * U.T) @ self.per_point(torch.cat(dY)))  # [q, C]
+
+    def per_point(self, X: Tensor) -> Tensor:
+        """``[n, d]`` -> ``[n * points, C]``."""
+        return X.reshape(X.shape[0], self.C, -1).transpose(1, 2).reshape(-1, self.C)
+
+    def stencils(self, X: Tensor) -> Tensor:
+        """``[n, d]`` -> ``[n * points, C * (2 r + 1)^g]``: each grid point's neighbourhood."""
+        r, g, n = self.opts.stencil, self.opts.grid_dims, X.shape[0]
+        u = X.reshape(n, self.C, *self.grid)
+        periodic = self.opts.boundary == "periodic" and all(r <= m for m in self.grid)
+        up = Fn.pad(u, [r] * (2 * g), mode="circular" if periodic else "constant")
+        cols = [up[(..., *(slice(r + o, r + o + m) for o, m in zip(off, self.grid, strict=True)))]
+                for off in itertools.product(range(-r, r + 1), repeat=g)]
+        S = torch.stack(cols, 2).reshape(n, -1, math.prod(self.grid))  # [n, C * K, points]
+        return S.transpose(1, 2).reshape(-1, S.shape[1])
+
+    def features(self, step: Tensor, base: Tensor) -> Tensor:
+        """``stencil(step) x [1, base_j, base_j^2]`` per grid point: ``[n * points, q]``."""
+        u = self.per_point(base)
+        poly = torch.cat([torch.ones_like(u[:, :1]), u, (u[:, :, None] * u[:, None, :]).flatten(1)], 1)
+        return (self.stencils(step)[:, :, None] * poly[:, None, :]).flatten(1)
+
+    def delta(self, new: Tensor, old: Tensor, ids: Tensor) -> Tensor:
+        if self.beta is None:
+            return torch.zeros_like(new)
+        out = self.features(new - old, old) @ self.beta
+        return out.reshape(new.shape[0], -1, self.C).transpose(1, 2).reshape(new.shape[0], -1)
+
+
+_BUILD = {"local": _Local, "secant": _Secant, "hybrid": _hybrid, "nearest": _Nearest, "linear": _Linear, "random_features": _RandomFeatures, "gp": _GP}
 
 
 # --------------------------------------------------------------------------- the learner
@@ -298,18 +385,21 @@ class Learner:
         self.use_model = False
         self.iteration = 0
         self.log: list[dict[str, float | bool | int]] = []
+        shape = ((2,) if like.is_complex() else ()) + tuple(like.shape)  # (re, im) channels
+        self.build = partial(_Local, shape=shape) if opts.model == "local" else _BUILD[opts.model]
 
     def _flat(self, x: Tensor) -> Tensor:
         """``[n, *state]`` as ``[n, d]`` rows in the fit's dtype."""
         x = x.detach()
-        if x.is_complex():
-            x = torch.view_as_real(x.contiguous())
+        if x.is_complex():  # [n, 2, *state]: real and imaginary parts as channels
+            x = torch.view_as_real(x.contiguous()).movedim(-1, 1)
         return x.reshape(x.shape[0], -1).to(self.dtype)
 
     def _unflat(self, row: Tensor, like: Tensor) -> Tensor:
         """One flat row back to ``like``'s shape and dtype."""
         if like.is_complex():
-            return torch.view_as_complex(row.reshape(*like.shape, 2).contiguous()).to(like.dtype)
+            parts = row.reshape(2, *like.shape).movedim(0, -1).contiguous()
+            return torch.view_as_complex(parts).to(like.dtype)
         return row.reshape(like.shape).to(like.dtype)
 
     def observe(self, k: int, first_block: int, states: Tensor, discrepancy: Tensor) -> None:
@@ -342,7 +432,7 @@ class Learner:
             self.use_model = err_model < self.opts.accept * err_classic
         self.log.append({"iteration": k, "model_error": err_model, "classic_error": err_classic,
                          "used_model": self.use_model})
-        self.model = _BUILD[self.opts.model](self.X, self.Y, self.ids, self.opts)
+        self.model = self.build(self.X, self.Y, self.ids, self.opts)
         self.iteration = k
         self.stats.fits += 1
         self.stats.depth += 1
@@ -364,7 +454,7 @@ class Learner:
             keep = torch.arange(n, device=X.device) != j
             l = int(dist[j].argmin())
             change = Y[j] - Y[l]
-            model = _BUILD[self.opts.model](X[keep], Y[keep], self.ids[keep], self.opts)
+            model = self.build(X[keep], Y[keep], self.ids[keep], self.opts)
             pred = model.delta(X[j : j + 1], X[l : l + 1], self.ids[l : l + 1])[0]
             err_classic += float(change.norm())
             err_model += float((change - pred).norm())

@@ -183,3 +183,29 @@ def test_brusselator_2d_is_batched_checked_and_matches_its_reference():
         P.get("brusselator_2d", diffusion="fast")
     with pytest.raises(ValueError, match="points"):
         P.get("brusselator_2d", points=2)
+
+
+def test_local_model_on_a_2d_grid_is_exact_at_B():
+    case = P.get("brusselator_2d", points=6, t_end=1.0)
+    opts = pint.LearnedCorrection(model="local", grid_dims=2, stencil=1, fallback=False)
+    res = pint.parareal(case.problem, case.coarse, case.fine, 4, tol=0.0, correction=opts)
+    ref = pint.serial(case.problem, case.fine, 4)
+    assert torch.allclose(res.boundaries, ref.boundaries, rtol=0, atol=1e-12)
+    assert res.stats.model_evals > 0
+    with pytest.raises(ValueError, match="grid_dims"):
+        pint.parareal(P.get("dahlquist").problem, pint.Euler(1), pint.RK4(4), 3, tol=0.0,
+                      correction=pint.LearnedCorrection(model="local", grid_dims=2, fallback=False))
+    for kw, name in [({"grid_dims": 4}, "grid_dims"), ({"boundary": "open"}, "boundary"),
+                     ({"stencil": 0}, "stencil")]:
+        with pytest.raises(ValueError, match=name):
+            pint.LearnedCorrection(**kw)
+
+
+def test_benchmark_quick(load_script, tmp_path):
+    rep = load_script("benchmarks", "bench_learned_correction").main(["--quick", "--out", str(tmp_path)])
+    assert (tmp_path / "learned_correction.json").exists()
+    for row in rep["catalog"] + rep["harder"]:
+        assert row["learned"]["iterations"] <= row["classic"]["iterations"]
+        assert row["learned"]["fits"] == row["learned"]["iterations"]
+    heat = rep["harder"][0]
+    assert 2 * heat["learned"]["iterations"] <= heat["classic"]["iterations"]

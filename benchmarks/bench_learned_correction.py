@@ -1,0 +1,150 @@
+"""Classic vs learned Parareal correction (``pint.parareal(..., correction="learned")``).
+
+    python benchmarks/bench_learned_correction.py [--quick] [--out DIR]
+
+* ``catalog``: Burgers, Brusselator, Allen-Cahn and the 2-D Brusselator reaction-diffusion
+  system at the catalog's setup and tolerance: iterations, sequential depth (the learned
+  run's includes one step per fit and per model evaluation on the critical path), fits,
+  wall-clock, error against serial;
+* ``harder``: setups where classic Parareal needs more iterations (a cheaper coarse
+  propagator, the linear heat equation, Dahlquist, a stiff 2-D reaction-diffusion variant
+  with an implicit coarse step);
+* ``models``: every model of :mod:`pint.learned` with the fallback on, on the quick
+  problems, the measurement behind the default.
+
+No published anchor setup is reproduced here: GParareal's and RandNet-Parareal's
+experiments use their own meshes, horizons and stopping rules (relative tolerances on
+``[0, T]`` with many more blocks), which pint's catalog does not copy.
+
+Writes ``benchmarks/results/learned_correction.json`` and ``learned_correction.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import pint
+from pint import problems
+from pint.learned import MODELS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(case, correction, coarse=None) -> dict:
+    """One Parareal solve of ``case`` and its figures."""
+    coarse = coarse or case.coarse
+    t = time.perf_counter()
+    res = pint.parareal(case.problem, coarse, case.fine, case.num_blocks, case.tol,
+                        correction=correction)
+    wall = time.perf_counter() - t
+    ref = pint.serial(case.problem, case.fine, case.num_blocks)
+    s = res.stats
+    return {"iterations": res.iterations, "converged": res.converged, "depth": s.depth,
+            "fit_depth": s.fit_depth, "fits": s.fits, "model_evals": s.model_evals,
+            "serial_depth": ref.stats.depth, "wall_s": round(wall, 3),
+            "error_vs_serial": float((res.y - ref.y).abs().max()),
+            "history": [float(h) for h in res.history]}
+
+
+def compare(label: str, case, coarse=None, correction=None) -> dict:
+    """Classic and learned on one setup."""
+    correction = correction or pint.LearnedCorrection()
+    a, b = run(case, "classic", coarse), run(case, correction, coarse)
+    row = {"problem": label, "state": list(case.problem.y0.shape), "blocks": case.num_blocks,
+           "tol": case.tol, "coarse": repr(coarse or case.coarse), "fine": repr(case.fine),
+           "classic": a, "learned": b,
+           "iteration_ratio": a["iterations"] / b["iterations"],
+           "depth_ratio": a["depth"] / b["depth"]}
+    print(f"{label:28s} classic {a['iterations']:2d} it depth {a['depth']:5d} | learned "
+          f"{b['iterations']:2d} it depth {b['depth']:5d} (fit {b['fit_depth']}) "
+          f"err {b['error_vs_serial']:.1e}", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small problems only")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    if args.quick:
+        catalog = [("dahlquist", problems.get("dahlquist"))]
+        harder = [("heat (7 points)", problems.get("heat", points=7), None)]
+        model_cases = [("dahlquist", problems.get("dahlquist"), None)]
+        models = ["linear", "hybrid"]
+    else:
+        catalog = [(n, problems.get(n)) for n in ("burgers", "brusselator", "allen_cahn",
+                                                    "brusselator_2d")]
+        stiff_rd = problems.get("brusselator_2d", b=2.2, diffusion=(0.02, 0.01))
+        harder = [("brusselator, coarse RK4(2)", problems.get("brusselator"), pint.RK4(2)),
+                  ("van_der_pol", problems.get("van_der_pol"), None),
+                  ("heat", problems.get("heat"), None),
+                  ("dahlquist", problems.get("dahlquist"), None),
+                  ("brusselator_2d stiff, BE(2)", stiff_rd, pint.BackwardEuler(2))]
+        model_cases = [("burgers", problems.get("burgers"), None),
+                       ("brusselator", problems.get("brusselator"), None),
+                       ("brusselator, coarse RK4(2)", problems.get("brusselator"), pint.RK4(2)),
+                       ("van_der_pol", problems.get("van_der_pol"), None),
+                       ("heat", problems.get("heat"), None),
+                       ("brusselator_2d", problems.get("brusselator_2d"), None)]
+        models = list(MODELS)
+
+    print("catalog setups")
+    rows = [compare(label, case) for label, case in catalog]
+    print("harder setups")
+    hard = [compare(label, case, coarse) for label, case, coarse in harder]
+    print("models (fallback on)")
+    table: list[dict] = []
+    for label, case, coarse in model_cases:
+        classic = run(case, "classic", coarse)
+        entry = {"problem": label, "classic": classic["iterations"], "models": {}}
+        for m in models:
+            opts = pint.LearnedCorrection(model=m, grid_dims=2 if case.problem.y0.dim() == 3 else 1)
+            r = run(case, opts, coarse)
+            entry["models"][m] = {"iterations": r["iterations"], "depth": r["depth"],
+                                  "wall_s": r["wall_s"]}
+        print(f"{label:28s} classic {classic['iterations']}  " + "  ".join(
+            f"{m} {v['iterations']}" for m, v in entry["models"].items()), flush=True)
+        table.append(entry)
+
+    defaults = pint.LearnedCorrection()
+    result = {
+        "what": "iterations and sequential depth of Parareal, classic vs learned correction",
+        "default_options": {k: getattr(defaults, k) for k in defaults.__dataclass_fields__},
+        "catalog": rows, "harder": hard, "models": table,
+        "anchors": "not reproduced (see the module docstring)",
+        "torch": torch.__version__, "platform": platform.platform(), "quick": args.quick,
+    }
+    (args.out / "learned_correction.json").write_text(json.dumps(result, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the plot is optional
+        return result
+    allrows = rows + hard
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    x = range(len(allrows))
+    for ax, key, title in ((axes[0], "iterations", "Parareal iterations"),
+                           (axes[1], "depth", "sequential depth (propagator steps + fits)")):
+        ax.bar([i - 0.2 for i in x], [r["classic"][key] for r in allrows], 0.4, label="classic")
+        ax.bar([i + 0.2 for i in x], [r["learned"][key] for r in allrows], 0.4, label="learned")
+        ax.set_xticks(list(x), [r["problem"] for r in allrows], rotation=35, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out / "learned_correction.png", dpi=110)
+    plt.close(fig)
+    return result
+
+
+if __name__ == "__main__":
+    main()
