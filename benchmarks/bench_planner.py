@@ -154,6 +154,7 @@ def auto_calls(model, schedule, x, N, tol):
         wall = time.perf_counter() - t0
         outs.append(out.sample)
         res[which] = dict(wall_s=wall, planning_s=out.plan.planning_s, reused=out.plan.reused,
+                          reason=out.plan.reason, excluded=list(out.plan.excluded),
                           choice=out.plan.choice.label, predicted_s=out.plan.choice.predicted_s,
                           serial_predicted_s=out.plan.serial.predicted_s)
     res["same_sample"] = bool(torch.equal(outs[0], outs[1]))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import statistics
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -469,9 +470,10 @@ def proxy_trace(runners: Mapping[str, Runner], schedule: Schedule, grid: Samplin
     if not done and not serial:
         return None
     if serial:  # per step, between the second call and the last (no set-up)
-        if k > 2:
-            step = (net.stamps[-1] - net.stamps[1]) / (k - 2)
-            engine = step - sum(net.net_s[1:-1]) / (k - 2)
+        if k > 2:  # medians: one descheduled step on a busy machine does not count
+            gaps = [b - a for a, b in zip(net.stamps[1:], net.stamps[2:], strict=False)]
+            step = statistics.median(gaps)
+            engine = step - statistics.median(net.net_s[1:-1])
         else:
             step, engine = wall / max(1, k), max(0.0, wall - net.seconds) / max(1, k)
         trace = ([1] * N, max(0.0, engine), step)
