@@ -447,7 +447,7 @@ def proxy_trace(runners: Mapping[str, Runner], schedule: Schedule, grid: Samplin
     (``"serial"`` too) on the mixture proxy on ``grid`` (the schedule's at ``N`` steps,
     keyed ``skey``). The engine seconds are the run's wall-clock less the proxy network's
     own compute (timed around every call), over its calls; the proxy seconds what the run
-    cost the planner per call. ``None`` when the calls, priced by ``price(rows)``, pass
+    cost the planner per call. ``None`` when the calls, priced by ``price(steps)``, pass
     ``limit_s`` before the run ends (the candidate cannot be the fastest). Cached for the
     process (a pure function of the grid, tolerance and candidate)."""
     N = grid.num_steps
@@ -457,8 +457,9 @@ def proxy_trace(runners: Mapping[str, Runner], schedule: Schedule, grid: Samplin
         return _TRACES[key]
     serial = sampler == "serial"
     b = min(_PROXY_BATCH, x_T.shape[0])
+    per_call = None if serial or price is None else (lambda rows: price(rows // b))
     net = _Recorder(_GridMixture(grid, schedule.prediction_type, _PROXY_DIM, 0).to(x_T.device),
-                    _SERIAL_STEPS if serial else None, None if serial else price, limit_s)
+                    _SERIAL_STEPS if serial else None, per_call, limit_s)
     g = torch.Generator(device=x_T.device).manual_seed(0)
     x = torch.randn(b, _PROXY_DIM, generator=g, device=x_T.device, dtype=x_T.dtype)
     kw = dict(options, eta=eta, sampler=solver,
@@ -834,7 +835,7 @@ def _price(req: _Request, configs: list[tuple[str, dict]], serial: Candidate,
                 continue
             limit = math.inf if rec else min(best, serial.predicted_s / (1 + err))
         t0 = time.perf_counter()
-        trace = req.trace(s, o, lambda r: cost(r) + req.gather, limit)
+        trace = req.trace(s, o, lambda n: cost(req.rows(n)) + req.gather, limit)
         if trace is None:
             skipped["passed_best"] += 1
             continue
