@@ -834,12 +834,12 @@ def _price(req: _Request, configs: list[tuple[str, dict]], serial: Candidate,
                 skipped[why] += 1
                 continue
             limit = math.inf if rec else min(best, serial.predicted_s / (1 + err))
-        t0 = time.perf_counter()
+        t0, cached = time.perf_counter(), req.traced(s, o)
         trace = req.trace(s, o, lambda n: cost(req.rows(n)) + req.gather, limit)
         if trace is None:
             skipped["passed_best"] += 1
             continue
-        req.learn(s, o, trace, time.perf_counter() - t0)
+        req.learn(s, o, trace, 0.0 if cached else time.perf_counter() - t0)
         parallel.append(_candidate(req, s, o, cost, trace, rec))
     parallel.sort(key=lambda c: c.predicted_s)
     return parallel, skipped
