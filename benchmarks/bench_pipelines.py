@@ -158,6 +158,31 @@ def tiny_flux_img2img(tmp: Path, seed: int = 0):
     return _ready(FluxImg2ImgPipeline(**t2i.tiny_flux(tmp, seed).components))
 
 
+def tiny_pixart(tmp: Path, cls: str = "PixArtSigmaPipeline", seed: int = 0):
+    """A PixArt pipeline (Sigma, or Alpha for the registration example) with random
+    weights: a T5 encoder, a one-layer learned-sigma PixArt transformer, DPM-Solver++ on
+    linear betas, 16 x 16 images."""
+    import diffusers
+    from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = t2i.t5_tokenizer(tmp / "t5_vocab")
+    enc = T5EncoderModel(T5Config(
+        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+        eos_token_id=1))
+    net = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+        num_layers=1, cross_attention_dim=16, sample_size=8, patch_size=2, caption_channels=32,
+        norm_num_groups=4)
+    # DPM-Solver++ as PixArt-Sigma ships it, on SD's betas: an untrained network's x0 at the
+    # first level stays moderate (PixArt's linear betas divide by alpha = 0.006 there)
+    sched = DPMSolverMultistepScheduler(**SD_BETAS)
+    return _ready(getattr(diffusers, cls)(tokenizer=tok, text_encoder=enc, vae=_vae(),
+                                          transformer=net, scheduler=sched))
+
+
 def image(seed: int = 0, size: int = 16) -> torch.Tensor:
     """A random image ``[1, 3, size, size]`` in ``[0, 1]``."""
     g = torch.Generator().manual_seed(seed)

@@ -80,8 +80,9 @@ def default_geometry(pipe: Any, call: Call) -> tuple[int, int, int, tuple[int, .
         default = (size, size) if isinstance(size, int) else tuple(size)
         mult = 8
     else:
-        default = (pipe.default_sample_size,) * 2
-        mult = sf * getattr(net.config, "patch_size", 1)
+        d = getattr(pipe, "default_sample_size", None) or size
+        default = (d, d) if isinstance(d, int) else tuple(d)
+        mult = sf * (getattr(net.config, "patch_size", None) or 1)
     height, width = call.get("height", default[0] * sf), call.get("width", default[1] * sf)
     check_size(call.name, height, width, mult)
     C = net.config.in_channels
