@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image height in pixels (default: the pipeline's)")
     t2i.add_argument("--width", type=_positive_int, default=None,
                      help="image width in pixels (default: the pipeline's)")
+    t2i.add_argument("--image", default=None, help="an image file for img2img and ControlNet "
+                     "pipeline folders (the image to start from / the control image)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=None, metavar="SCHEDULER",
                    help="the solver: ddim, ddpm, euler, euler_ancestral, dpmpp_2m or unipc "
                         "(see above for which model takes which; default the model's own)")
