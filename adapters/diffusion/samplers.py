@@ -185,26 +185,7 @@ def srds_sample(
     check_progress(progress)
     N, denoiser, grid, noise, problem = prepare(
         model, schedule, x_T, num_steps, eta, generator, sampler, noise, model_options)
-    if partition is not None and num_blocks is not None:
-        raise ValueError("give num_blocks or partition, not both (partition fixes the blocks)")
-    if partition is None:
-        if num_blocks is None:
-            num_blocks = min(N, max(1, round((2 if pipelined else 1) * math.sqrt(N))))
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
-            raise TypeError(f"num_blocks must be an int, got {type(num_blocks).__name__}")
-        if not 1 <= num_blocks <= N:
-            raise ValueError(f"num_blocks must be between 1 and num_steps={N}, got {num_blocks}")
-        edges = block_partition(N, num_blocks)
-    else:
-        try:
-            edges = torch.as_tensor(partition, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError("partition must be a 1-D sequence of whole grid positions 0 .. "
-                            f"num_steps, got {partition!r}") from None
-        if edges.dim() != 1:
-            raise ValueError(f"partition must be 1-D, got shape {tuple(edges.shape)}")
-        if not bool((edges == edges.round()).all()):
-            raise ValueError("partition must hold whole grid positions 0 .. num_steps")
+    edges = _block_edges(N, num_blocks, partition, pipelined)
     precision = resolve_tol(tol, SRDS_TOL, denoiser.input_dtype, "DEFAULT_TOL")
     tol = precision.tol
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol):
@@ -217,21 +198,8 @@ def srds_sample(
     G = GridStep(denoiser, grid, fine=False, noise=noise, order=COARSE_ORDERS[coarse])
     fine = GridStep(denoiser, grid, fine=True, noise=noise)
     iterates: list[Tensor] = []
-    guess = None
-    if initial is not None:
-        B = edges.numel() - 1
-        y0 = problem.y0
-        if not isinstance(initial, Tensor) or tuple(initial.shape[1:]) != tuple(y0.shape) \
-                or initial.shape[0] not in (N + 1, B + 1):
-            raise ValueError(f"initial must have shape {(N + 1, *y0.shape)} (a trajectory) or "
-                             f"{(B + 1, *y0.shape)} (block boundaries), got "
-                             f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
-        check_finite_input("initial", initial)
-        guess = initial.to(device=x_T.device, dtype=y0.dtype)
-        if guess.shape[0] == N + 1:
-            guess = guess[edges.round().long().to(guess.device)]
-        guess = y0 + (guess - guess[0])
-        check_finite_input("initial", guess, denoiser.input_dtype)
+    guess = None if initial is None else _warm_guess(initial, edges, problem.y0, N,
+                                                     denoiser.input_dtype)
 
     def on_iteration(info: pint.IterationInfo) -> None:
         if return_iterates:
@@ -260,6 +228,52 @@ def srds_sample(
                         res.history, stats, float(tol), res.num_blocks,
                         torch.stack(iterates) if return_iterates else None,
                         boundaries=res.boundaries, precision=precision)
+
+
+def _block_edges(N: int, num_blocks: object, partition: object, pipelined: bool) -> Tensor:
+    """SRDS's block edges ``[B + 1]`` (grid positions, float64) from ``num_blocks`` (default
+    ``round(sqrt(N))``, twice that pipelined) or an explicit ``partition``, checked."""
+    if partition is not None and num_blocks is not None:
+        raise ValueError("give num_blocks or partition, not both (partition fixes the blocks)")
+    if partition is None:
+        if num_blocks is None:
+            num_blocks = min(N, max(1, round((2 if pipelined else 1) * math.sqrt(N))))
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
+            raise TypeError(f"num_blocks must be an int, got {type(num_blocks).__name__}")
+        if not 1 <= num_blocks <= N:
+            raise ValueError(f"num_blocks must be between 1 and num_steps={N}, got {num_blocks}")
+        edges = block_partition(N, num_blocks)
+    else:
+        try:
+            edges = torch.as_tensor(partition, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError("partition must be a 1-D sequence of whole grid positions 0 .. "
+                            f"num_steps, got {partition!r}") from None
+        if edges.dim() != 1:
+            raise ValueError(f"partition must be 1-D, got shape {tuple(edges.shape)}")
+        if not bool((edges == edges.round()).all()):
+            raise ValueError("partition must hold whole grid positions 0 .. num_steps")
+    return edges
+
+
+def _warm_guess(initial: object, edges: Tensor, y0: Tensor, N: int,
+                network: torch.dtype) -> Tensor:
+    """SRDS's warm start: ``initial`` (a trajectory ``[N + 1, ...]`` or boundaries
+    ``[B + 1, ...]``) read at the block edges, its increments anchored at the first state
+    ``y0``, in the state's dtype (and finite in the ``network``'s)."""
+    B = edges.numel() - 1
+    if not isinstance(initial, Tensor) or tuple(initial.shape[1:]) != tuple(y0.shape) \
+            or initial.shape[0] not in (N + 1, B + 1):
+        raise ValueError(f"initial must have shape {(N + 1, *y0.shape)} (a trajectory) or "
+                         f"{(B + 1, *y0.shape)} (block boundaries), got "
+                         f"{tuple(getattr(initial, 'shape', ())) or type(initial).__name__}")
+    check_finite_input("initial", initial)
+    guess = initial.to(device=y0.device, dtype=y0.dtype)
+    if guess.shape[0] == N + 1:
+        guess = guess[edges.round().long().to(guess.device)]
+    guess = y0 + (guess - guess[0])
+    check_finite_input("initial", guess, network)
+    return guess
 
 
 def srds_max_calls(edges: Tensor, max_iters: int | None, pipelined: bool = False,

@@ -119,3 +119,61 @@ def test_bfloat16_serial_is_closer_to_float32_than_a_bfloat16_state(unet):
     ours = serial_sample(model16, sched, x.bfloat16(), 25)
     theirs = _ddim_loop_in(model16.unet, x.bfloat16(), 25)
     assert (ours.float() - ref).abs().max() < (theirs.float() - ref).abs().max()
+
+
+@pytest.fixture(scope="module")
+def flux_pipes(tmp_path_factory):
+    """A tiny random FluxPipeline in float32 and its bfloat16 copy."""
+    pytest.importorskip("transformers")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_text_to_image",
+        Path(__file__).resolve().parents[2] / "benchmarks" / "bench_text_to_image.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    p32 = bench.tiny_flux(tmp_path_factory.mktemp("flux"))
+    return p32, copy.deepcopy(p32).to(torch.bfloat16), bench.MAX_TOKENS
+
+
+def test_bfloat16_flux_defaults_converge_within_the_networks_own_precision(flux_pipes):
+    """Issue 29's goal on a tiny random Flux in bfloat16, N = 28, every sampler at its
+    defaults: Picard and quasi-Newton in at most 0.4 N sequential calls, SRDS in 0.6 N, each
+    no further from the bfloat16 serial sample than that is from the float32 one (before:
+    24 / 24 / 28 calls)."""
+    from adapters.text_to_image import srds_pipeline
+
+    p32, p16, tokens = flux_pipes
+    kw = dict(height=16, width=16, max_sequence_length=tokens, output_type="latent")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        def run(pipe, sampler):
+            return srds_pipeline(pipe, ["a photo of a cat", "red tree"], 28, sampler=sampler,
+                                 generator=torch.Generator().manual_seed(0), **kw)
+
+        ref32 = run(p32, "serial").latents.double()
+        serial = run(p16, "serial").latents.double()
+        yardstick = (serial - ref32).abs().max()
+        for sampler, share in (("picard", 0.4), ("quasi_newton", 0.4), ("srds", 0.6)):
+            out = run(p16, sampler)
+            assert out.stats.depth <= share * 28, (sampler, out.stats.depth)
+            assert (out.latents.double() - serial).abs().max() <= yardstick, sampler
+            assert out.sampling.precision.state == torch.float32
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_auto_plans_and_samples_under_the_same_policy():
+    """``sampler="auto"`` on a bfloat16 network: the plan's proxy runs and the chosen
+    sampler work in float32 around the bfloat16 network, with the network's default tol."""
+    from adapters.diffusion import sample
+
+    net = Recording(torch.bfloat16)
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(4)).bfloat16()
+    out = sample(net, SCHED, x, 40)
+    assert net.seen == {torch.bfloat16} and out.sample.dtype == torch.bfloat16
+    if out.precision is not None:  # a parallel sampler ran (serial returns no SampleOutput)
+        assert out.precision.network == torch.bfloat16
+        assert out.precision.state == torch.float32

@@ -274,6 +274,10 @@ def evaluate(folder: Path, runs: list[tuple[int, int]], seed: int,
 
 
 def write_readme(folder: Path, args, info: dict, ev: dict | None) -> None:
+    """The model folder's README.md (what the model is, how it was trained and evaluated).
+
+    Kept in one piece: it is the README's text, one line per list entry, read top to
+    bottom as the page it writes."""
     arch = info["arch"]
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != "README.md")
     lines = [

@@ -146,6 +146,10 @@ def evaluate(folder: Path, steps: list[int], n: int, seed: int, grid: str | None
 
 
 def write_readme(folder: Path, args, info: dict, ev: dict | None) -> None:
+    """The model folder's README.md (what the model is, how it was trained and evaluated).
+
+    Kept in one piece: it is the README's text, one line per list entry, read top to
+    bottom as the page it writes."""
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != "README.md")
     flags = "".join(
         f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
