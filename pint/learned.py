@@ -41,10 +41,9 @@ the data, and a fitted model holds ``O((max_pairs + rank) * state size)`` number
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
-
-import itertools
 from functools import partial
 
 import torch
@@ -350,7 +349,8 @@ class _Local:
         return out.reshape(new.shape[0], -1, self.C).transpose(1, 2).reshape(new.shape[0], -1)
 
 
-_BUILD = {"local": _Local, "secant": _Secant, "hybrid": _hybrid, "nearest": _Nearest, "linear": _Linear, "random_features": _RandomFeatures, "gp": _GP}
+_BUILD = {"local": _Local, "secant": _Secant, "hybrid": _hybrid, "nearest": _Nearest,
+          "linear": _Linear, "random_features": _RandomFeatures, "gp": _GP}
 
 
 # --------------------------------------------------------------------------- the learner
@@ -423,7 +423,7 @@ class Learner:
         ids = torch.arange(first_block, first_block + X.shape[0], device=X.device)
         self.ids = ids if self.ids is None else torch.cat([self.ids, ids])[-self.max_pairs :]
         if compared == 0 and self.opts.fallback and k > self.opts.warmup:
-            err_model, err_classic = self._leave_one_out()
+            err_model, err_classic = self._leave_one_out(X.shape[0])
         if k <= self.opts.warmup:
             self.use_model = False
         elif not self.opts.fallback:
@@ -438,21 +438,24 @@ class Learner:
         self.stats.depth += 1
         self.stats.fit_depth += 1
 
-    def _leave_one_out(self) -> tuple[float, float]:
-        """The check without a past prediction (first iteration): for each pair ``j`` and
-        its nearest other pair ``l``, the model fitted without ``j`` predicts ``D_j`` from
-        ``D_l`` (``D_l + M(X_j) - M(X_l)``), the classic update predicts ``D_l``; summed
-        errors ``(model, classic)``."""
-        X, Y = self.X, self.Y
-        assert X is not None and Y is not None
+    def _leave_one_out(self, new: int) -> tuple[float, float]:
+        """The check without a past prediction (the model had nothing to predict with in
+        the iteration before): each of the ``new`` newest pairs ``j`` is left out in turn,
+        and the model fitted without it predicts ``D_j`` from ``D_l`` (``D_l + M(X_j) -
+        M(X_l)``), ``l`` the same block's previous pair (a secant, as in the correction)
+        or, for a block's first pair, the nearest other pair; the classic update predicts
+        ``D_l``. Summed errors ``(model, classic)``."""
+        X, Y, ids = self.X, self.Y, self.ids
+        assert X is not None and Y is not None and ids is not None
         n = X.shape[0]
         if n < 3:
             return math.inf, 0.0
         dist = torch.cdist(X, X) + torch.diag(torch.full((n,), math.inf, dtype=X.dtype, device=X.device))
         err_model = err_classic = 0.0
-        for j in range(n):
+        for j in range(n - min(new, n), n):
             keep = torch.arange(n, device=X.device) != j
-            l = int(dist[j].argmin())
+            same = (ids[:j] == ids[j]).nonzero().flatten()
+            l = int(same[-1]) if same.numel() else int(dist[j].argmin())
             change = Y[j] - Y[l]
             model = self.build(X[keep], Y[keep], self.ids[keep], self.opts)
             pred = model.delta(X[j : j + 1], X[l : l + 1], self.ids[l : l + 1])[0]
@@ -482,4 +485,5 @@ class Learner:
         ids = torch.arange(first_block, first_block + new.shape[0], device=self.device)
         P = self.model.delta(self._flat(new), self._flat(old), ids)  # type: ignore[attr-defined]
         for j in range(P.shape[0]):
-            self.predicted[first_block + j] = P[j]
+            if bool(P[j].any()):  # a model with nothing to go on predicts no change: no check
+                self.predicted[first_block + j] = P[j]
