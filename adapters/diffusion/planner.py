@@ -180,7 +180,8 @@ class CostModel:
 
 # ---------------------------------------------------------------------------- the probe
 
-_PROBES: dict[tuple, tuple[Any, CostModel]] = {}
+#: key -> (network ref, curve, the widest rows it was probed for)
+_PROBES: dict[tuple, tuple[Any, CostModel, int]] = {}
 
 
 def _network(model: Any) -> Any:
@@ -263,13 +264,17 @@ def _probe_widths(timer: _Timer, first: float, per_step: int, top: int, limit_s:
     times the growth of ``n`` once the curve grows), keeps the probe under ``limit_s``.
     Where the cost first grows, the steps in ``at`` (the candidates' widths) between the
     last flat width and that one are timed first, narrowest first: interpolating across a
-    knee would overprice a call just below it."""
+    knee would overprice a call just below it. Past the knee, a width whose cost grew with
+    its rows (at least 0.8x in proportion) is the last: the curve beyond continues with
+    that slope (a device saturated, or a CPU, gets no more calls)."""
     points, n, flat = {1: first}, 1, True
     while n < top:
         nxt = min(top, n * (4 if flat else 2))
         if timer.spent + points[n] * (1.25 if flat else nxt / n) > limit_s:
             break
         points[nxt] = timer(nxt)
+        if not flat and points[nxt] >= 0.8 * points[n] * nxt / n:
+            break  # past the knee and growing with the rows: the last slope extrapolates
         if flat and points[nxt] >= 1.25 * points[n]:  # the knee: time the widths inside
             flat = False
             for m in sorted({a for a in at if n < a < nxt}):
@@ -321,20 +326,29 @@ def probe(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int, *,
     check_probe_options(max_rows, budget, repeats, cache)
     N = check_num_steps(num_steps, schedule.max_steps)
     key = _model_key(denoiser, x)
-    hit = _PROBES.get(key)
-    if cache and hit is not None and hit[0]() is _network(denoiser) and (
-            max_rows is None or hit[1].rows[-1] >= max_rows):
-        return hit[1]
     per_step = rows_per_step(denoiser, x)
+    max_rows = max_rows or 256 * per_step
+    hit = _cached_probe(denoiser, x, max_rows)
+    if cache and hit is not None:
+        return hit
     timer = timer or _Timer(denoiser, schedule, x, N)
     if first is None:
         first = timer.warm(repeats)
-    top = max(1, (max_rows or 256 * per_step) // per_step)
-    cost = _probe_widths(timer, first, per_step, top, budget * N * first,
-                         at or tuple(2 ** k for k in range(1, 12)))
+    cost = _probe_widths(timer, first, per_step, max(1, max_rows // per_step),
+                         budget * N * first, at or tuple(2 ** k for k in range(1, 12)))
     if cache:
-        _PROBES[key] = (_ref(_network(denoiser)), cost)
+        _PROBES[key] = (_ref(_network(denoiser)), cost, max_rows)
     return cost
+
+
+def _cached_probe(denoiser: Denoiser, x: Tensor, max_rows: int) -> CostModel | None:
+    """The curve probed earlier for this network, shape, dtype, device and conditioning up
+    to ``max_rows`` rows or wider (where it stopped short, by its budget or because the
+    cost grew with the rows, it is what that probe could learn), if any."""
+    hit = _PROBES.get(_model_key(denoiser, x))
+    if hit is not None and hit[0]() is _network(denoiser) and hit[2] >= max_rows:
+        return hit[1]
+    return None
 
 
 # ----------------------------------------------------------------------------- the proxy
@@ -1029,12 +1043,11 @@ def _measure(req: _Request, timer: _Timer, configs: list[tuple[str, dict]], shar
     (if the cheapest proxy run fits the budget at all) the probe's wider calls within
     :data:`PROBE_SHARE` of the budget. Returns the curve and, when planning cannot pay for
     itself, why (the curve is then one step's latency)."""
-    key = _model_key(req.denoiser, req.x)
-    hit = _PROBES.get(key)
     widest = max([1] + [_steps_per_call(o) for _, o in configs])
     max_rows = req.rows(widest)
-    if hit is not None and hit[0]() is _network(req.denoiser) and hit[1].rows[-1] >= max_rows:
-        return hit[1], None
+    hit = _cached_probe(req.denoiser, req.x, max_rows)
+    if hit is not None:
+        return hit, None
     first = timer.warm()
     one = CostModel((req.per_step,), (first,), "probe")
     allowed = share * req.N * first
