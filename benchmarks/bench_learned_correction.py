@@ -40,8 +40,12 @@ def run(case, correction, coarse=None) -> dict:
     """One Parareal solve of ``case`` and its figures."""
     coarse = coarse or case.coarse
     t = time.perf_counter()
-    res = pint.parareal(case.problem, coarse, case.fine, case.num_blocks, case.tol,
-                        correction=correction)
+    try:
+        res = pint.parareal(case.problem, coarse, case.fine, case.num_blocks, case.tol,
+                            correction=correction)
+    except (pint.NonFiniteStateError, pint.NewtonConvergenceError) as err:  # recorded
+        return {"iterations": None, "failed": f"{type(err).__name__}: {str(err)[:200]}",
+                "depth": None, "fit_depth": None}
     wall = time.perf_counter() - t
     ref = pint.serial(case.problem, case.fine, case.num_blocks)
     s = res.stats
@@ -65,14 +69,14 @@ def compare(label: str, case, coarse=None) -> dict:
            "tol": case.tol, "coarse": repr(coarse or case.coarse), "fine": repr(case.fine),
            "classic": a, "learned": b,
            "iteration_ratio": a["iterations"] / b["iterations"],
-           "depth_ratio": a["depth"] / b["depth"]}
+           "depth_ratio": a["depth"] / b["depth"]}  # classic and default never fail here
     line = (f"{label:28s} classic {a['iterations']:2d} it depth {a['depth']:5d} | learned "
             f"{b['iterations']:2d} it depth {b['depth']:5d} (fit {b['fit_depth']})")
     if case.name in GRIDS:
         g, bc = GRIDS[case.name]
         c = run(case, pint.LearnedCorrection(model="local", grid_dims=g, boundary=bc), coarse)
         row["learned_local"] = c
-        line += f" | local {c['iterations']:2d} it depth {c['depth']:5d}"
+        line += f" | local {c['iterations']} it depth {c['depth']}"
     print(line, flush=True)
     return row
 
@@ -148,8 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
                            (axes[1], "depth", "sequential depth (propagator steps + fits)")):
         ax.bar([i - 0.27 for i in x], [r["classic"][key] for r in allrows], 0.27, label="classic")
         ax.bar(list(x), [r["learned"][key] for r in allrows], 0.27, label="learned (default)")
-        ax.bar([i + 0.27 for i in x], [r.get("learned_local", r["learned"])[key] for r in allrows],
-               0.27, label="learned, 'local' on grids (else default)")
+        ax.bar([i + 0.27 for i in x],
+               [r.get("learned_local", r["learned"])[key] or 0 for r in allrows],
+               0.27, label="learned, 'local' on grids (else default; 0: failed)")
         ax.set_xticks(list(x), [r["problem"] for r in allrows], rotation=35, ha="right", fontsize=8)
         ax.set_title(title)
         ax.legend()

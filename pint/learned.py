@@ -366,6 +366,8 @@ class Learner:
       ``stats`` (``fits``, ``depth`` +1).
     * :meth:`delta` (in the sequential correction): ``M(new) - M(old)`` for one block, or
       ``None`` while the classic update is in use; counts a model evaluation (``depth`` +1).
+      A trust region scales it down to at most the norm of the block's last discrepancy
+      ``D^{k-1}_i`` (a wild extrapolation cannot throw the state far off).
     * :meth:`record` (after the correction): the model's batched prediction of the change
       from ``U^{k-1}`` to ``U^k``, kept for the next :meth:`observe`'s check.
     """
@@ -473,6 +475,10 @@ class Learner:
         self.stats.fit_depth += 1
         ids = torch.tensor([block], device=self.device)
         out = self.model.delta(self._flat(new[None]), self._flat(old[None]), ids)  # type: ignore[union-attr]
+        bound = self.D_prev[block].norm() if block in self.D_prev else out.new_zeros(())
+        size = out.norm()
+        if size > bound:  # trust region: the change is never larger than the discrepancy
+            out = out * (bound / size)
         return self._unflat(out, new)
 
     def record(self, first_block: int, new: Tensor, old: Tensor) -> None:
