@@ -1,5 +1,6 @@
-"""``pint-sample --prompt ...`` on a local text-to-image pipeline folder (StableDiffusion,
-SD3, Flux) through :func:`adapters.text_to_image.srds_pipeline`."""
+"""``pint-sample --prompt ...`` on a local pipeline folder of any family pint samples
+(StableDiffusion, SDXL, SD3, Flux, img2img and ControlNet variants with ``--image``, ...)
+through :func:`adapters.text_to_image.srds_pipeline`."""
 
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run_text_to_image(args) -> int:
 
     name = json.loads((Path(args.model).expanduser() / "model_index.json").read_text())[
         "_class_name"]
-    err = pipeline_guidance(args, name)
+    err = pipeline_guidance(args, name) or _image_error(args, name, FAMILIES[name].inputs)
     if err:
         return error(err)
     steps = args.steps or FAMILIES[name].steps
@@ -67,10 +68,16 @@ def run_text_to_image(args) -> int:
     pipelined = True if args.pipelined is None else args.pipelined
     common = dict(negative_prompt=args.negative_prompt, true_cfg_scale=args.true_cfg_scale,
                   height=args.height, width=args.width, output_type="latent")
+    if args.image is not None:
+        try:
+            common["image"] = _load_image(args.image)
+        except OSError as err:
+            return error(f"--image {args.image}: cannot read it as an image ({err})")
     report: dict[str, Any] = {
         "model": str(args.model), "pipeline": type(pipe).__name__, "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
         "scheduler": type(pipe.scheduler).__name__, "sampler": args.sampler, "steps": steps,
+        "image": args.image,
         "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
         "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
         "world_size": args.world,
@@ -114,6 +121,28 @@ def run_text_to_image(args) -> int:
                  "initial_latents": res.initial_latents.contiguous().cpu()})
 
 
+def _image_error(args, name: str, inputs: tuple[str, ...]) -> str | None:
+    """Why ``--image`` does not fit the pipeline class (before loading), or ``None``."""
+    if "mask_image" in inputs:
+        return (f"{args.model} holds a {name}: inpainting needs a mask image, which "
+                "pint-sample does not take; use srds_pipeline(pipe, ..., image=, mask_image=)")
+    if "image" in inputs and args.image is None:
+        return f"{args.model} holds a {name}: give --image (the image to start from)"
+    if "image" not in inputs and args.image is not None:
+        return f"--image: a {name} takes no input image (img2img and ControlNet folders do)"
+    if args.image is not None and not Path(args.image).expanduser().is_file():
+        return f"--image {args.image}: no such file"
+    return None
+
+
+def _load_image(path: str):
+    """The image file as an RGB PIL image."""
+    from PIL import Image
+
+    with Image.open(Path(path).expanduser()) as im:
+        return im.convert("RGB")
+
+
 def _sampler_options(args, steps: int, pipelined: bool) -> dict[str, Any]:
     """``srds_pipeline``'s options for ``--sampler`` from the flags."""
     opts: dict[str, Any] = {}
@@ -127,8 +156,8 @@ def _sampler_options(args, steps: int, pipelined: bool) -> dict[str, Any]:
             opts["tol"] = 1e-4 if args.tol is None else args.tol
             if args.sampler == "auto":
                 opts["max_batch"] = args.max_batch
-            else:
-                opts["window"] = min(args.window or 32, steps)
+            elif args.window is not None:  # default: min(32, the steps that run)
+                opts["window"] = min(args.window, steps)
     return opts
 
 
@@ -139,14 +168,20 @@ def _compare_serial(args, pipe, steps: int, res, common: dict[str, Any],
 
     x_T = res.initial_latents
     t1 = time.perf_counter()
+    if "image" in common:  # img2img draws from the generator: the same seed, the same draws
+        start = dict(generator=torch.Generator().manual_seed(args.seed))
+    else:
+        start = dict(latents=x_T)
     ref = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale, sampler="serial",
-                        num_images_per_prompt=args.num_samples, latents=x_T,
-                        progress=args.progress, **common)
+                        num_images_per_prompt=args.num_samples, progress=args.progress,
+                        **start, **common)
     serial_s = time.perf_counter() - t1
-    alone = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale,
-                          sampler="serial", latents=x_T[:1], progress=args.progress, **common)
     report.update(serial_comparison(serial_s, report["wall_s"]),
-                  max_abs_diff_vs_serial=float((res.latents - ref.latents).abs().max()),
-                  serial_floor=float((ref.latents[:1] - alone.latents).abs().max()),
+                  max_abs_diff_vs_serial=float((res.latents - ref.latents).abs().max()))
+    if "image" in common:  # a sample drawn alone draws other noise: no floor to measure
+        return
+    alone = srds_pipeline(pipe, args.prompt, steps, args.guidance_scale, sampler="serial",
+                          latents=x_T[:1], progress=args.progress, **common)
+    report.update(serial_floor=float((ref.latents[:1] - alone.latents).abs().max()),
                   floor_note="in latent space; serial_floor: the serial sampler's own "
                              "change when the first sample is drawn alone")

@@ -141,3 +141,28 @@ def test_four_channel_inpainting_is_refused(tmp_path, no_model_calls):
     pipe = StableDiffusionInpaintPipeline(**parts)
     with pytest.raises(ValueError, match="4 input channels; pint samples 9-channel"):
         srds_pipeline(pipe, "a cat", image=IMG, mask_image=MASK)
+
+
+def test_cli_samples_an_img2img_folder_with_image(pipes, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from adapters.diffusion.cli import main
+
+    folder = tmp_path / "img2img"
+    pipes["img2img"].save_pretrained(folder, safe_serialization=True)
+    png = tmp_path / "in.png"
+    Image.fromarray((IMG[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(png)
+    out = tmp_path / "out"
+    args = ["--model", str(folder), "--prompt", "a cat", "--steps", "10", "--out", str(out)]
+    assert main([*args, "--sampler", "quasi_newton", "--image", str(png),
+                 "--compare-serial"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"] == "StableDiffusionImg2ImgPipeline" and report["image"] == str(png)
+    assert report["depth"] < 8 and report["max_abs_diff_vs_serial"] < 1e-3  # 8 steps run
+    capsys.readouterr()
+    assert main(args) == 2  # no --image: refused before loading
+    assert "give --image" in capsys.readouterr().err
+    assert main([*args, "--image", str(tmp_path / "missing.png")]) == 2
+    assert "no such file" in capsys.readouterr().err
