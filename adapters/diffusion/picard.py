@@ -15,7 +15,12 @@ model call). ``J_j = I`` is ParaDiGMS's Picard update (Shih et al., 2023),
 ``J_j = I`` until a step has been evaluated twice): a scalar Broyden approximation of the
 step's Jacobian, so a correction of an early step is carried through the window with the
 gain the network actually has along it (a Newton step as in DEER/ParaSolver, without
-Jacobian-vector products).
+Jacobian-vector products). On a multistep solver (DPM-Solver++ 2M, UniPC) whose state
+carries its history, quasi-Newton instead takes ``J_j`` as the step's slot matrix
+(:func:`slot_gains`): how each output slot moves with each input slot, the model's
+prediction linearised at the step's noise level, so that a correction reaches later steps
+through the history as well (UniPC's corrector; digits, N = 20 / 50: 10 / 13 calls against
+Picard's 17 / 27).
 
 The window slides past every leading step whose change passed the stopping test
 ``||x_new - x_old||^2 / (dim * sigma_j^2) <= tol^2`` (ParaDiGMS's per-step rule, with
@@ -33,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .grid import SamplingGrid
 from .inputs import (
     Schedule,
     check_callback,
@@ -237,7 +243,12 @@ class _Rebuild:
             traj[1:] = y0 + (guide[1:] - guide[0])
             check_finite_input("initial", traj, denoiser.input_dtype)
         self.ones = torch.ones(window, dtype=torch.float64, device=dev)
-        self.secant = _Secant(self.smp(traj), window) if secant else None
+        # quasi-Newton: the secant gain on a one-step solver's sample, the slot matrix of
+        # a multistep solver's step (its history slots carry the correction exactly)
+        self.slot_gain = (slot_gains(grid).to(device=dev, dtype=y0.dtype)
+                          if secant and grid.num_slots > 1 else None)
+        self.secant = _Secant(self.smp(traj), window) if secant and self.slot_gain is None \
+            else None
 
     def smp(self, states: Tensor) -> Tensor:
         """The sample slot of states ``[n, batch, (S,) *sample]``. For multistep solvers
@@ -255,25 +266,11 @@ class _Rebuild:
         y = traj[a:e]
         # this rank's slice of the window, then every rank's (one collective)
         phi, diverged = evaluate(self.ranks, self.stepper.step, pos, y, self.ones[:n])
-        ys, ps = smp(y), smp(phi)
-        if self.secant is None:  # J = I: the rebuild is a cumulative sum
-            new_s = ys[0] + torch.cumsum(ps - ys, dim=0)
-        else:  # new_j = phi_j + r_j d_j with d_j = new_{j-1} - y_j, d_0 = 0 (exact start):
-            # d_{j+1} = r_j d_j + (phi_j - y_{j+1}) is an affine recurrence, scanned
-            gain = self.secant.gains(a, ys, ps)
-            d = torch.cat([torch.zeros_like(ys[:1]), affine_scan(gain[:-1], ps[:-1] - ys[1:])])
-            new_s = ps + gain * d
-        if self.grid.num_slots == 1:
-            new = new_s
+        if self.slot_gain is not None:
+            new = self._rebuild_slots(a, y, phi)
+            new_s = smp(new)
         else:
-            new = phi.clone()
-            new[:, :, 0] = new_s
-            # the correction of each step's input sample, carried as the rebuild carries it
-            shift = torch.cat([torch.zeros_like(ys[:1]), new_s[:-1] - ys[1:]])
-            if self.secant is not None:
-                shift = gain * shift
-            for slot in self.sample_slots:
-                new[:, :, slot] = phi[:, :, slot] + shift
+            new_s, new = self._rebuild_sample(a, y, phi)
         # the test measures the sample (the history follows it)
         diff = (new_s - smp(traj[a + 1: e + 1])).double().reshape(n, self.y0.shape[0], -1)
         # normalised error per step, worst sample of the batch
@@ -285,6 +282,41 @@ class _Rebuild:
         first_bad = torch.where(err > self.tol2, torch.arange(n, device=err.device), n).min()
         finite = torch.isfinite(err).all()
         return torch.stack([first_bad.double(), err.max(), finite.double()]), diverged
+
+    def _rebuild_sample(self, a: int, y: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        """Picard (``J = I``: a cumulative sum) or the secant gains (an affine scan) on the
+        sample; a multistep state's other sample slots take the same correction."""
+        ys, ps = self.smp(y), self.smp(phi)
+        if self.secant is None:  # J = I: the rebuild is a cumulative sum
+            new_s = ys[0] + torch.cumsum(ps - ys, dim=0)
+        else:  # new_j = phi_j + r_j d_j with d_j = new_{j-1} - y_j, d_0 = 0 (exact start):
+            # d_{j+1} = r_j d_j + (phi_j - y_{j+1}) is an affine recurrence, scanned
+            gain = self.secant.gains(a, ys, ps)
+            d = torch.cat([torch.zeros_like(ys[:1]), affine_scan(gain[:-1], ps[:-1] - ys[1:])])
+            new_s = ps + gain * d
+        if self.grid.num_slots == 1:
+            return new_s, new_s
+        new = phi.clone()
+        new[:, :, 0] = new_s
+        # the correction of each step's input sample, carried as the rebuild carries it
+        shift = torch.cat([torch.zeros_like(ys[:1]), new_s[:-1] - ys[1:]])
+        if self.secant is not None:
+            shift = gain * shift
+        for slot in self.sample_slots:
+            new[:, :, slot] = phi[:, :, slot] + shift
+        return new_s, new
+
+    def _rebuild_slots(self, a: int, y: Tensor, phi: Tensor) -> Tensor:
+        """Quasi-Newton on a multistep state ``[n, batch, S, ...]``: ``new_{j+1} = phi_j +
+        J_j (new_j - y_j)`` with ``J_j`` the step's ``S x S`` slot matrix
+        (:func:`slot_gains`), front to back (``n`` small steps on the window's states)."""
+        J = self.slot_gain[a:a + y.shape[0]]
+        new = torch.empty_like(phi)
+        new[0] = phi[0]  # the window's first state is exact: no correction
+        for i in range(1, y.shape[0]):
+            d = new[i - 1] - y[i]
+            new[i] = phi[i] + torch.einsum("st,bt...->bs...", J[i], d)
+        return new
 
     def accept(self, a: int, e: int, it: int, first_bad: float, worst: float,
                finite: float) -> tuple[int, float]:
@@ -335,3 +367,22 @@ class _Secant:
         r = torch.where(ok, r.clamp(0.0, 2.0), torch.ones_like(r))
         self.x[slots], self.phi[slots], self.owner[slots] = x, f, steps
         return r.to(y.dtype).view(n, batch, *([1] * (y.dim() - 2)))
+
+
+def slot_gains(grid: SamplingGrid) -> Tensor:
+    """``[N, S, S]``: how each step of a multistep solver moves its output slots with its
+    input slots, ``J_j = C_j[:, :S] + (dC/d x) e_0^T``: the step's own linear weights on the
+    slots (the history: previous samples and predictions), plus the weights of this step's
+    prediction times its change with the input sample, linearised at the step's noise level
+    as the blend ``abar / alpha`` (``eps`` held fixed, right near the data) on ``x0`` and
+    ``(1 - abar) / sigma`` (``x0`` held fixed, right in the noise) on ``eps``. UniPC's
+    corrector refines the previous sample with this step's prediction, so the correction of
+    an early step reaches the later ones through the history slots, which ``J = I`` on the
+    sample alone misses (``N = 20`` UniPC on digits: 17 Picard calls, 10 with this)."""
+    S = grid.num_slots
+    a, s = grid.alpha_from, grid.sigma_from
+    abar = (a**2 / (a**2 + s**2))[:, None]
+    J = grid.coef[:, :, :S].clone()
+    J[:, :, 0] += abar * grid.coef[:, :, S] / a.clamp(min=1e-12)[:, None] \
+        + (1 - abar) * grid.coef[:, :, S + 1] / s.clamp(min=1e-12)[:, None]
+    return J
