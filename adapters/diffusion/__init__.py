@@ -6,7 +6,7 @@ Public names::
     srds_sample, serial_sample, picard_sample, quasi_newton_sample, SampleOutput,
     taa_sample (ParaTAA / ParaSolver / SRDS-initialised), coarse_trajectory,
     sample (sampler="auto"), plan_sampling, CostModel, SamplingPlan, measure_call_cost,
-    SamplerStats, DEFAULT_TOL
+    SamplerStats, DEFAULT_TOL, Precision (the precision a run worked at)
     load_pretrained, available
     GaussianMixtureDenoiser
 """
@@ -18,6 +18,7 @@ from .model import Denoiser, ModelOutputError
 from .ode import DDIMStep, GridStep, block_partition
 from .picard import picard_sample, quasi_newton_sample
 from .planner import CostModel, SamplingPlan
+from .precision import Precision
 from .pretrained import available, load_pretrained
 from .samplers import (
     DEFAULT_TOL,
@@ -35,5 +36,5 @@ __all__ = [
     "block_partition", "srds_sample", "serial_sample", "SampleOutput", "SamplerStats",
     "DEFAULT_TOL", "serial_floor", "GaussianMixtureDenoiser", "picard_sample",
     "quasi_newton_sample", "sample", "plan_sampling", "CostModel", "SamplingPlan",
-    "measure_call_cost", "load_pretrained", "available", "taa_sample", "coarse_trajectory",
+    "measure_call_cost", "Precision", "load_pretrained", "available", "taa_sample", "coarse_trajectory",
 ]
