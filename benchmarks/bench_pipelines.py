@@ -183,6 +183,35 @@ def tiny_pixart(tmp: Path, cls: str = "PixArtSigmaPipeline", seed: int = 0):
                                           transformer=net, scheduler=sched))
 
 
+def tiny_wan(tmp: Path, two_experts: bool = False, seed: int = 0):
+    """A WanPipeline with random weights: a UMT5 encoder, a two-layer Wan transformer (two of
+    them switched at ``boundary_ratio=0.875`` for Wan 2.2), a tiny Wan VAE (9 frames of
+    16 x 16 -> latents 16 x 3 x 2 x 2), UniPC on flow sigmas (``flow_shift=3``) as Wan ships."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = t2i.t5_tokenizer(tmp / "t5_vocab")
+    enc = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+        eos_token_id=1))
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+
+    def net():
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+            out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                    flow_shift=3.0)
+    extra = dict(transformer_2=net(), boundary_ratio=0.875) if two_experts else {}
+    return _ready(WanPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=net(),
+                              scheduler=sched, **extra))
+
+
 def image(seed: int = 0, size: int = 16) -> torch.Tensor:
     """A random image ``[1, 3, size, size]`` in ``[0, 1]``."""
     g = torch.Generator().manual_seed(seed)
@@ -217,6 +246,9 @@ def cases(tmp: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
         "FluxPipeline (FlowMatch)": (
             t2i.tiny_flux(tmp), dict(prompt="a cat", height=16, width=16,
                                      max_sequence_length=MAX_TOKENS)),
+        "PixArtSigmaPipeline (DPM-Solver++)": (
+            tiny_pixart(tmp), dict(p, height=16, width=16, use_resolution_binning=False,
+                                   max_sequence_length=MAX_TOKENS)),
         "FluxImg2ImgPipeline (FlowMatch, strength 0.6)": (
             tiny_flux_img2img(tmp), dict(prompt="a cat", image=image(), height=16, width=16,
                                          max_sequence_length=MAX_TOKENS)),
@@ -243,7 +275,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             serial_s = time.perf_counter() - t0
             for name, opts in SAMPLERS.items():
                 t0 = time.perf_counter()
-                out = srds_pipeline(pipe, latents=None, generator=torch.Generator().manual_seed(0),
+                out = srds_pipeline(pipe, generator=torch.Generator().manual_seed(0),
                                     output_type="latent", **opts, **kw)
                 wall = time.perf_counter() - t0
                 st = out.stats

@@ -160,12 +160,13 @@ class PipelineModel(torch.nn.Module):
 
     With ``guide``, classifier-free guidance runs here rather than in the sampler: the
     unconditional inputs come as ``uncond__<key>``, both halves go through the network in
-    one call (two where their shapes differ), and ``guide(cond, uncond)`` combines them.
+    one call (two where their shapes differ), and ``guide(cond, uncond, t)`` combines them
+    (``t``: the rows' timesteps, for guidance that changes along the grid).
     """
 
     def __init__(self, fn: Callable[..., Tensor], net: Any, sample_shape: tuple[int, ...],
                  constants: Mapping[str, Any],
-                 guide: Callable[[Tensor, Tensor], Tensor] | None = None) -> None:
+                 guide: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> None:
         super().__init__()
         self.fn = fn
         self.cost_key = net  # the planner's probe cache: one network, many runs
@@ -186,7 +187,7 @@ class PipelineModel(torch.nn.Module):
         else:  # different token counts (Qwen-Image's, Chroma's masks): two calls
             c = self.fn(x, t, **self.constants, **cond)
             u = self.fn(x, t, **self.constants, **unc)
-        return self.guide(c, u)
+        return self.guide(c, u, t)
 
 
 def _stackable(a: Any, b: Any) -> bool:
@@ -199,15 +200,15 @@ def _twice(v: Any) -> Any:
     return torch.cat([v, v]) if isinstance(v, Tensor) and v.dim() > 0 else v
 
 
-def linear_guide(scale: float) -> Callable[[Tensor, Tensor], Tensor]:
+def linear_guide(scale: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """``uncond + scale (cond - uncond)`` (what the samplers do themselves)."""
-    return lambda c, u: u + scale * (c - u)
+    return lambda c, u, t=None: u + scale * (c - u)
 
 
-def rescaled_guide(scale: float, rescale: float) -> Callable[[Tensor, Tensor], Tensor]:
+def rescaled_guide(scale: float, rescale: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """Classifier-free guidance with diffusers' ``rescale_noise_cfg`` (``guidance_rescale``,
     Lin et al. 2023): the guided output rescaled towards the conditional one's std."""
-    def guide(c: Tensor, u: Tensor) -> Tensor:
+    def guide(c: Tensor, u: Tensor, t: Tensor | None = None) -> Tensor:
         g = u + scale * (c - u)
         dims = list(range(1, c.dim()))
         r = g * (c.std(dim=dims, keepdim=True) / g.std(dim=dims, keepdim=True))
@@ -342,7 +343,7 @@ def run_sampler(model: PipelineModel, schedule: Any, x_T: Tensor, N: int, sample
 
 
 def guidance_inputs(call: Call, cond: dict[str, Any], uncond: dict[str, Any] | None,
-                    guide: Callable[[Tensor, Tensor], Tensor] | None
+                    guide: Callable[..., Tensor] | None
                     ) -> tuple[dict[str, Any], dict[str, Any] | None, float | None]:
     """``(model_kwargs, uncond_kwargs, guidance_scale)`` for the samplers: the samplers'
     own linear guidance, or (with ``guide``) the unconditional inputs folded into the model's

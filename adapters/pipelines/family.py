@@ -133,9 +133,10 @@ class PipelineFamily:
         latents: ``-> x_T`` in the pipeline's layout; may add to ``call.state``.
         network: ``-> callable(x, t, **kwargs)``: the raw network output (default: the
             network component called as diffusers pipelines call its class).
-        guide: ``-> callable(cond_out, uncond_out) | None``: a guidance other than
-            ``uncond + w (cond - uncond)`` (SDXL's ``guidance_rescale``, Qwen's norm
-            rescale); both halves still run in one network call.
+        guide: ``-> callable(cond_out, uncond_out, t) | None``: a guidance other than
+            ``uncond + w (cond - uncond)`` (SDXL's ``guidance_rescale``, Wan 2.2's second
+            scale below its boundary; ``t``: the rows' timesteps); both halves still run in
+            one network call.
         decode: ``(pipe, latents, output_type, call) -> (images, nsfw)``.
     """
 
