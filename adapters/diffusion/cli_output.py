@@ -27,9 +27,17 @@ TMP_PREFIX = ".pint-tmp-"
 OS_METADATA = (".DS_Store", "Thumbs.db", "desktop.ini")  # tolerated in --out, left alone
 
 
+def precision_of(out) -> dict[str, Any] | None:
+    """The run's precision for ``report.json``: network and state dtypes, the tolerance and
+    why it was chosen (``SampleOutput.precision``)."""
+    p = getattr(out, "precision", None)
+    return None if p is None else p.as_dict()
+
+
 def srds_report(out, steps: int, pipelined: bool, t0: float, units: str) -> dict[str, Any]:
     return dict(
         wall_s=time.perf_counter() - t0, blocks=out.num_blocks, tol=out.tol,
+        precision=precision_of(out),
         pipelined=pipelined, iterations=out.iterations, converged=out.converged,
         history=out.history, model_calls=out.stats.model_calls,
         model_rows=out.stats.model_rows, depth=out.stats.depth,
@@ -45,6 +53,7 @@ def srds_report(out, steps: int, pipelined: bool, t0: float, units: str) -> dict
 
 def window_report(out, steps: int, t0: float) -> dict[str, Any]:
     return dict(wall_s=time.perf_counter() - t0, window=out.num_blocks, tol=out.tol,
+                precision=precision_of(out),
                 iterations=out.iterations, converged=out.converged, history=out.history,
                 model_calls=out.stats.model_calls, model_rows=out.stats.model_rows,
                 depth=out.stats.depth,
