@@ -212,6 +212,30 @@ def tiny_wan(tmp: Path, two_experts: bool = False, seed: int = 0):
                               scheduler=sched, **extra))
 
 
+def tiny_chroma(tmp: Path, seed: int = 0):
+    """A ChromaPipeline with random weights: a T5 encoder, a one-layer Chroma transformer
+    (16 x 16 images: 16 packed tokens of 16 channels), Flux's shifted flow-matching
+    scheduler."""
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = t2i.t5_tokenizer(tmp / "t5_vocab")
+    enc = T5EncoderModel(T5Config(
+        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+        eos_token_id=1))
+    net = ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=[4, 4, 8],
+        approximator_hidden_dim=32, approximator_layers=1, approximator_num_channels=16)
+    sched = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096)
+    return _ready(ChromaPipeline(scheduler=sched, vae=t2i._vae(4), text_encoder=enc,
+                                 tokenizer=tok, transformer=net))
+
+
 def image(seed: int = 0, size: int = 16) -> torch.Tensor:
     """A random image ``[1, 3, size, size]`` in ``[0, 1]``."""
     g = torch.Generator().manual_seed(seed)

@@ -167,3 +167,16 @@ def test_the_bridge_and_the_pipelines_import_one_way():
         "adapters.diffusers", "adapters.pipelines", "adapters.text_to_image"}
     for f in (ROOT / "pint").rglob("*.py"):
         assert not any(m.startswith("adapters") for m in _imports(f)), f
+
+
+def test_chroma_matches_its_pipeline_with_both_masks_in_one_call(tmp_path):
+    pipe = bench.tiny_chroma(tmp_path)
+    kw = dict(prompt=["a photo of a cat", "red tree"], negative_prompt="blurry", height=16,
+              width=16, num_inference_steps=6, **TOK)
+    ref = pipe(**kw, generator=gen(), output_type="latent").images
+    ours = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
+    assert rel_err(ours.latents, ref) < 1e-5 and ours.stats.model_calls == 6
+    kw["num_inference_steps"] = 12
+    ref = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
+    out = srds_pipeline(pipe, sampler="quasi_newton", generator=gen(), output_type="latent", **kw)
+    assert out.stats.depth < 12 and (out.latents - ref.latents).abs().max() < 1e-3
