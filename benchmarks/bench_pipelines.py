@@ -236,6 +236,13 @@ def tiny_chroma(tmp: Path, seed: int = 0):
                                  tokenizer=tok, transformer=net))
 
 
+def tiny_kontext(tmp: Path, seed: int = 0):
+    """FluxKontextPipeline over the tiny Flux's components."""
+    from diffusers import FluxKontextPipeline
+
+    return _ready(FluxKontextPipeline(**t2i.tiny_flux(tmp, seed).components))
+
+
 def image(seed: int = 0, size: int = 16) -> torch.Tensor:
     """A random image ``[1, 3, size, size]`` in ``[0, 1]``."""
     g = torch.Generator().manual_seed(seed)
@@ -273,6 +280,17 @@ def cases(tmp: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
         "PixArtSigmaPipeline (DPM-Solver++)": (
             tiny_pixart(tmp), dict(p, height=16, width=16, use_resolution_binning=False,
                                    max_sequence_length=MAX_TOKENS)),
+        "StableDiffusionXLControlNetPipeline (Euler)": (
+            tiny_sdxl(tmp, "StableDiffusionXLControlNetPipeline"), {**p, **img}),
+        "ChromaPipeline (FlowMatch)": (
+            tiny_chroma(tmp), dict(p, height=16, width=16, max_sequence_length=MAX_TOKENS)),
+        "WanPipeline 2.1 (UniPC, flow)": (
+            tiny_wan(tmp), dict(p, height=16, width=16, num_frames=9,
+                                max_sequence_length=MAX_TOKENS)),
+        "WanPipeline 2.2 (two experts, UniPC, flow)": (
+            tiny_wan(tmp, two_experts=True), dict(p, height=16, width=16, num_frames=9,
+                                                  guidance_scale_2=3.0,
+                                                  max_sequence_length=MAX_TOKENS)),
         "FluxImg2ImgPipeline (FlowMatch, strength 0.6)": (
             tiny_flux_img2img(tmp), dict(prompt="a cat", image=image(), height=16, width=16,
                                          max_sequence_length=MAX_TOKENS)),
@@ -291,7 +309,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d, torch.inference_mode():
         for family, (pipe, kw) in cases(Path(d)).items():
-            if quick and "Flux" in family:
+            if quick and ("Flux" in family or "Wan" in family):
                 continue
             g = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
@@ -323,7 +341,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="skip the Flux families")
+    ap.add_argument("--quick", action="store_true", help="skip the Flux and Wan families")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipelines.json"))
     args = ap.parse_args(argv)
     res = run(args.quick)

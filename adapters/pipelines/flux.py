@@ -1,5 +1,6 @@
-"""Flux.1 (dev, schnell) and Flux img2img: packed latents, embedded guidance, true CFG as a
-second encoding of the negative prompt."""
+"""Flux.1 (dev, schnell), Flux img2img and Flux Kontext: packed latents, embedded guidance,
+true CFG as a second encoding of the negative prompt; Kontext's image tokens appended to
+every call's sequence and cut from its output."""
 
 from __future__ import annotations
 
@@ -126,6 +127,61 @@ def img2img_latents(pipe: Any, call: Call) -> Tensor:
     return x
 
 
+# ---- Kontext ---------------------------------------------------------------------------------
+
+def kontext_geometry(pipe: Any, call: Call) -> tuple[int, int, int, tuple[int, ...]]:
+    """The size the pipeline samples at: ``height``/``width``'s aspect ratio at ``max_area``
+    pixels, rounded to multiples of ``2 f``."""
+    sf = pipe.vae_scale_factor
+    d = pipe.default_sample_size * sf
+    H, W = call.get("height", d), call.get("width", d)
+    check_size(call.name, H, W, 1)
+    area = call.get("max_area", 1024**2)
+    if isinstance(area, bool) or not isinstance(area, int) or area < 1:
+        raise ValueError(f"max_area must be an int >= 1, got {area!r}")
+    m = sf * 2
+    W2, H2 = round((area * W / H) ** 0.5) // m * m, round((area * H / W) ** 0.5) // m * m
+    if H2 < m or W2 < m:
+        raise ValueError(f"max_area={area} leaves no latent pixels at this aspect ratio")
+    call.inputs.update(height=H2, width=W2)
+    return geometry(pipe, call)
+
+
+def kontext_latents(pipe: Any, call: Call) -> Tensor:
+    """The noise and, with an ``image``, its packed latents (appended to every call's
+    tokens, ``call.more``) and their position ids, as the pipeline prepares them."""
+    image = call.get("image")
+    if image is not None and not (isinstance(image, Tensor) and image.size(1) == pipe.latent_channels):
+        from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+        img = image[0] if isinstance(image, list) else image
+        h, w = pipe.image_processor.get_default_height_width(img)
+        if call.get("_auto_resize", True):
+            _, w, h = min((abs(w / h - a / b), a, b) for a, b in PREFERRED_KONTEXT_RESOLUTIONS)
+        m = pipe.vae_scale_factor * 2
+        h, w = h // m * m, w // m * m
+        image = pipe.image_processor.preprocess(pipe.image_processor.resize(image, h, w), h, w)
+    x, image_latents, ids, image_ids = pipe.prepare_latents(
+        image, call.n, call.channels, call.height, call.width, call.dtype, call.device,
+        call.generator, call.get("latents"))
+    if image_ids is not None:
+        ids = torch.cat([ids, image_ids], dim=0)
+        call.more["image_latents"] = image_latents
+    call.constants["img_ids"] = ids
+    return x
+
+
+def kontext_network(pipe: Any, call: Call):
+    """The transformer on ``[latents, image tokens]``, its output cut to the latents'."""
+    net = pipe.transformer
+
+    def fn(x: Tensor, t: Tensor, image_latents: Tensor | None = None, **kw: Any) -> Tensor:
+        inp = x if image_latents is None else torch.cat([x, image_latents.to(x.dtype)], dim=1)
+        out = net(hidden_states=inp, timestep=t / 1000, return_dict=False, **kw)[0]
+        return out[:, :x.shape[1]]
+    return fn
+
+
 _COMPONENTS = ("transformer", "vae", *TEXT2)
 _FLUX = dict(cfg_arg="true_cfg_scale", pooled=True, geometry=geometry, timesteps=timesteps,
              encode=encode, decode=decode)
@@ -136,4 +192,8 @@ FAMILIES = {
         "transformer", _COMPONENTS, 28, 7.0, inputs=("image", "strength"), strength=0.6,
         begin=lambda N, s: int(max(N - min(N * s, N), 0)),  # its get_timesteps
         check=img2img_check, latents=img2img_latents, **_FLUX),
+    "FluxKontextPipeline": PipelineFamily(
+        "transformer", _COMPONENTS, 28, 3.5, inputs=("image", "max_area", "_auto_resize"),
+        check=check, latents=kontext_latents, network=kontext_network,
+        **{**_FLUX, "geometry": kontext_geometry}),
 }

@@ -180,3 +180,17 @@ def test_chroma_matches_its_pipeline_with_both_masks_in_one_call(tmp_path):
     ref = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
     out = srds_pipeline(pipe, sampler="quasi_newton", generator=gen(), output_type="latent", **kw)
     assert out.stats.depth < 12 and (out.latents - ref.latents).abs().max() < 1e-3
+
+
+def test_flux_kontext_image_tokens_match_its_pipeline(tmp_path):
+    pipe = bench.tiny_kontext(tmp_path)
+    kw = dict(prompt="a cat", negative_prompt="blurry", true_cfg_scale=2.0, image=bench.image(),
+              height=16, width=32, max_area=512, _auto_resize=False, num_inference_steps=6,
+              **TOK)  # 32 x 16 at max_area 512: the pipeline samples 32 x 16
+    ref = pipe(**kw, generator=gen(), output_type="latent").images
+    ours = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
+    assert ours.latents.shape == ref.shape and rel_err(ours.latents, ref) < 1e-5
+    kw["num_inference_steps"] = 12
+    ref = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
+    out = srds_pipeline(pipe, sampler="srds", generator=gen(), output_type="latent", **kw)
+    assert out.stats.depth < 12 and (out.latents - ref.latents).abs().max() < 1e-3
