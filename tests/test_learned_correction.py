@@ -18,7 +18,7 @@ def random_system(rng: np.random.Generator, d: int, nonlinear: bool, dtype) -> p
     c = torch.tensor(rng.standard_normal(d), dtype=dtype)
     y0 = torch.tensor(rng.standard_normal(d), dtype=dtype)
     if nonlinear:
-        return pint.ODEProblem(lambda t, y: A @ y + c * torch.sin(y) - 0.2 * y ** 3, y0, (0.0, 2.0))
+        return pint.ODEProblem(lambda t, y: A @ y + c * torch.sin(y), y0, (0.0, 2.0))
     return pint.ODEProblem(lambda t, y: A @ y, y0, (0.0, 2.0))
 
 
