@@ -243,6 +243,38 @@ def tiny_kontext(tmp: Path, seed: int = 0):
     return _ready(FluxKontextPipeline(**t2i.tiny_flux(tmp, seed).components))
 
 
+def tiny_sana(tmp: Path, seed: int = 0):
+    """A SanaPipeline with random weights: a Gemma 2 encoder, a one-layer Sana transformer,
+    a tiny DC-AE (factor 2: 16 x 16 images, 8 x 8 x 4 latents), DPM-Solver++ on flow sigmas
+    as Sana ships."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    tok = t2i.t5_tokenizer(tmp / "t5_vocab")
+    enc = Gemma2Model(Gemma2Config(
+        vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=4, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1))
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=4, attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=[1, 1],
+        downsample_block_type="conv", upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+    net = SanaTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2,
+        attention_head_dim=4, num_cross_attention_heads=2, cross_attention_head_dim=4,
+        cross_attention_dim=8, caption_channels=8, sample_size=32)
+    sched = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0,
+                                        prediction_type="flow_prediction")
+    return _ready(SanaPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=net,
+                               scheduler=sched))
+
+
 def image(seed: int = 0, size: int = 16) -> torch.Tensor:
     """A random image ``[1, 3, size, size]`` in ``[0, 1]``."""
     g = torch.Generator().manual_seed(seed)
@@ -291,6 +323,10 @@ def cases(tmp: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
             tiny_wan(tmp, two_experts=True), dict(p, height=16, width=16, num_frames=9,
                                                   guidance_scale_2=3.0,
                                                   max_sequence_length=MAX_TOKENS)),
+        "FluxKontextPipeline (FlowMatch, image tokens)": (
+            tiny_kontext(tmp), dict(prompt="a cat", image=image(), height=16, width=16,
+                                    max_area=256, _auto_resize=False,
+                                    max_sequence_length=MAX_TOKENS)),
         "FluxImg2ImgPipeline (FlowMatch, strength 0.6)": (
             tiny_flux_img2img(tmp), dict(prompt="a cat", image=image(), height=16, width=16,
                                          max_sequence_length=MAX_TOKENS)),

@@ -53,8 +53,7 @@ def split_kwargs(pipe: Any, name: str, fam: PipelineFamily,
     own, rest, refused = {}, {}, []
     for k, v in kwargs.items():
         if k in fam.inputs:
-            if v is not None:
-                own[k] = v
+            own[k] = v  # None kept: for some inputs it means "none" (Sana's instruction)
         elif k in params:
             refused.append(k)
         else:

@@ -194,3 +194,19 @@ def test_flux_kontext_image_tokens_match_its_pipeline(tmp_path):
     ref = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
     out = srds_pipeline(pipe, sampler="srds", generator=gen(), output_type="latent", **kw)
     assert out.stats.depth < 12 and (out.latents - ref.latents).abs().max() < 1e-3
+
+
+def test_sana_matches_its_pipeline(tmp_path):
+    pipe = bench.tiny_sana(tmp_path)
+    kw = dict(prompt=["a photo of a cat", "red tree"], negative_prompt="blurry", height=32,
+              width=32, use_resolution_binning=False, complex_human_instruction=None,
+              num_inference_steps=6, **TOK)
+    ref = pipe(**kw, generator=gen(), output_type="latent").images
+    ours = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
+    assert rel_err(ours.latents, ref) < 1e-5
+    kw["num_inference_steps"] = 12
+    ref = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
+    out = srds_pipeline(pipe, sampler="quasi_newton", generator=gen(), output_type="latent", **kw)
+    assert out.stats.depth < 12 and (out.latents - ref.latents).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="divisible by 32"):
+        srds_pipeline(pipe, "a cat", height=16, width=16, use_resolution_binning=False, **TOK)
