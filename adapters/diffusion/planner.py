@@ -69,7 +69,7 @@ PARALLEL = ("srds", "picard", "quasi_newton", "taa")
 #: the share of the predicted serial time a first plan may spend measuring the device and
 #: running the proxies, when it measures the device itself (``cost=None``): every step is
 #: priced before it is taken (probe widths, proxy runs), so the plan stays under 10 %
-PLAN_BUDGET = 0.09
+PLAN_BUDGET = 0.08
 #: the probe's share of that budget at most (the proxy runs get the rest)
 PROBE_SHARE = 0.5
 #: runs shorter than this many steps get serial without a probe: the probe's warm-up and a
@@ -485,10 +485,11 @@ def proxy_trace(runners: Mapping[str, Runner], schedule: Schedule, grid: Samplin
     if not done and not serial:
         return None
     if serial:  # per step, between the second call and the last (no set-up)
-        if k > 2:  # medians: one descheduled step on a busy machine does not count
+        if k > 2:  # engine: medians (one descheduled step on a busy machine does not
+            # count); the planner's cost per step: the mean (what a proxy run will cost)
             gaps = [b - a for a, b in zip(net.stamps[1:], net.stamps[2:], strict=False)]
-            step = statistics.median(gaps)
-            engine = step - statistics.median(net.net_s[1:-1])
+            step = (net.stamps[-1] - net.stamps[1]) / (k - 2)
+            engine = statistics.median(gaps) - statistics.median(net.net_s[1:-1])
         else:
             step, engine = wall / max(1, k), max(0.0, wall - net.seconds) / max(1, k)
         trace = ([1] * N, max(0.0, engine), step)
@@ -940,7 +941,7 @@ def make_plan(denoiser: Denoiser, schedule: Schedule, x: Tensor, num_steps: int,
     replaces every measured engine time.
 
     What planning costs, and when it stops. With ``cost=None`` a first plan may spend
-    ``budget`` (default :data:`PLAN_BUDGET`, 9 %) of the predicted serial time, every step
+    ``budget`` (default :data:`PLAN_BUDGET`, 8 %) of the predicted serial time, every step
     priced before it is taken: one step's latency (warm-up included) and a few proxy steps
     of serial come first; if the cheapest proxy run would already pass the budget, the plan
     is serial and probes no further (a short run, or a fast network: planning cannot pay
