@@ -145,7 +145,8 @@ def srds_pipeline(
                  max_sequence_length=max_sequence_length, true_cfg_scale=true_cfg_scale,
                  guidance_scale=guidance_scale)
     own, sampler_kwargs = split_kwargs(pipe, name, fam, kwargs)
-    call = Call(pipe, name, fam, {**named, **own}, generator=generator)
+    call = Call(pipe, name, fam, {**named, **own, "output_type": output_type},
+                generator=generator)
     call.n_img = positive_int("num_images_per_prompt", num_images_per_prompt)
     check_prompts(call)
     check_named(pipe, name, named)
