@@ -309,6 +309,40 @@ def tiny_ltx(tmp: Path, seed: int = 0):
                               transformer=net))
 
 
+def tiny_qwenimage(tmp: Path, seed: int = 0):
+    """A QwenImagePipeline with random weights: a two-layer Qwen2.5-VL text model (the T5
+    vocabulary of the other tiny pipelines), a two-layer Qwen-Image transformer, a tiny
+    Qwen-Image VAE (factor 4: 16 x 16 images, 16 packed tokens of 16 channels), Flux-style
+    dynamically shifted flow matching as Qwen-Image ships."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tok = t2i.t5_tokenizer(tmp / "t5_vocab")
+    enc = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 2,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default",
+                                      "type": "default"}, "rope_theta": 1000000.0,
+                     "vocab_size": len(tok)},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                       "out_hidden_size": 16},
+        hidden_size=16, vocab_size=len(tok), vision_end_token_id=len(tok) + 1,
+        vision_start_token_id=len(tok) + 2, vision_token_id=len(tok) + 3, sliding_window=32))
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4,
+                                 latents_std=[1.0] * 4)
+    net = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=3, joint_attention_dim=16, guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4))
+    sched = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+        base_image_seq_len=256, max_image_seq_len=8192)
+    return _ready(QwenImagePipeline(scheduler=sched, vae=vae, text_encoder=enc, tokenizer=tok,
+                                    transformer=net))
+
+
 def image(seed: int = 0, size: int = 16) -> torch.Tensor:
     """A random image ``[1, 3, size, size]`` in ``[0, 1]``."""
     g = torch.Generator().manual_seed(seed)

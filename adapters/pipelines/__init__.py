@@ -14,14 +14,14 @@ One small module per family beside a shared core:
   :class:`Conditioning`, the registry (:func:`register_family`);
 - :mod:`.checks`, :mod:`.core`, :mod:`.run`, :mod:`.loading`: what every family shares;
 - :mod:`.sd`, :mod:`.sdxl`, :mod:`.sd3`, :mod:`.flux`, :mod:`.controlnet`, :mod:`.pixart`,
-  :mod:`.wan`, :mod:`.chroma`, :mod:`.ltx`: the families.
+  :mod:`.wan`, :mod:`.chroma`, :mod:`.ltx`, :mod:`.qwenimage`: the families.
 
 Needs the ``diffusers`` extra (with ``transformers``).
 """
 
 from __future__ import annotations
 
-from . import chroma, controlnet, flux, ltx, pixart, sd, sd3, sdxl, wan
+from . import chroma, controlnet, flux, ltx, pixart, qwenimage, sd, sd3, sdxl, wan
 from .checks import check_guidance, pipeline_family
 from .core import OUTPUT_TYPES, SAMPLERS, TextToImageOutput, latents_to_images
 from .family import (
@@ -35,7 +35,7 @@ from .family import (
 from .loading import load_text_to_image
 from .run import srds_pipeline
 
-for _module in (sd, sdxl, sd3, flux, controlnet, pixart, wan, chroma, ltx):
+for _module in (sd, sdxl, sd3, flux, controlnet, pixart, wan, chroma, ltx, qwenimage):
     for _name, _family in _module.FAMILIES.items():
         register_family(_name, _family, replace=True)
 

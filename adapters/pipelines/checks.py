@@ -144,7 +144,7 @@ def check_guidance(pipe_name: str, guidance_embeds: bool, guidance_scale: Any,
                 "negative_prompt, or drop guidance_scale")
         else:
             embedded = None
-        cfg = true_cfg
+        cfg = true_cfg if true_cfg is not None or not negative else fam.cfg_default
         if cfg is not None and cfg > 1 and not negative:
             raise ValueError(f"true_cfg_scale={cfg:g} needs a negative_prompt (or "
                              "negative_prompt_embeds): without one the pipeline runs no "

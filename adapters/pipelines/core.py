@@ -178,8 +178,9 @@ class PipelineModel(torch.nn.Module):
         if self.guide is None:
             return self.fn(x, t, **self.constants, **kwargs)
         cond = {k: v for k, v in kwargs.items() if not k.startswith(UNCOND)}
-        unc = {k: kwargs.get(UNCOND + k, v) for k, v in cond.items()}
-        if all(_stackable(cond[k], unc[k]) for k in cond):
+        unc = {k: v for k, v in cond.items() if UNCOND + k not in kwargs}  # shared
+        unc.update({k[len(UNCOND):]: v for k, v in kwargs.items() if k.startswith(UNCOND)})
+        if set(cond) == set(unc) and all(_stackable(cond[k], unc[k]) for k in cond):
             both = {k: torch.cat([v, unc[k]]) if isinstance(v, Tensor) and v is not unc[k]
                     else _twice(v) for k, v in cond.items()}
             out = self.fn(torch.cat([x, x]), torch.cat([t, t]), **self.constants, **both)

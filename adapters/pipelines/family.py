@@ -116,6 +116,8 @@ class PipelineFamily:
         steps, guidance: the pipeline's default ``num_inference_steps`` and guidance.
         cfg_arg: the argument that turns classifier-free guidance on (``"guidance_scale"``,
             or ``"true_cfg_scale"`` where ``guidance_scale`` is embedded guidance).
+        cfg_default: ``true_cfg_scale``'s default where a negative prompt is given
+            (Qwen-Image: 4.0; ``None``: no CFG unless asked, as Flux).
         inputs: further ``pipe(...)`` arguments the family handles (passed to
             ``srds_pipeline`` as keywords, read with ``call.get``); any other argument of
             the pipeline's ``__call__`` is refused by name before any model call.
@@ -145,6 +147,7 @@ class PipelineFamily:
     steps: int
     guidance: float | None
     cfg_arg: str = "guidance_scale"
+    cfg_default: float | None = None
     inputs: tuple[str, ...] = ()
     pooled: bool = False
     strength: float | None = None

@@ -210,3 +210,21 @@ def test_sana_matches_its_pipeline(tmp_path):
     assert out.stats.depth < 12 and (out.latents - ref.latents).abs().max() < 1e-3
     with pytest.raises(ValueError, match="divisible by 32"):
         srds_pipeline(pipe, "a cat", height=16, width=16, use_resolution_binning=False, **TOK)
+
+
+def test_qwenimage_norm_rescaled_true_cfg_matches_its_pipeline(tmp_path):
+    pipe = bench.tiny_qwenimage(tmp_path)
+    kw = dict(prompt=["a photo of a cat", "red tree"], negative_prompt="ugly", height=16,
+              width=16, num_inference_steps=6)  # true_cfg_scale: the pipeline's 4.0
+    ref = pipe(**kw, generator=gen(), output_type="latent").images
+    ours = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
+    assert rel_err(ours.latents, ref) < 1e-5 and ours.guidance_scale == 4.0
+    assert ours.stats.model_rows == 6 * 2 * 2  # both halves of both prompts, every step
+    kw["num_inference_steps"] = 12
+    ref = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="latent", **kw)
+    out = srds_pipeline(pipe, sampler="quasi_newton", generator=gen(), output_type="latent", **kw)
+    assert out.stats.depth < 12 and (out.latents - ref.latents).abs().max() < 1e-3
+    ref = pipe(**dict(kw, num_inference_steps=2), generator=gen(), output_type="np").images
+    ours = srds_pipeline(pipe, sampler="serial", generator=gen(), output_type="np",
+                         **dict(kw, num_inference_steps=2))
+    assert abs(ours.images - ref).max() < 1e-4
