@@ -349,6 +349,9 @@ class _Local:
         return out.reshape(new.shape[0], -1, self.C).transpose(1, 2).reshape(new.shape[0], -1)
 
 
+#: pairs left out in turn by the check without a past prediction (one refit each)
+_CHECKED = 6
+
 _BUILD = {"local": _Local, "secant": _Secant, "hybrid": _hybrid, "nearest": _Nearest,
           "linear": _Linear, "random_features": _RandomFeatures, "gp": _GP}
 
@@ -446,7 +449,8 @@ class Learner:
         and the model fitted without it predicts ``D_j`` from ``D_l`` (``D_l + M(X_j) -
         M(X_l)``), ``l`` the same block's previous pair (a secant, as in the correction)
         or, for a block's first pair, the nearest other pair; the classic update predicts
-        ``D_l``. Summed errors ``(model, classic)``."""
+        ``D_l``. At most ``_CHECKED`` pairs, evenly spread over the blocks, are left out
+        (one refit each). Summed errors ``(model, classic)``."""
         X, Y, ids = self.X, self.Y, self.ids
         assert X is not None and Y is not None and ids is not None
         n = X.shape[0]
@@ -454,7 +458,9 @@ class Learner:
             return math.inf, 0.0
         dist = torch.cdist(X, X) + torch.diag(torch.full((n,), math.inf, dtype=X.dtype, device=X.device))
         err_model = err_classic = 0.0
-        for j in range(n - min(new, n), n):
+        first = n - min(new, n)
+        picks = torch.linspace(first, n - 1, min(n - first, _CHECKED)).round().long().unique()
+        for j in picks.tolist():
             keep = torch.arange(n, device=X.device) != j
             same = (ids[:j] == ids[j]).nonzero().flatten()
             l = int(same[-1]) if same.numel() else int(dist[j].argmin())
