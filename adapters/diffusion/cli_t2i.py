@@ -110,15 +110,27 @@ def run_text_to_image(args) -> int:
         # decode only what is shown: the final images, and 8 per iteration for the figure
         size = dict(height=res.height, width=res.width)
         images, nsfw = latents_to_images(pipe, res.latents, "np", **size)
-        iterates = None if out is None or out.iterates is None else np.stack(
+        video = images.ndim == 5  # [n, frames, H, W, 3]
+        iterates = None if out is None or out.iterates is None or video else np.stack(
             [latents_to_images(pipe, row[:8], "np", **size)[0] for row in out.iterates])
-    report.update(image_size=list(images.shape[1:3]), nsfw_content_detected=nsfw)
+    grid, frames = _frames(images, report) if video else (images, images)
+    report.update(image_size=list(grid.shape[1:3]), nsfw_content_detected=nsfw)
+    from diffusers.image_processor import VaeImageProcessor
+
     return Outputs(
-        report, images, f"{args.prompt[:60]!r}: {res.sampler}, N = {steps}", out,
+        report, grid, f"{args.prompt[:60]!r}: {res.sampler}, N = {steps}", out,
         iterates, "max |change| of the final latents",
-        images=pipe.image_processor.numpy_to_pil(images),
+        images=VaeImageProcessor.numpy_to_pil(frames),
         latents={"latents": res.latents.contiguous().cpu(),
                  "initial_latents": res.initial_latents.contiguous().cpu()})
+
+
+def _frames(video: np.ndarray, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A video family's ``[n, F, H, W, 3]``: samples.png shows each sample's middle frame;
+    images/ holds every frame, sample after sample (``images/NNN.png``, ``N = s F + f``)."""
+    n, F = video.shape[:2]
+    report.update(num_frames=F, frames_layout="images/NNN.png: sample * num_frames + frame")
+    return video[:, F // 2], video.reshape(n * F, *video.shape[2:])
 
 
 def _image_error(args, name: str, inputs: tuple[str, ...]) -> str | None:

@@ -110,7 +110,14 @@ def load_text_to_image(folder: str | Path, device: str | torch.device | None = N
 
     # diffusers renamed torch_dtype to dtype (and warns on the old name)
     key = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-    pipe = getattr(diffusers, name).from_pretrained(
-        path, scheduler=sched, use_safetensors=True, local_files_only=True,
-        low_cpu_mem_usage=False, **{key: dtype or torch.float32})
+    try:
+        pipe = getattr(diffusers, name).from_pretrained(
+            path, scheduler=sched, use_safetensors=True, local_files_only=True,
+            low_cpu_mem_usage=False, **{key: dtype or torch.float32})
+    except (ValueError, NameError) as err:
+        if "keep_in_fp32_modules" not in str(err) and "accelerate" not in str(err):
+            raise
+        raise PretrainedNotFoundError(
+            f"{folder}: a {name} keeps some modules in float32, which diffusers loads only "
+            "with the accelerate package installed (pip install accelerate)") from None
     return pipe.to(device or "cpu")

@@ -58,3 +58,18 @@ def test_decoded_frames_match_and_timestep_conditioning_is_refused(pipe):
             srds_pipeline(pipe, **kw)
     finally:
         pipe.vae.register_to_config(timestep_conditioning=False)
+
+
+def test_cli_writes_every_frame_of_a_video_folder(pipe, tmp_path, capsys):
+    import json
+
+    from adapters.diffusion.cli import main
+
+    pipe.save_pretrained(tmp_path / "ltx", safe_serialization=True)
+    out = tmp_path / "out"
+    assert main(["--model", str(tmp_path / "ltx"), "--prompt", "a cat", "--steps", "2",
+                 "--height", "32", "--width", "32", "--sampler", "serial",
+                 "--num-samples", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"] == "LTXPipeline" and report["num_frames"] == 161  # its default
+    assert len(list((out / "images").glob("*.png"))) == 161 and (out / "samples.png").exists()
