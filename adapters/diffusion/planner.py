@@ -639,9 +639,10 @@ GUESS_SLACK = 0.35
 #: of serial's per step, and the planner's seconds per proxy call as a multiple of serial's
 #: per proxy step, ``(2 + steps per call / 8)`` (both from the mixture at N = 100 and 200)
 _ENGINE_GUESS = {"srds": 2.0, "picard": 2.0, "quasi_newton": 4.0, "taa": 5.0}
-#: the planner's seconds per proxy step of serial before one has been timed (twice what it
-#: takes on a quiet 2-core CPU)
-_PROXY_STEP_PRIOR = 0.001
+#: the planner's seconds per proxy step of serial before one has been timed (about what it
+#: takes on a quiet 2-core CPU: the check it serves only spares the serial proxy steps
+#: when even that cheap a proxy run could not fit; the measured steps decide then)
+_PROXY_STEP_PRIOR = 0.0005
 
 
 def _steps_per_call(options: Mapping[str, Any]) -> int:
