@@ -9,6 +9,8 @@
 * ``harder``: setups where classic Parareal needs more iterations (a cheaper coarse
   propagator, the linear heat equation, Dahlquist, a stiff 2-D reaction-diffusion variant
   with an implicit coarse step);
+* ``all_catalog``: classic vs default learned on every catalog problem at its setup (the
+  "never more iterations" check);
 * ``models``: every model of :mod:`pint.learned` with the fallback on, on the quick
   problems, the measurement behind the default.
 
@@ -114,6 +116,16 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [compare(label, case) for label, case in catalog]
     print("harder setups")
     hard = [compare(label, case, coarse) for label, case, coarse in harder]
+    print("every catalog problem (default options)")
+    names = ["dahlquist", "van_der_pol"] if args.quick else problems.names()
+    everything = []
+    for name in names:
+        case = problems.get(name)
+        a, b = run(case, "classic"), run(case, pint.LearnedCorrection())
+        everything.append({"problem": name, "classic": a["iterations"], "learned": b["iterations"],
+                           "classic_depth": a["depth"], "learned_depth": b["depth"]})
+        print(f"{name:28s} classic {a['iterations']:2d} ({a['depth']}) | learned "
+              f"{b['iterations']:2d} ({b['depth']})", flush=True)
     print("models (fallback on)")
     table: list[dict] = []
     for label, case, coarse in model_cases:
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "what": "iterations and sequential depth of Parareal, classic vs learned correction",
         "default_options": {k: getattr(defaults, k) for k in defaults.__dataclass_fields__},
-        "catalog": rows, "harder": hard, "models": table,
+        "catalog": rows, "harder": hard, "all_catalog": everything, "models": table,
         "anchors": "not reproduced (see the module docstring)",
         "torch": torch.__version__, "platform": platform.platform(), "quick": args.quick,
     }

@@ -207,5 +207,6 @@ def test_benchmark_quick(load_script, tmp_path):
     for row in rep["catalog"] + rep["harder"]:
         assert row["learned"]["iterations"] <= row["classic"]["iterations"]
         assert row["learned"]["fits"] == row["learned"]["iterations"]
+    assert all(r["learned"] <= r["classic"] for r in rep["all_catalog"])
     heat = rep["harder"][0]
     assert 2 * heat["learned"]["iterations"] <= heat["classic"]["iterations"]
