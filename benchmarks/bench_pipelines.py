@@ -395,6 +395,15 @@ def cases(tmp: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
             tiny_kontext(tmp), dict(prompt="a cat", image=image(), height=16, width=16,
                                     max_area=256, _auto_resize=False,
                                     max_sequence_length=MAX_TOKENS)),
+        "QwenImagePipeline (FlowMatch, norm-rescaled true CFG 4.0)": (
+            tiny_qwenimage(tmp), dict(prompt="a photo of a cat", negative_prompt="blurry",
+                                      height=16, width=16)),
+        "SanaPipeline (DPM-Solver++, flow)": (
+            tiny_sana(tmp), dict(p, height=32, width=32, use_resolution_binning=False,
+                                 complex_human_instruction=None, max_sequence_length=MAX_TOKENS)),
+        "LTXPipeline (FlowMatch, video)": (
+            tiny_ltx(tmp), dict(p, height=32, width=32, num_frames=9,
+                                max_sequence_length=MAX_TOKENS)),
         "FluxImg2ImgPipeline (FlowMatch, strength 0.6)": (
             tiny_flux_img2img(tmp), dict(prompt="a cat", image=image(), height=16, width=16,
                                          max_sequence_length=MAX_TOKENS)),
@@ -413,7 +422,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d, torch.inference_mode():
         for family, (pipe, kw) in cases(Path(d)).items():
-            if quick and ("Flux" in family or "Wan" in family):
+            if quick and any(k in family for k in ("Flux", "Wan", "Qwen", "LTX", "Sana")):
                 continue
             g = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
@@ -445,7 +454,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="skip the Flux and Wan families")
+    ap.add_argument("--quick", action="store_true", help="skip the Flux, Wan, Qwen, Sana and LTX families")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pipelines.json"))
     args = ap.parse_args(argv)
     res = run(args.quick)

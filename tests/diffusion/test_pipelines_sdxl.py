@@ -75,7 +75,7 @@ def test_parallel_samplers_converge_with_guidance_rescale(pipes):
     kw = dict(P, num_inference_steps=20, guidance_rescale=0.5)
     ref = srds_pipeline(pipes["t2i"], sampler="serial", generator=gen(), output_type="latent",
                         **kw)
-    for sampler in ("srds", "picard", "quasi_newton", "auto"):
+    for sampler in ("srds", "picard", "quasi_newton", "taa", "auto"):
         out = srds_pipeline(pipes["t2i"], sampler=sampler, generator=gen(),
                             output_type="latent", **kw)
         assert out.stats.depth < 20 or out.sampler == "serial", sampler
