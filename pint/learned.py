@@ -391,6 +391,9 @@ class Learner:
         self.iteration = 0
         self.log: list[dict[str, float | bool | int]] = []
         shape = ((2,) if like.is_complex() else ()) + tuple(like.shape)  # (re, im) channels
+        if opts.model == "local" and len(shape) < opts.grid_dims:
+            raise ValueError(f"LearnedCorrection.grid_dims={opts.grid_dims} needs states of at "
+                             f"least {opts.grid_dims} dimensions, got y0 of shape {tuple(like.shape)}")
         self.build = partial(_Local, shape=shape) if opts.model == "local" else _BUILD[opts.model]
 
     def _flat(self, x: Tensor) -> Tensor:

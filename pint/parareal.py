@@ -180,6 +180,7 @@ def parareal(
                                   initial)
 
     run = Runner(problem)
+    learner = None if learned is None else Learner(learned, B, problem.y0, run.stats)
     t0, t1 = times[:-1], times[1:]
     # Buffers are only written, never read while written: the propagators get the fresh
     # value tensors, so gradients with respect to f's parameters flow through the sweep.
@@ -196,7 +197,6 @@ def parareal(
         U[1:] = initial[1:]
         G_old = list(run(coarse, U[:B], t0, t1, "coarse").unbind(0))
     run.check_finite(U[1:], 0, first_block=0, what="coarse sweep")
-    learner = None if learned is None else Learner(learned, B, problem.y0, run.stats)
     if callback is not None:
         callback(IterationInfo(0, U, math.nan, 0, run.stats))
 
