@@ -72,7 +72,7 @@ def _write_outputs(args, res: Outputs) -> int:
                 save_convergence(out.history, res.iterates, out.tol, w.path("convergence.png"),
                                  ylabel=res.ylabel, converged=out.converged,
                                  accepted=report.get("accepted_steps"),
-                                 num_steps=report.get("steps"))
+                                 num_steps=report.get("steps"), window="blocks" not in report)
             for k, img in enumerate(images or []):
                 img.save(w.path(f"{IMAGES_DIR}/{k:03d}.png"))
             if latents is not None:

@@ -93,7 +93,7 @@ def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray |
                      tol: float, path: Path, show: int = 4,
                      ylabel: str = "max |change| of the final sample",
                      converged: bool | None = None, accepted: list[int] | None = None,
-                     num_steps: int | None = None) -> None:
+                     num_steps: int | None = None, window: bool | None = None) -> None:
     """The quantity the stopping test compares with ``tol``, per iteration, with the
     tolerance line; for SRDS (``iterates`` given) also the samples that decided it.
 
@@ -114,15 +114,17 @@ def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray |
     progress to ``num_steps``, which is what ``converged`` means.
 
     ``converged`` true with a last change above ``tol`` (SRDS run to ``max_iters = B``:
-    every block exact) is said in the figure."""
+    every block exact) is said in the figure. ``window``: whether a window sampler ran
+    (default: when ``iterates`` is ``None``; SRDS chosen by ``auto`` has no iterates)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    window = iterates is None or iterates.shape[0] == 0
+    no_iterates = iterates is None or iterates.shape[0] == 0
+    window = no_iterates if window is None else window
     pixels = isinstance(iterates, np.ndarray)
-    if window:
+    if no_iterates:
         steps, per = np.zeros((0, 0)), np.zeros((0, 0))
         order: list[int] = []
     else:
