@@ -14,7 +14,7 @@ import pint.problems as P
 FINE_ERROR = {
     "dahlquist": 1e-9, "lorenz": 1e-7, "van_der_pol": 3e-7, "brusselator": 3e-7,
     "lotka_volterra": 5e-8, "rossler": 3e-8, "fitzhugh_nagumo": 2e-8, "kepler": 1e-8,
-    "heat": 1e-10, "burgers": 1e-10, "allen_cahn": 1e-10,
+    "heat": 1e-10, "burgers": 1e-10, "allen_cahn": 1e-10, "brusselator_2d": 2e-7,
 }
 
 

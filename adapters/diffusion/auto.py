@@ -35,6 +35,7 @@ from . import planner
 from .model import Denoiser, Model
 from .picard import picard_sample, quasi_newton_sample
 from .planner import CostModel, SamplingPlan, check_plan_made, record_run
+from .precision import network_dtype, serial_precision
 from .samplers import (
     MODEL_OPTIONS,
     SampleOutput,
@@ -69,7 +70,8 @@ def _checked(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
         raise TypeError(f"schedule must be a VPSchedule or SigmaSchedule, got "
                         f"{type(schedule).__name__}")
-    return x, N, denoiser_for(model, schedule, model_options)
+    network = network_dtype(model.model if isinstance(model, Denoiser) else model, x.dtype)
+    return x, N, denoiser_for(model, schedule, model_options, network)
 
 
 def measure_call_cost(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int, *,
@@ -238,7 +240,8 @@ def sample(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
         x0 = serial_sample(model, schedule, x_T, num_steps, **kwargs)
         rows = x_T.shape[0] * (2 if _guided(model, kwargs) else 1)
         stats = SamplerStats(num_steps, num_steps * rows, num_steps)
-        out = SampleOutput(x0, 0, True, [], stats, 0.0, 1)
+        out = SampleOutput(x0, 0, True, [], stats, 0.0, 1,
+                           precision=serial_precision(model, x_T.dtype))
     else:
         out = PARALLEL_SAMPLERS[sampler](model, schedule, x_T, num_steps, **kwargs)
     if chosen_plan is not None:
