@@ -65,7 +65,7 @@ samplers (--sampler):
                 Picard (fixed-point) update; per-step --tol relative to the noise scale
   quasi_newton  the same window with a secant estimate of each step's gain (fewer calls)
   taa           ParaTAA: the window with triangular Anderson acceleration (ParaTAA itself
-                uses --window N: all steps in every call)
+                uses --window N: all steps in every call); one-step solvers only
   auto          times the model on this device, prices the candidates (serial, srds,
                 picard, quasi_newton, taa), prints the table and runs the fastest;
                 serial when no parallel sampler beats it. --max-batch caps rows per call
@@ -265,6 +265,9 @@ def check_sampler_flags(args) -> str | None:
                  if v is not None]
         if given:
             return f"{', '.join(given)}: --sampler serial does not iterate; drop the flag"
+    if s == "taa" and args.scheduler in ("dpmpp_2m", "unipc"):
+        return (f"--sampler taa needs a one-step solver (ddim, ddpm, euler, euler_ancestral), "
+                f"not --scheduler {args.scheduler}; or use --sampler quasi_newton")
     if args.max_iters == 0 and s in (*WINDOW_SAMPLERS, "auto"):
         return f"--max-iters must be >= 1 with --sampler {s}, got 0"
     if args.blocks is not None and args.steps is not None and args.blocks > args.steps:

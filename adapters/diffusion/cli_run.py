@@ -110,6 +110,11 @@ def run_unconditional(args) -> int | Outputs:
         schedule, err = with_scheduler(args, info, schedule)
         if err:
             return error(err)
+    solver = getattr(schedule, "solver", None)
+    if args.sampler == "taa" and solver in MULTISTEP_SOLVERS:
+        return error(f"--sampler taa needs a one-step solver (ddim, ddpm, euler, "
+                     f"euler_ancestral); {args.model} samples with {solver}: add --scheduler "
+                     "euler (or ddim on a VP model), or use --sampler quasi_newton")
     pipelined = True if args.pipelined is None else args.pipelined
     note = memory_note(args, steps, tuple(model.sample_shape), dtype, pipelined)
     if note and args.rank == 0:
@@ -158,6 +163,8 @@ def run_unconditional(args) -> int | Outputs:
                    "max |change| of the final sample")
 
 
+#: solvers that carry a history between steps (taa_sample refuses them)
+MULTISTEP_SOLVERS = ("dpmpp_2m", "unipc")
 _DIFFUSERS_SCHEDULERS = {"euler": "EulerDiscreteScheduler",
                          "euler_ancestral": "EulerAncestralDiscreteScheduler",
                          "dpmpp_2m": "DPMSolverMultistepScheduler",

@@ -108,6 +108,14 @@ def test_flow_model_schedulers(tmp_path, capsys):
     assert json.loads((tmp_path / "b" / "report.json").read_text())["scheduler"] == "unipc"
 
 
+def test_taa_needs_a_one_step_solver(tmp_path, capsys):
+    assert main(["--sampler", "taa", "--scheduler", "dpmpp_2m", "--steps", "8",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--sampler taa needs a one-step solver" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_help_names_every_sampler_scheduler_and_bundled_model(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -275,6 +283,7 @@ BAD_ARGS = [
     (["--sampler", "serial", "--num-blocks", "4"], "--num-blocks"),
     (["--sampler", "quasi_newton", "--no-pipelined"], "--no-pipelined is for --sampler srds"),
     (["--max-batch", "40"], "--max-batch is for --sampler auto"),
+    (["--sampler", "taa", "--scheduler", "unipc"], "--sampler taa needs a one-step solver"),
     (["--sampler", "serial", "--tol", "1e-3"], "--tol: --sampler serial does not iterate"),
     (["--steps", "5000"], "--steps must be <= 1000"),
     (["--prompt", "a cat"], "not a text-to-image pipeline folder"),
