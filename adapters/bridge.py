@@ -135,44 +135,7 @@ def schedule_from_scheduler(scheduler: Any, **set_timesteps_kwargs: Any
         raise ValueError(f"{name} got mu={set_timesteps_kwargs['mu']!r}, the dynamic shift, but "
                          "has use_dynamic_shifting=False (diffusers would ignore or reject it); "
                          "drop mu or build the scheduler with use_dynamic_shifting=True")
-    options: dict[str, Any] = {}
-    if name == "FlowMatchEulerDiscreteScheduler":
-        _require(cfg, name, "stochastic_sampling", False, "stochastic_sampling=False")
-        _require(cfg, name, "invert_sigmas", False, "invert_sigmas=False")
-        family, prediction, solver = "flow", "flow_prediction", "euler"
-        if cfg.use_dynamic_shifting and set_timesteps_kwargs.get("mu") is None:
-            raise ValueError(f"{name} has use_dynamic_shifting=True: pass mu= (the shift "
-                             "the pipeline computes from the image size, e.g. Flux's "
-                             "calculate_shift)")
-    elif name in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"):
-        family, prediction = "vp", cfg.prediction_type
-        solver = "euler" if name == "EulerDiscreteScheduler" else "euler_ancestral"
-    else:
-        if name == "DPMSolverMultistepScheduler":
-            _require(cfg, name, "algorithm_type", "dpmsolver++", "algorithm_type='dpmsolver++'")
-            _require(cfg, name, "solver_type", ("midpoint", "heun"), "solver_type 'midpoint', 'heun'")
-            _require(cfg, name, "variance_type", None, "variance_type=None")
-            solver = "dpmpp_2m"
-            keys = ("solver_order", "lower_order_final", "euler_at_final", "final_sigmas_type",
-                    "solver_type")
-        else:
-            _require(cfg, name, "predict_x0", True, "predict_x0=True")
-            _require(cfg, name, "solver_type", ("bh1", "bh2"), "solver_type 'bh1', 'bh2'")
-            if getattr(scheduler, "solver_p", None) is not None:
-                raise ValueError(f"{name} with solver_p is not supported; supported: solver_p=None")
-            solver = "unipc"
-            keys = ("solver_order", "lower_order_final", "solver_type", "disable_corrector")
-        _require(cfg, name, "solver_order", (1, 2), "solver_order 1 or 2")
-        options = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
-        if solver == "unipc":
-            options["disable_corrector"] = tuple(options.get("disable_corrector") or ())
-        family = "flow" if getattr(cfg, "use_flow_sigmas", False) else "vp"
-        prediction = cfg.prediction_type
-        if cfg.use_dynamic_shifting and set_timesteps_kwargs.get("mu") is None:
-            raise ValueError(f"{name} has use_dynamic_shifting=True: pass mu=")
-    if family == "vp" and prediction not in ("epsilon", "sample", "v_prediction"):
-        raise ValueError(f"{name} with prediction_type={prediction!r} is not supported on "
-                         "VP sigmas; supported: 'epsilon', 'sample', 'v_prediction'")
+    family, prediction, solver, options = _solver_of(scheduler, name, set_timesteps_kwargs)
     template = copy.deepcopy(scheduler)
     fixed = _fixed_steps(name, set_timesteps_kwargs)
     # a grid given as sigmas=/timesteps= replaces the step count (FlowMatch takes both)
@@ -216,6 +179,52 @@ def schedule_from_scheduler(scheduler: Any, **set_timesteps_kwargs: Any
         raise ValueError(f"{name}.set_timesteps({trial}, **{sorted(set_timesteps_kwargs)}) fails "
                          f"with this configuration: {err}") from err
     return schedule
+
+
+def _solver_of(scheduler: Any, name: str, set_timesteps_kwargs: dict[str, Any]
+               ) -> tuple[str, str, str, dict[str, Any]]:
+    """``(family, prediction type, solver, solver options)`` of a sigma-grid scheduler, its
+    unsupported options refused by name."""
+    cfg = scheduler.config
+    options: dict[str, Any] = {}
+    if name == "FlowMatchEulerDiscreteScheduler":
+        _require(cfg, name, "stochastic_sampling", False, "stochastic_sampling=False")
+        _require(cfg, name, "invert_sigmas", False, "invert_sigmas=False")
+        family, prediction, solver = "flow", "flow_prediction", "euler"
+        if cfg.use_dynamic_shifting and set_timesteps_kwargs.get("mu") is None:
+            raise ValueError(f"{name} has use_dynamic_shifting=True: pass mu= (the shift "
+                             "the pipeline computes from the image size, e.g. Flux's "
+                             "calculate_shift)")
+    elif name in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"):
+        family, prediction = "vp", cfg.prediction_type
+        solver = "euler" if name == "EulerDiscreteScheduler" else "euler_ancestral"
+    else:
+        if name == "DPMSolverMultistepScheduler":
+            _require(cfg, name, "algorithm_type", "dpmsolver++", "algorithm_type='dpmsolver++'")
+            _require(cfg, name, "solver_type", ("midpoint", "heun"), "solver_type 'midpoint', 'heun'")
+            _require(cfg, name, "variance_type", None, "variance_type=None")
+            solver = "dpmpp_2m"
+            keys = ("solver_order", "lower_order_final", "euler_at_final", "final_sigmas_type",
+                    "solver_type")
+        else:
+            _require(cfg, name, "predict_x0", True, "predict_x0=True")
+            _require(cfg, name, "solver_type", ("bh1", "bh2"), "solver_type 'bh1', 'bh2'")
+            if getattr(scheduler, "solver_p", None) is not None:
+                raise ValueError(f"{name} with solver_p is not supported; supported: solver_p=None")
+            solver = "unipc"
+            keys = ("solver_order", "lower_order_final", "solver_type", "disable_corrector")
+        _require(cfg, name, "solver_order", (1, 2), "solver_order 1 or 2")
+        options = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
+        if solver == "unipc":
+            options["disable_corrector"] = tuple(options.get("disable_corrector") or ())
+        family = "flow" if getattr(cfg, "use_flow_sigmas", False) else "vp"
+        prediction = cfg.prediction_type
+        if cfg.use_dynamic_shifting and set_timesteps_kwargs.get("mu") is None:
+            raise ValueError(f"{name} has use_dynamic_shifting=True: pass mu=")
+    if family == "vp" and prediction not in ("epsilon", "sample", "v_prediction"):
+        raise ValueError(f"{name} with prediction_type={prediction!r} is not supported on "
+                         "VP sigmas; supported: 'epsilon', 'sample', 'v_prediction'")
+    return family, prediction, solver, options
 
 
 def _fixed_steps(name: str, kwargs: dict[str, Any]) -> int | None:

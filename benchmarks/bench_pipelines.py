@@ -279,7 +279,12 @@ def tiny_ltx(tmp: Path, seed: int = 0):
     """An LTXPipeline with random weights: a T5 encoder, a one-layer LTX transformer, a tiny
     LTX VAE (9 frames of 32 x 32 -> 3 x 8 x 8 latents of 8 channels, 192 tokens), Flux-style
     dynamically shifted flow matching as LTX ships."""
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -314,7 +319,12 @@ def tiny_qwenimage(tmp: Path, seed: int = 0):
     vocabulary of the other tiny pipelines), a two-layer Qwen-Image transformer, a tiny
     Qwen-Image VAE (factor 4: 16 x 16 images, 16 packed tokens of 16 channels), Flux-style
     dynamically shifted flow matching as Qwen-Image ships."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)

@@ -28,30 +28,13 @@ from .cli_output import Outputs, serial_comparison, srds_report, window_report
 
 def run_text_to_image(args) -> int:
     """``pint-sample --model <pipeline folder> --prompt ...``: any sampler through the
-    pipeline's components (StableDiffusion, SD3, Flux); writes samples.png,
+    pipeline's components (every registered family); writes samples.png,
     convergence.png (iterative samplers), report.json, images/ and latents.safetensors
     (final and initial latents, in the pipeline's layout: Flux's packed)."""
-    from adapters.diffusion.pretrained import BUNDLED
-
-    if not is_text_to_image(args.model):
-        what = ("a bundled unconditional model" if args.model in BUNDLED
-                else "not a local folder" if not Path(args.model).expanduser().is_dir()
-                else "a folder without a model_index.json naming a text-to-image pipeline")
-        return error(f"--prompt needs a text-to-image pipeline folder; --model {args.model} is "
-                      f"{what}, not a text-to-image pipeline folder")
-    if args.prompt is None:
-        return error(f"{args.model} is a text-to-image pipeline: give --prompt")
-    from adapters.text_to_image import FAMILIES
-
-    name = json.loads((Path(args.model).expanduser() / "model_index.json").read_text())[
-        "_class_name"]
-    err = pipeline_guidance(args, name) or _image_error(args, name, FAMILIES[name].inputs)
-    if err:
-        return error(err)
-    steps = args.steps or FAMILIES[name].steps
-    err = check_steps(args, steps, pipeline_train_timesteps(args.model))
-    if err:
-        return error(err)
+    checked = _checked_folder(args)
+    if isinstance(checked, int):
+        return checked
+    (steps,) = checked
 
     from adapters.text_to_image import latents_to_images, load_text_to_image, srds_pipeline
 
@@ -73,15 +56,7 @@ def run_text_to_image(args) -> int:
             common["image"] = _load_image(args.image)
         except OSError as err:
             return error(f"--image {args.image}: cannot read it as an image ({err})")
-    report: dict[str, Any] = {
-        "model": str(args.model), "pipeline": type(pipe).__name__, "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
-        "scheduler": type(pipe.scheduler).__name__, "sampler": args.sampler, "steps": steps,
-        "image": args.image,
-        "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
-        "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
-        "world_size": args.world,
-    }
+    report = _report_header(args, pipe, steps)
     opts = _sampler_options(args, steps, pipelined)
     with torch.inference_mode():
         g = torch.Generator().manual_seed(args.seed)  # CPU: the same noise on every device
@@ -92,19 +67,7 @@ def run_text_to_image(args) -> int:
                                 generator=g, progress=args.progress, **opts, **common)
         except (ValueError, TypeError) as err:  # what only the loaded model can tell
             return error(str(err))
-        report.update(guidance_scale=res.guidance_scale, sampler_run=res.sampler)
-        plan = getattr(res.sampling, "plan", None)
-        if plan is not None and args.rank == 0:
-            print(plan.table(), file=sys.stderr)
-            report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s)
-        out = None if res.sampler == "serial" else res.sampling
-        if out is None:
-            report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
-        elif res.sampler == "srds":
-            report.update(srds_report(out, steps, pipelined, t0, "latents"))
-        else:
-            report.update(window_report(out, steps, t0))
-        report.update(latent_shape=list(res.latents.shape[1:]), model_rows=res.stats.model_rows)
+        out = _sampling_report(args, res, steps, pipelined, t0, report)
         if args.compare_serial:
             _compare_serial(args, pipe, steps, res, common, report)
         # decode only what is shown: the final images, and 8 per iteration for the figure
@@ -123,6 +86,66 @@ def run_text_to_image(args) -> int:
         images=VaeImageProcessor.numpy_to_pil(frames),
         latents={"latents": res.latents.contiguous().cpu(),
                  "initial_latents": res.initial_latents.contiguous().cpu()})
+
+
+def _checked_folder(args) -> tuple[int] | int:
+    """``(steps,)`` to run, or ``error(...)``'s exit status: the folder, the prompt, the
+    guidance, ``--image`` and the steps checked before anything loads."""
+    from adapters.diffusion.pretrained import BUNDLED
+
+    if not is_text_to_image(args.model):
+        what = ("a bundled unconditional model" if args.model in BUNDLED
+                else "not a local folder" if not Path(args.model).expanduser().is_dir()
+                else "a folder without a model_index.json naming a text-to-image pipeline")
+        return error(f"--prompt needs a text-to-image pipeline folder; --model {args.model} is "
+                      f"{what}, not a text-to-image pipeline folder")
+    if args.prompt is None:
+        return error(f"{args.model} is a text-to-image pipeline: give --prompt")
+    from adapters.text_to_image import FAMILIES
+
+    name = json.loads((Path(args.model).expanduser() / "model_index.json").read_text())[
+        "_class_name"]
+    err = pipeline_guidance(args, name) or _image_error(args, name, FAMILIES[name].inputs)
+    if err:
+        return error(err)
+    steps = args.steps or FAMILIES[name].steps
+    err = check_steps(args, steps, pipeline_train_timesteps(args.model))
+    if err:
+        return error(err)
+    return (steps,)
+
+
+def _report_header(args, pipe, steps: int) -> dict[str, Any]:
+    """The run's settings, as report.json opens."""
+    return {
+        "model": str(args.model), "pipeline": type(pipe).__name__, "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "scheduler": type(pipe.scheduler).__name__, "sampler": args.sampler, "steps": steps,
+        "image": args.image,
+        "num_samples": args.num_samples, "seed": args.seed, "dtype": args.dtype,
+        "device": args.device, "machine": platform.platform(), "torch": torch.__version__,
+        "world_size": args.world,
+    }
+
+
+def _sampling_report(args, res, steps: int, pipelined: bool, t0: float,
+                     report: dict[str, Any]):
+    """The sampler's entries of the report (and auto's plan on stderr); returns the
+    sampler's output (``None`` for the serial sampler: no convergence figure)."""
+    report.update(guidance_scale=res.guidance_scale, sampler_run=res.sampler)
+    plan = getattr(res.sampling, "plan", None)
+    if plan is not None and args.rank == 0:
+        print(plan.table(), file=sys.stderr)
+        report.update(plan=plan.as_dict(), predicted_s=plan.choice.predicted_s)
+    out = None if res.sampler == "serial" else res.sampling
+    if out is None:
+        report.update(wall_s=time.perf_counter() - t0, model_calls=steps, depth=steps)
+    elif res.sampler == "srds":
+        report.update(srds_report(out, steps, pipelined, t0, "latents"))
+    else:
+        report.update(window_report(out, steps, t0))
+    report.update(latent_shape=list(res.latents.shape[1:]), model_rows=res.stats.model_rows)
+    return out
 
 
 def _frames(video: np.ndarray, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -113,7 +113,7 @@ def decode(pipe: Any, latents: Tensor, output_type: str, height: int | None,
            width: int | None):
     """Unpack (the frame count follows from the tokens and the size), de-normalise, decode,
     ``postprocess_video``."""
-    s, t = pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio
+    s = pipe.vae_spatial_compression_ratio
     p, pt = pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size
     lh, lw = height // s, width // s
     lf = latents.shape[1] * p * p * pt // (lh * lw)

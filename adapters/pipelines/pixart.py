@@ -34,10 +34,12 @@ def geometry(pipe: Any, call: Call) -> tuple[int, int, int, tuple[int, ...]]:
 
         name = (_SANA_BINS if sana else _BINS).get(net.config.sample_size)
         if name is None:
+            sizes = sorted(_SANA_BINS if sana else _BINS)
             raise ValueError(f"use_resolution_binning=True needs a transformer sample_size in "
-                             f"{sorted(_SANA_BINS if sana else _BINS)}, got {net.config.sample_size} (the pipeline "
-                             "raises too); pass use_resolution_binning=False")
-        binned = pipe.image_processor.classify_height_width_bin(H, W, ratios=getattr(pa, name))
+                             f"{sizes}, got {net.config.sample_size} (the pipeline raises too); "
+                             "pass use_resolution_binning=False")
+        bins = getattr(pa, name)
+        binned = pipe.image_processor.classify_height_width_bin(H, W, ratios=bins)
         if tuple(binned) != (H, W):
             raise ValueError(f"{H}x{W} is not an aspect-ratio bin; the pipeline would sample "
                              f"{binned[0]}x{binned[1]} and resize: give that size, or "

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .core import check_size, rescaled_guide
 from .family import Call, Conditioning, PipelineFamily
-from .sd import check_rescale, img2img_latents, image_geometry, need_image
+from .sd import check_rescale, image_geometry, img2img_latents, need_image
 
 COMPONENTS = ("unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler")
 TIME_INPUTS = ("original_size", "crops_coords_top_left", "target_size",
