@@ -119,7 +119,8 @@ def tiny_sdxl(tmp: Path, cls: str = "StableDiffusionXLPipeline", scheduler: str 
     enc1, tok = _clip(tmp)
     enc2, _ = _clip(tmp, projection=True)
     parts = dict(vae=_vae(), text_encoder=enc1, tokenizer=tok, text_encoder_2=enc2,
-                 tokenizer_2=tok, unet=_unet(cross=32, xl=True), scheduler=sd_scheduler(scheduler))
+                 tokenizer_2=tok, unet=_unet(9 if "Inpaint" in cls else 4, cross=32, xl=True),
+                 scheduler=sd_scheduler(scheduler))
     if "ControlNet" in cls:
         parts["controlnet"] = tiny_controlnet(xl=True)
     pipe = getattr(diffusers, cls)(**parts)

@@ -1,5 +1,6 @@
 """StableDiffusion XL: two text encoders, pooled embeddings and added time ids as the UNet's
-``added_cond_kwargs``, ``guidance_rescale``; text-to-image and img2img."""
+``added_cond_kwargs``, ``guidance_rescale``; text-to-image, img2img and inpainting
+(9-channel UNets)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from torch import Tensor
 
 from .core import check_size, rescaled_guide
 from .family import Call, Conditioning, PipelineFamily
-from .sd import check_rescale, image_geometry, img2img_latents, need_image
+from .sd import (
+    check_rescale,
+    image_geometry,
+    img2img_latents,
+    inpaint_geometry,
+    inpaint_latents,
+    need_image,
+)
 
 COMPONENTS = ("unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler")
 TIME_INPUTS = ("original_size", "crops_coords_top_left", "target_size",
@@ -158,14 +166,48 @@ def img2img_encode(pipe: Any, call: Call) -> Conditioning:
     return _conditioning(call, pe, npe, ppe, nppe, ids, neg_ids)
 
 
+# ---- inpainting -------------------------------------------------------------------------------
+
+def inpaint_check(pipe: Any, call: Call) -> None:
+    """SDXL's checks, an image and a mask, a 9-channel UNet."""
+    check(pipe, call)
+    need_image(call)
+    if call.get("mask_image") is None:
+        raise ValueError(f"mask_image is required for a {call.name}")
+    c = pipe.unet.config.in_channels
+    if c != 9:
+        raise ValueError(
+            f"pipe.unet has {c} input channels; pint samples 9-channel inpainting UNets (mask and "
+            "masked-image latents as conditioning). A 4-channel UNet blends the known region "
+            "back after every step, which is not a step of the sampler's ODE")
+
+
+def inpaint_network(pipe: Any, call: Call):
+    """The UNet on ``[latents, mask, masked-image latents]`` with SDXL's added conditioning."""
+    unet = pipe.unet
+
+    def fn(x: Tensor, t: Tensor, encoder_hidden_states: Tensor, text_embeds: Tensor,
+           time_ids: Tensor, mask: Tensor, masked_image_latents: Tensor, **kw: Any) -> Tensor:
+        inp = torch.cat([x, mask.to(x.dtype), masked_image_latents.to(x.dtype)], dim=1)
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return unet(inp, t, encoder_hidden_states=encoder_hidden_states,
+                    added_cond_kwargs=added, return_dict=False, **kw)[0]
+    return fn
+
+
 _COMMON = dict(pooled=True, network=network, guide=guide, decode=decode)
+_IMG_INPUTS = ("image", "strength", "guidance_rescale", "aesthetic_score",
+               "negative_aesthetic_score", *TIME_INPUTS)
 FAMILIES = {
     "StableDiffusionXLPipeline": PipelineFamily(
         "unet", COMPONENTS, 50, 5.0, inputs=("guidance_rescale", *TIME_INPUTS), check=check,
         geometry=geometry, encode=encode, **_COMMON),
     "StableDiffusionXLImg2ImgPipeline": PipelineFamily(
         "unet", COMPONENTS, 50, 5.0,
-        inputs=("image", "strength", "guidance_rescale", "aesthetic_score",
-                "negative_aesthetic_score", *TIME_INPUTS), strength=0.3, check=img2img_check,
+        inputs=_IMG_INPUTS, strength=0.3, check=img2img_check,
         geometry=image_geometry, encode=img2img_encode, latents=img2img_latents, **_COMMON),
+    "StableDiffusionXLInpaintPipeline": PipelineFamily(
+        "unet", COMPONENTS, 50, 7.5, inputs=(*_IMG_INPUTS, "mask_image"), strength=0.9999,
+        check=inpaint_check, geometry=inpaint_geometry, encode=img2img_encode,
+        latents=inpaint_latents, **{**_COMMON, "network": inpaint_network}),
 }

@@ -37,7 +37,8 @@ def pipes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sdxl")
     return {"t2i": bench.tiny_sdxl(tmp),
             "img2img": bench.tiny_sdxl(tmp, "StableDiffusionXLImg2ImgPipeline"),
-            "controlnet": bench.tiny_sdxl(tmp, "StableDiffusionXLControlNetPipeline")}
+            "controlnet": bench.tiny_sdxl(tmp, "StableDiffusionXLControlNetPipeline"),
+            "inpaint": bench.tiny_sdxl(tmp, "StableDiffusionXLInpaintPipeline")}
 
 
 def gen(seed=3):
@@ -59,6 +60,8 @@ CASES = {
     "img2img": ("img2img", dict(TEXT, image=IMG, strength=0.6, num_inference_steps=10)),
     "controlnet": ("controlnet", dict(P, image=IMG, num_inference_steps=6,
                                       controlnet_conditioning_scale=0.5)),
+    "inpaint_default_strength": ("inpaint", dict(P, image=IMG, mask_image=bench.mask(),
+                                                 num_inference_steps=10)),  # 0.9999: 9 run
 }
 
 
@@ -100,6 +103,7 @@ def test_decoded_images_match_the_pipeline(pipes):
     ("img2img", dict(TEXT, image=IMG, denoising_start=0.5), "denoising_start: an argument"),
     ("img2img", dict(TEXT), "image is required"),
     ("img2img", dict(P, image=IMG), "height, width: not an argument"),
+    ("inpaint", dict(P, image=IMG), "mask_image is required"),
 ])
 def test_unsupported_options_are_refused_before_any_model_call(pipes, name, kw, match):
     calls = []
