@@ -156,6 +156,23 @@ def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray |
         ax_p.legend(fontsize=8)
     else:
         ax = fig.add_subplot(1, 1, 1)
+    _draw_curve(ax, history, per, order, show, pixels, tol, converged, window, progress, ylabel)
+    if show:
+        _draw_samples(fig, gs, iterates, steps, order, show, rows, pixels, fig_h)
+    else:
+        fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _draw_curve(ax, history: list[float], per: np.ndarray, order: list[int], show: int,
+                pixels: bool, tol: float, converged: bool | None, window: bool,
+                progress: bool, ylabel: str) -> None:
+    """:func:`save_convergence`'s curve panel: the test's quantity per iteration, the
+    deciding sample's own curve (SRDS), the tolerance line and, where a converged run ends
+    above it, why."""
+    from matplotlib.ticker import MaxNLocator
+
     if history:
         x = range(1, len(history) + 1)
         if window:
@@ -178,44 +195,45 @@ def save_convergence(history: list[float], iterates: torch.Tensor | np.ndarray |
            ylabel="worst change / noise scale" if window else ylabel,
            title="" if progress else "window sampler convergence" if window
            else "SRDS convergence")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    if show:
-        imgs = iterates if pixels else to_images(
-            iterates.reshape(-1, *iterates.shape[2:])).reshape(
-                iterates.shape[0], iterates.shape[1], *iterates.shape[3:], iterates.shape[2])
-        cols = order[:show]
-        final = imgs[-1, cols]
-        # [K, show, H, W]: channels reduced by their largest magnitude (the test's max-abs)
-        ch = steps[:, cols] if pixels else np.moveaxis(steps[:, cols], 2, -1)
-        idx = np.abs(ch).argmax(-1)[..., None]
-        diff = np.take_along_axis(ch, idx, -1)[..., 0]
-        vmax = (float(np.abs(diff).max()) if diff.size else 0.0) or 1.0
-        im = None
-        for r in range(rows):
-            for c in range(show):
-                a = fig.add_subplot(gs[r, 1 + c])
-                if r == 0:
-                    _show(a, final[c])
-                    a.set_title(f"sample {cols[c] + 1}", fontsize=8)
-                else:
-                    im = a.imshow(diff[r - 1, c], cmap="RdBu_r", vmin=-vmax, vmax=vmax,
-                                  interpolation="nearest")
-                a.set_xticks([])
-                a.set_yticks([])
-                if c == 0:
-                    label = "final" if r == 0 else f"iter {r}"
-                    if r:
-                        label += f"\nmax {np.abs(diff[r - 1]).max():.2g}"
-                    a.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
-        units = ("decoded pixels in [0, 1]; the test measures the latents" if pixels
-                 else "data units, as the curve")
-        fig.text((gs[0, 1].get_position(fig).x0 + gs[0, show].get_position(fig).x1) / 2,
-                 1 - 0.1 / fig_h,
-                 f"samples with the largest last change; below: each iteration's\n"
-                 f"change of them ({units})", ha="center", va="top", fontsize=9)
-        if im is not None:
-            fig.colorbar(im, cax=fig.add_subplot(gs[1:, show + 2]))
-    else:
-        fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _draw_samples(fig, gs, iterates, steps: np.ndarray, order: list[int], show: int,
+                  rows: int, pixels: bool, fig_h: float) -> None:
+    """:func:`save_convergence`'s sample panel (SRDS): the ``show`` samples with the
+    largest last change, final sample on top, each iteration's change of it below."""
+    imgs = iterates if pixels else to_images(
+        iterates.reshape(-1, *iterates.shape[2:])).reshape(
+            iterates.shape[0], iterates.shape[1], *iterates.shape[3:], iterates.shape[2])
+    cols = order[:show]
+    final = imgs[-1, cols]
+    # [K, show, H, W]: channels reduced by their largest magnitude (the test's max-abs)
+    ch = steps[:, cols] if pixels else np.moveaxis(steps[:, cols], 2, -1)
+    idx = np.abs(ch).argmax(-1)[..., None]
+    diff = np.take_along_axis(ch, idx, -1)[..., 0]
+    vmax = (float(np.abs(diff).max()) if diff.size else 0.0) or 1.0
+    im = None
+    for r in range(rows):
+        for c in range(show):
+            a = fig.add_subplot(gs[r, 1 + c])
+            if r == 0:
+                _show(a, final[c])
+                a.set_title(f"sample {cols[c] + 1}", fontsize=8)
+            else:
+                im = a.imshow(diff[r - 1, c], cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                              interpolation="nearest")
+            a.set_xticks([])
+            a.set_yticks([])
+            if c == 0:
+                label = "final" if r == 0 else f"iter {r}"
+                if r:
+                    label += f"\nmax {np.abs(diff[r - 1]).max():.2g}"
+                a.set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+    units = ("decoded pixels in [0, 1]; the test measures the latents" if pixels
+             else "data units, as the curve")
+    fig.text((gs[0, 1].get_position(fig).x0 + gs[0, show].get_position(fig).x1) / 2,
+             1 - 0.1 / fig_h,
+             f"samples with the largest last change; below: each iteration's\n"
+             f"change of them ({units})", ha="center", va="top", fontsize=9)
+    if im is not None:
+        fig.colorbar(im, cax=fig.add_subplot(gs[1:, show + 2]))

@@ -112,3 +112,24 @@ def test_one_window_loop_shared_by_the_window_samplers():
     for m in ("picard", "taa"):
         targets = {t for t, _ in _imports(m, mods[m], set(mods))}
         assert "window" in targets and not targets & {"picard", "taa"}
+
+
+#: a function of adapters/ longer than MAX_FUNCTION_LINES (its body, docstring excluded) says
+#: why in its docstring with this phrase
+LONG_REASON = "Kept in one piece:"
+MAX_FUNCTION_LINES = 80
+
+
+def test_functions_a_reader_can_hold():
+    """No function in adapters/ above ~80 lines without a reason stated in its docstring."""
+    long = []
+    for path in sorted(PACKAGE.parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node) or ""
+            body = node.body[1:] if doc else node.body
+            if body and body[-1].end_lineno - body[0].lineno + 1 > MAX_FUNCTION_LINES \
+                    and LONG_REASON not in doc:
+                long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    assert not long
