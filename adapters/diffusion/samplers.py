@@ -170,9 +170,10 @@ def srds_sample(
             of SRDS with the same blocks). Its increments, anchored at ``x_T``, replace the
             coarse sweep (one batched coarse call instead of ``B`` sequential ones).
         progress: a tqdm bar on stderr that advances by one per model call; its total is
-            the most calls the run can make (:func:`srds_max_calls`: all ``max_iters``
-            iterations), set to the calls made when it stops early; the postfix shows the
-            iteration and its change.
+            an estimate of the calls the run will make (:class:`CallEstimate`: a typical
+            run's at first, then re-estimated after every iteration from the change's
+            convergence rate; never above :func:`srds_max_calls`), the calls made at the
+            end; the postfix shows the iteration and its change.
         **model_options: ``prediction_type`` (overrides the schedule's), ``model_kwargs``,
             ``guidance_scale``, ``uncond_kwargs`` (conditioning and classifier-free guidance
             in one batched call) and ``check_finite``, as :class:`Denoiser` takes them.
@@ -204,21 +205,24 @@ def srds_sample(
     def on_iteration(info: pint.IterationInfo) -> None:
         if return_iterates:
             iterates.append(sample_of(grid, info.boundaries[-1]).clone())
-        if bar is not None and info.iteration > 0:
-            bar.set_postfix_str(f"iter={info.iteration}, change={info.change:.2e}",
-                                refresh=False)
+        if bar is not None:
+            bar.total = estimate.update(bar.n, info.iteration, info.change)
+            if info.iteration > 0:
+                bar.set_postfix_str(f"iter={info.iteration}, change={info.change:.2e}",
+                                    refresh=False)
         if callback is not None:
             callback(info)
 
     # an executor gathers every boundary on every rank for a callback: not for the bar alone
     watch = return_iterates or callback is not None or (progress and executor is None)
-    bound = srds_max_calls(edges, max_iters, pipelined, COARSE_ORDERS[coarse], guess is not None)
-    with progress_bar(progress, bound, "srds", denoiser=denoiser) as bar:
+    estimate = CallEstimate(edges, max_iters, pipelined, COARSE_ORDERS[coarse],
+                            guess is not None, float(max(tol, 0.0)))
+    with progress_bar(progress, estimate.first, "srds", denoiser=denoiser) as bar:
         res = _checked(denoiser, lambda: pint.parareal(
             problem, G, fine, tol=float(max(tol, 0.0)), max_iters=max_iters,
             pipelined=pipelined, partition=edges, stopping=rule, executor=executor,
             initial=guess, callback=on_iteration if watch else None))
-        if bar is not None and res.converged:  # stopped early: the work is done
+        if bar is not None:  # the run is over: the bar reads 100 %
             bar.total = bar.n
             bar.refresh()
     # on one device every model call waits for the previous one: depth = calls
@@ -274,6 +278,50 @@ def _warm_guess(initial: object, edges: Tensor, y0: Tensor, N: int,
     guess = y0 + (guess - guess[0])
     check_finite_input("initial", guess, network)
     return guess
+
+
+#: the iterations a typical SRDS run needs (the paper: 3-5; digits N = 1000: 4): the
+#: progress bar's first estimate
+TYPICAL_ITERATIONS = 4
+
+
+class CallEstimate:
+    """The SRDS progress bar's total: the model calls the run will likely make.
+
+    First a typical run's (:data:`TYPICAL_ITERATIONS` iterations, :func:`srds_max_calls`);
+    after iteration ``k`` with change ``c_k`` the calls made plus the iterations still
+    needed at the observed rate, ``ceil(log(tol / c_k) / log(c_k / c_{k-1}))``, times the
+    calls an iteration has cost so far; never below the calls made, never above the bound
+    of all ``max_iters`` iterations."""
+
+    def __init__(self, edges: Tensor, max_iters: int | None, pipelined: bool,
+                 coarse_calls: int, warm_start: bool, tol: float) -> None:
+        B = edges.numel() - 1
+        valid = isinstance(max_iters, int) and not isinstance(max_iters, bool)
+        self.K = max(0, min(max_iters, B)) if valid else B
+        self.bound = srds_max_calls(edges, max_iters, pipelined, coarse_calls, warm_start)
+        self.first = srds_max_calls(edges, min(self.K, TYPICAL_ITERATIONS), pipelined,
+                                    coarse_calls, warm_start)
+        self.tol, self.changes, self.start = tol, [], 0
+
+    def update(self, done: int, k: int, change: float) -> int:
+        """The total after iteration ``k`` (0: the coarse sweep), ``done`` calls made."""
+        if k == 0:
+            self.start = done
+            return max(done, self.first)
+        self.changes.append(change)
+        per = (done - self.start) / k
+        if self.tol <= 0 or not math.isfinite(change):
+            need = self.K - k
+        elif change <= self.tol:
+            need = 0
+        elif len(self.changes) > 1 and 0 < change < self.changes[-2]:
+            rate = change / self.changes[-2]
+            need = math.ceil(math.log(self.tol / change) / math.log(rate))
+        else:
+            need = max(1, TYPICAL_ITERATIONS - k)
+        need = min(max(need, 0), self.K - k)
+        return int(min(self.bound, max(done, math.ceil(done + need * per))))
 
 
 def srds_max_calls(edges: Tensor, max_iters: int | None, pipelined: bool = False,

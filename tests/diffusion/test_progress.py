@@ -63,8 +63,9 @@ def test_srds_counts_model_calls_against_the_bound(bars, pipelined):
                       progress=True)
     (bar,) = bars
     assert out.converged and out.iterations < B  # stopped early
-    assert bar.initial_total == srds_max_calls(block_partition(N, B), None, pipelined)
-    assert bar.n == out.stats.model_calls <= bar.initial_total
+    # a typical run's calls first (4 iterations), never more than the bound
+    assert bar.initial_total == srds_max_calls(block_partition(N, B), 4, pipelined)
+    assert bar.n == out.stats.model_calls <= srds_max_calls(block_partition(N, B), None, pipelined)
     assert bar.total == bar.n and bar.was_closed  # done: the bar reads 100 %
     assert bar.postfix.startswith(f"iter={out.iterations}")
 
@@ -90,9 +91,10 @@ def test_srds_bound_holds_for_every_schedule(bars):
                           max_iters=iters, pipelined=pipelined, coarse=coarse,
                           initial=base.boundaries if warm else None, progress=True)
         (bar,) = bars
-        bound = srds_max_calls(torch.tensor(part, dtype=torch.float64), iters, pipelined,
-                               COARSE_ORDERS[coarse], warm)
-        assert bar.initial_total == bound
+        edges = torch.tensor(part, dtype=torch.float64)
+        bound = srds_max_calls(edges, iters, pipelined, COARSE_ORDERS[coarse], warm)
+        assert bar.initial_total == srds_max_calls(edges, min(iters, 4), pipelined,
+                                                   COARSE_ORDERS[coarse], warm)
         assert bar.n == out.stats.model_calls <= bound, (pipelined, coarse, iters, warm)
 
 
@@ -168,3 +170,20 @@ def test_cli_memory_note_only_for_large_runs():
     assert f"~{1e5 * 784 * 4 * 1193 / 2**30:.1f} GiB" in note and "estimate" in note
     note = _memory_note(_args(num_samples=100000), 1000, shape, torch.float32, True)
     assert "srds" in note and "63 blocks" in note
+
+
+def test_srds_bar_estimates_the_calls_the_run_makes(bars):
+    """The bar's total follows the run (issue 32: it read 0/1000 with a half-hour ETA and
+    jumped to 123/123): after each iteration the calls made plus the iterations the
+    change's rate still needs, within the bound; at the end exactly the calls made."""
+    N, B = 400, 20
+    seen = []
+    out = srds_sample(MODEL, SCHEDULE, noise(), N, num_blocks=B, pipelined=False, tol=1e-6,
+                      progress=True, callback=lambda info: seen.append(bars[0].total))
+    (bar,) = bars
+    bound = srds_max_calls(block_partition(N, B), None, False)
+    assert out.converged and bar.total == bar.n == out.stats.model_calls
+    assert all(out.stats.model_calls * 0.5 <= t <= bound for t in seen[1:])
+    assert bar.initial_total < bound / 2  # a typical run's, not the worst case
+    last = seen[-2] if len(seen) > 1 else seen[-1]  # the estimate before the last iteration
+    assert abs(last - out.stats.model_calls) <= 0.35 * out.stats.model_calls
