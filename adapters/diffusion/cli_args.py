@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=_positive_float, default=None,
                    help="stop when the final sample moves less than this in one iteration "
                         "(default 2e-3 in float32, 1e-6 in float64; window samplers: 1e-4 per "
-                        "step); not for --sampler serial")
+                        "step; in bfloat16/float16 the network's own precision, see "
+                        "report.json's precision); not for --sampler serial")
     p.add_argument("--max-iters", type=_nonneg_int, default=None,
                    help="iteration limit (>= 1 for the window samplers); not for serial")
     p.add_argument("--pipelined", action=argparse.BooleanOptionalAction, default=None,
@@ -336,3 +337,10 @@ def pipeline_guidance(args, name: str) -> str | None:
     return None
 
 
+def window_tol(args) -> float | None:
+    """The window samplers' (and the planner's) ``tol``: ``--tol``, else 1e-4 per step in
+    float32/float64 and, for a half precision ``--dtype``, ``None``: the samplers' default
+    for the network's precision (:data:`adapters.diffusion.precision.WINDOW_TOL`)."""
+    if args.tol is not None:
+        return args.tol
+    return 1e-4 if args.dtype in ("float32", "float64") else None

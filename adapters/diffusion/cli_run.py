@@ -22,6 +22,7 @@ from .cli_args import (
     error,
     is_text_to_image,
     memory_note,
+    window_tol,
 )
 from .cli_output import Outputs, check_out, serial_comparison, srds_report, window_report
 from .cli_t2i import run_text_to_image
@@ -127,7 +128,7 @@ def run_unconditional(args) -> int | Outputs:
 
         with torch.inference_mode():
             plan = plan_sampling(model, schedule, x_T, steps, max_batch=args.max_batch,
-                                 tol=args.tol if args.tol is not None else 1e-4,
+                                 tol=window_tol(args),
                                  executor=args.executor)
         if args.rank == 0:  # (the table ends with the planning seconds)
             print(plan.table(), file=sys.stderr)
@@ -231,7 +232,7 @@ def _sample(args, model, schedule, x_T, steps: int, plan, pipelined: bool,
         return out.sample, out
     from adapters.diffusion import sample as sample_with
 
-    kw: dict[str, Any] = {"tol": args.tol if args.tol is not None else 1e-4,
+    kw: dict[str, Any] = {"tol": window_tol(args),
                           **noise_for(args, schedule, x_T, steps)}
     iterative = True
     if plan is not None:

@@ -22,6 +22,7 @@ from .cli_args import (
     is_text_to_image,
     pipeline_guidance,
     pipeline_train_timesteps,
+    window_tol,
 )
 from .cli_output import Outputs, serial_comparison, srds_report, window_report
 
@@ -188,7 +189,7 @@ def _sampler_options(args, steps: int, pipelined: bool) -> dict[str, Any]:
         if args.sampler == "srds":
             opts.update(num_blocks=args.blocks, pipelined=pipelined, return_iterates=True)
         else:  # window samplers: ParaDiGMS's per-step rule, as for unconditional models
-            opts["tol"] = 1e-4 if args.tol is None else args.tol
+            opts["tol"] = window_tol(args)
             if args.sampler == "auto":
                 opts["max_batch"] = args.max_batch
             elif args.window is not None:  # default: min(32, the steps that run)

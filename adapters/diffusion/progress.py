@@ -15,7 +15,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
-
 def check_progress(progress: object) -> bool:
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")

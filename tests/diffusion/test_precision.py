@@ -104,8 +104,9 @@ def test_bfloat16_serial_is_closer_to_float32_than_a_bfloat16_state(unet):
     """The state in float32 between the network's bfloat16 calls: pint's bfloat16 serial
     sample is closer to the float32 one than diffusers' loop with bfloat16 latents is, and
     both loops agree in float32 (the same sampler)."""
-    from adapters.diffusers import from_diffusers
     from diffusers import DDIMScheduler
+
+    from adapters.diffusers import from_diffusers
 
     def ddim():
         return DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing",

@@ -230,8 +230,8 @@ def test_conditioning_is_repeated_per_block_and_guidance_is_one_call():
     c = torch.randn(3, 8, dtype=torch.float64)
     u = torch.zeros(3, 8, dtype=torch.float64)
     w = 3.0
-    out = srds_sample(model, SCHED, x, 16, num_blocks=4, tol=0, max_iters=4, pipelined=False, model_kwargs={"cond": c},
-                      guidance_scale=w, uncond_kwargs={"cond": u})
+    out = srds_sample(model, SCHED, x, 16, num_blocks=4, tol=0, max_iters=4, pipelined=False,
+                      model_kwargs={"cond": c}, guidance_scale=w, uncond_kwargs={"cond": u})
     # every call carried both halves for every block: rows == 2 * blocks * samples
     assert all(n == k for n, k in model.calls)
     assert max(n for n, _ in model.calls) == 2 * 4 * 3
