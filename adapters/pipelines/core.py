@@ -16,6 +16,7 @@ from torch import Tensor
 
 from adapters.bridge import DiffusersModel, schedule_from_scheduler
 from adapters.diffusion.auto import PARALLEL_SAMPLERS, plan_sampling, record_run
+from adapters.diffusion.precision import serial_precision
 from adapters.diffusion.samplers import SampleOutput, SamplerStats, serial_sample
 from adapters.diffusion.schedule import SigmaSchedule, VPSchedule
 
@@ -325,14 +326,15 @@ def run_sampler(model: PipelineModel, schedule: Any, x_T: Tensor, N: int, sample
                               solver=common["sampler"], cost=kw.pop("cost", None),
                               executor=kw.get("executor"), model_kwargs=common["model_kwargs"],
                               guidance_scale=common["guidance_scale"],
-                              uncond_kwargs=common["uncond_kwargs"])
+                              uncond_kwargs=common["uncond_kwargs"], reuse=True)
         sampler, kw = plan_.choice.sampler, {**plan_.choice.options, **kw}
         if sampler == "serial":  # nothing iterates: the iteration options have no effect
             kw = {}
     if sampler == "serial":
         final = serial_sample(model, schedule, x_T, N, **common)
         rows = N * x_T.shape[0] * (2 if common["guidance_scale"] is not None else 1)
-        out = SampleOutput(final, 0, True, [], SamplerStats(N, rows, N), 0.0, 1)
+        out = SampleOutput(final, 0, True, [], SamplerStats(N, rows, N), 0.0, 1,
+                           precision=serial_precision(model, x_T.dtype))
     else:
         out = PARALLEL_SAMPLERS[sampler](model, schedule, x_T, N, **kw, **common)
     if plan_ is not None:
