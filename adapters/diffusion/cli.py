@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_outputs(args, res: Outputs) -> int:
-    """Write samples.png, convergence.png (iterative samplers), images/ and latents (given),
+    """Write samples.png, convergence.png (iterative samplers), images/, a video family's
+    animated video_NNN.gif and latents (given),
     and report.json into ``args.out``: all or none of them, see :class:`OutputWriter`.
     Returns the exit status. Under torchrun only rank 0 writes (the others return 0)."""
     report, out, images, latents = res.report, res.out, res.images, res.latents
@@ -75,6 +76,9 @@ def _write_outputs(args, res: Outputs) -> int:
                                  num_steps=report.get("steps"), window="blocks" not in report)
             for k, img in enumerate(images or []):
                 img.save(w.path(f"{IMAGES_DIR}/{k:03d}.png"))
+            for k, frames in enumerate(res.videos or []):  # Pillow's animated GIF writer
+                frames[0].save(w.path(f"video_{k:03d}.gif"), save_all=True,
+                               append_images=frames[1:], duration=125, loop=0)
             if latents is not None:
                 from safetensors.torch import save_file
 
@@ -91,7 +95,8 @@ def _write_outputs(args, res: Outputs) -> int:
     print(json.dumps(summary, indent=None))
     extra = [n for n, cond in (("convergence.png", out is not None),
                                (f"{IMAGES_DIR}/", bool(images)),
-                               ("latents.safetensors", latents is not None)) if cond]
+                               ("latents.safetensors", latents is not None),
+                               ("video_NNN.gif", bool(res.videos))) if cond]
     line = f"wrote {args.out / 'samples.png'}, {', '.join([*extra, 'report.json'])}"
     if "wall_clock_vs_serial" in report:
         line += f"; wall clock (measured): {report['wall_clock_vs_serial']}"

@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive_int, default=None,
                    help="network rows one call may hold (memory), --sampler auto only")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="sampler steps N (default 1000; for a text-to-image pipeline its own: "
-                        "50 for SD, 28 for SD3 and Flux)")
+                   help="sampler steps N (default 1000; for a pipeline folder its own, e.g. "
+                        "50 for SD/SDXL, 28 for SD3 and Flux)")
     p.add_argument("--num-blocks", type=_positive_int, default=None, dest="blocks",
                    help="Parareal blocks (the API's num_blocks), --sampler srds only, <= "
                         "--steps (default round(2 sqrt(N)) pipelined, round(sqrt(N)) for the "
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new, empty, or a previous pint-sample output (its "
                         "files are replaced; see below)")
-    t2i = p.add_argument_group("text-to-image pipelines (StableDiffusion, SD3, Flux folders)")
+    t2i = p.add_argument_group("pipeline folders (SD, SDXL, SD3, Flux, Qwen-Image, Wan, ...: "
+                               "docs/pipelines.md)")
     t2i.add_argument("--prompt", default=None, help="the text prompt (required for a pipeline)")
     t2i.add_argument("--negative-prompt", default=None,
                      help="what to steer away from (needs --guidance-scale > 1; Flux: "
@@ -160,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "Flux: the embedded guidance of a guidance-distilled transformer "
                           "(default 3.5)")
     t2i.add_argument("--true-cfg-scale", type=_finite_float, default=None,
-                     help="Flux only: classifier-free guidance with --negative-prompt")
+                     help="Flux, Flux Kontext, Qwen-Image: classifier-free guidance with "
+                          "--negative-prompt")
     t2i.add_argument("--height", type=_positive_int, default=None,
                      help="image height in pixels (default: the pipeline's)")
     t2i.add_argument("--width", type=_positive_int, default=None,

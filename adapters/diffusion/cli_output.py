@@ -237,7 +237,8 @@ class OutputWriter:
 class Outputs:
     """What a run hands to the writer (``pint-sample``'s ``main``): the report, the images of
     ``samples.png`` and its title, the sampler's output (``None``: no convergence figure) and
-    the iterates shown there, the figure's y label; a pipeline's images and latents."""
+    the iterates shown there, the figure's y label; a pipeline's images and latents (and
+    a video family's frames per sample)."""
 
     report: dict[str, Any]
     grid: Any
@@ -247,3 +248,5 @@ class Outputs:
     ylabel: str
     images: list | None = None
     latents: dict[str, torch.Tensor] | None = None
+    #: a video family's frames per sample (PIL images), written as animated GIFs
+    videos: list[list] | None = None

@@ -78,7 +78,8 @@ def run(args) -> int | Outputs:
     given = [f for f, v in (("--negative-prompt", args.negative_prompt),
                             ("--guidance-scale", args.guidance_scale),
                             ("--true-cfg-scale", args.true_cfg_scale),
-                            ("--height", args.height), ("--width", args.width))
+                            ("--height", args.height), ("--width", args.width),
+                            ("--image", getattr(args, "image", None)))
              if v is not None]
     if given:
         return error(f"{', '.join(given)} need(s) --prompt and a text-to-image pipeline folder")

@@ -81,9 +81,10 @@ def run_text_to_image(args) -> int:
     report.update(image_size=list(grid.shape[1:3]), nsfw_content_detected=nsfw)
     from diffusers.image_processor import VaeImageProcessor
 
+    videos = [VaeImageProcessor.numpy_to_pil(v) for v in images] if video else None
     return Outputs(
         report, grid, f"{args.prompt[:60]!r}: {res.sampler}, N = {steps}", out,
-        iterates, "max |change| of the final latents",
+        iterates, "max |change| of the final latents", videos=videos,
         images=VaeImageProcessor.numpy_to_pil(frames),
         latents={"latents": res.latents.contiguous().cpu(),
                  "initial_latents": res.initial_latents.contiguous().cpu()})
@@ -153,7 +154,8 @@ def _frames(video: np.ndarray, report: dict[str, Any]) -> tuple[np.ndarray, np.n
     """A video family's ``[n, F, H, W, 3]``: samples.png shows each sample's middle frame;
     images/ holds every frame, sample after sample (``images/NNN.png``, ``N = s F + f``)."""
     n, F = video.shape[:2]
-    report.update(num_frames=F, frames_layout="images/NNN.png: sample * num_frames + frame")
+    report.update(num_frames=F, frames_layout="images/NNN.png: sample * num_frames + frame",
+                  videos="video_NNN.gif: sample NNN's frames, animated (8 frames per second)")
     return video[:, F // 2], video.reshape(n * F, *video.shape[2:])
 
 

@@ -73,3 +73,7 @@ def test_cli_writes_every_frame_of_a_video_folder(pipe, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["pipeline"] == "LTXPipeline" and report["num_frames"] == 161  # its default
     assert len(list((out / "images").glob("*.png"))) == 161 and (out / "samples.png").exists()
+    from PIL import Image
+
+    with Image.open(out / "video_000.gif") as gif:  # the sample as an animated file
+        assert gif.n_frames == 161 and gif.size == (32, 32)
