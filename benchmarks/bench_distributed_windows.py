@@ -92,7 +92,7 @@ def run(name: str, model, sched, x, cfg: dict, executor=None):
     with torch.no_grad():
         if name == "srds":
             return srds_sample(model, sched, x, cfg["steps"], num_blocks=cfg["blocks"],
-                               tol=cfg["srds_tol"], **kw)
+                               tol=cfg["srds_tol"], pipelined=False, **kw)  # the sweep
         fn = picard_sample if name == "picard" else quasi_newton_sample
         return fn(model, sched, x, cfg["steps"], window=cfg["window"], tol=cfg["tol"], **kw)
 

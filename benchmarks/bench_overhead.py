@@ -149,7 +149,8 @@ def samplers(N: int, srds: dict[str, Any]) -> dict[str, Callable]:
     w = min(32, N)
     return {
         "serial": lambda m, s, x: serial_sample(m, s, x, N),
-        f"srds_sweep_B{B}": lambda m, s, x: srds_sample(m, s, x, N, num_blocks=B, **srds),
+        f"srds_sweep_B{B}": lambda m, s, x: srds_sample(m, s, x, N, num_blocks=B,
+                                                          pipelined=False, **srds),
         f"srds_pipelined_B{B}": lambda m, s, x: srds_sample(
             m, s, x, N, num_blocks=B, pipelined=True, **srds),
         f"srds_pipelined_B{2 * B}": lambda m, s, x: srds_sample(
