@@ -86,14 +86,6 @@ def sd_scheduler(kind: str = "ddim"):
     return getattr(diffusers, name)(**SD_BETAS, steps_offset=1, **extra)
 
 
-def _ready(pipe):
-    for m in pipe.components.values():
-        if isinstance(m, torch.nn.Module):
-            m.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def tiny_sd(tmp: Path, cls: str = "StableDiffusionPipeline", scheduler: str = "ddim",
             seed: int = 0):
     """A StableDiffusion pipeline of class ``cls`` (text-to-image, img2img, inpainting: a
@@ -103,7 +95,7 @@ def tiny_sd(tmp: Path, cls: str = "StableDiffusionPipeline", scheduler: str = "d
     torch.manual_seed(seed)
     enc, tok = _clip(tmp)
     unet = _unet(9 if "Inpaint" in cls else 4)
-    return _ready(getattr(diffusers, cls)(
+    return t2i.ready(getattr(diffusers, cls)(
         vae=_vae(), text_encoder=enc, tokenizer=tok, unet=unet,
         scheduler=sd_scheduler(scheduler), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False))
@@ -124,7 +116,7 @@ def tiny_sdxl(tmp: Path, cls: str = "StableDiffusionXLPipeline", scheduler: str 
     if "ControlNet" in cls:
         parts["controlnet"] = tiny_controlnet(xl=True)
     pipe = getattr(diffusers, cls)(**parts)
-    return _ready(pipe)
+    return t2i.ready(pipe)
 
 
 def tiny_controlnet(xl: bool = False):
@@ -146,7 +138,7 @@ def tiny_sd_controlnet(tmp: Path, scheduler: str = "ddim", seed: int = 0):
 
     torch.manual_seed(seed)
     enc, tok = _clip(tmp)
-    return _ready(StableDiffusionControlNetPipeline(
+    return t2i.ready(StableDiffusionControlNetPipeline(
         vae=_vae(), text_encoder=enc, tokenizer=tok, unet=_unet(), controlnet=tiny_controlnet(),
         scheduler=sd_scheduler(scheduler), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False))
@@ -156,7 +148,7 @@ def tiny_flux_img2img(tmp: Path, seed: int = 0):
     """FluxImg2ImgPipeline over the tiny Flux's components."""
     from diffusers import FluxImg2ImgPipeline
 
-    return _ready(FluxImg2ImgPipeline(**t2i.tiny_flux(tmp, seed).components))
+    return t2i.ready(FluxImg2ImgPipeline(**t2i.tiny_flux(tmp, seed).components))
 
 
 def tiny_pixart(tmp: Path, cls: str = "PixArtSigmaPipeline", seed: int = 0):
@@ -165,14 +157,10 @@ def tiny_pixart(tmp: Path, cls: str = "PixArtSigmaPipeline", seed: int = 0):
     linear betas, 16 x 16 images."""
     import diffusers
     from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tok = t2i.t5_tokenizer(tmp / "t5_vocab")
-    enc = T5EncoderModel(T5Config(
-        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1))
+    enc = t2i.t5_encoder(tok)
     net = PixArtTransformer2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
         num_layers=1, cross_attention_dim=16, sample_size=8, patch_size=2, caption_channels=32,
@@ -180,7 +168,7 @@ def tiny_pixart(tmp: Path, cls: str = "PixArtSigmaPipeline", seed: int = 0):
     # DPM-Solver++ as PixArt-Sigma ships it, on SD's betas: an untrained network's x0 at the
     # first level stays moderate (PixArt's linear betas divide by alpha = 0.006 there)
     sched = DPMSolverMultistepScheduler(**SD_BETAS)
-    return _ready(getattr(diffusers, cls)(tokenizer=tok, text_encoder=enc, vae=_vae(),
+    return t2i.ready(getattr(diffusers, cls)(tokenizer=tok, text_encoder=enc, vae=_vae(),
                                           transformer=net, scheduler=sched))
 
 
@@ -189,14 +177,10 @@ def tiny_wan(tmp: Path, two_experts: bool = False, seed: int = 0):
     them switched at ``boundary_ratio=0.875`` for Wan 2.2), a tiny Wan VAE (9 frames of
     16 x 16 -> latents 16 x 3 x 2 x 2), UniPC on flow sigmas (``flow_shift=3``) as Wan ships."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     tok = t2i.t5_tokenizer(tmp / "t5_vocab")
-    enc = UMT5EncoderModel(UMT5Config(
-        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1))
+    enc = t2i.t5_encoder(tok, umt5=True)
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
 
@@ -209,7 +193,7 @@ def tiny_wan(tmp: Path, two_experts: bool = False, seed: int = 0):
     sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                     flow_shift=3.0)
     extra = dict(transformer_2=net(), boundary_ratio=0.875) if two_experts else {}
-    return _ready(WanPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=net(),
+    return t2i.ready(WanPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=net(),
                               scheduler=sched, **extra))
 
 
@@ -218,14 +202,10 @@ def tiny_chroma(tmp: Path, seed: int = 0):
     (16 x 16 images: 16 packed tokens of 16 channels), Flux's shifted flow-matching
     scheduler."""
     from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tok = t2i.t5_tokenizer(tmp / "t5_vocab")
-    enc = T5EncoderModel(T5Config(
-        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1))
+    enc = t2i.t5_encoder(tok)
     net = ChromaTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=[4, 4, 8],
@@ -233,7 +213,7 @@ def tiny_chroma(tmp: Path, seed: int = 0):
     sched = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096)
-    return _ready(ChromaPipeline(scheduler=sched, vae=t2i._vae(4), text_encoder=enc,
+    return t2i.ready(ChromaPipeline(scheduler=sched, vae=t2i._vae(4), text_encoder=enc,
                                  tokenizer=tok, transformer=net))
 
 
@@ -241,7 +221,7 @@ def tiny_kontext(tmp: Path, seed: int = 0):
     """FluxKontextPipeline over the tiny Flux's components."""
     from diffusers import FluxKontextPipeline
 
-    return _ready(FluxKontextPipeline(**t2i.tiny_flux(tmp, seed).components))
+    return t2i.ready(FluxKontextPipeline(**t2i.tiny_flux(tmp, seed).components))
 
 
 def tiny_sana(tmp: Path, seed: int = 0):
@@ -272,7 +252,7 @@ def tiny_sana(tmp: Path, seed: int = 0):
         cross_attention_dim=8, caption_channels=8, sample_size=32)
     sched = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0,
                                         prediction_type="flow_prediction")
-    return _ready(SanaPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=net,
+    return t2i.ready(SanaPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=net,
                                scheduler=sched))
 
 
@@ -286,14 +266,10 @@ def tiny_ltx(tmp: Path, seed: int = 0):
         LTXPipeline,
         LTXVideoTransformer3DModel,
     )
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tok = t2i.t5_tokenizer(tmp / "t5_vocab")
-    enc = T5EncoderModel(T5Config(
-        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1))
+    enc = t2i.t5_encoder(tok)
     net = LTXVideoTransformer3DModel(
         in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
         attention_head_dim=8, cross_attention_dim=32, num_layers=1, caption_channels=32)
@@ -311,7 +287,7 @@ def tiny_ltx(tmp: Path, seed: int = 0):
     sched = FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
         max_image_seq_len=4096)
-    return _ready(LTXPipeline(scheduler=sched, vae=vae, text_encoder=enc, tokenizer=tok,
+    return t2i.ready(LTXPipeline(scheduler=sched, vae=vae, text_encoder=enc, tokenizer=tok,
                               transformer=net))
 
 
@@ -350,7 +326,7 @@ def tiny_qwenimage(tmp: Path, seed: int = 0):
     sched = FlowMatchEulerDiscreteScheduler(
         shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
         base_image_seq_len=256, max_image_seq_len=8192)
-    return _ready(QwenImagePipeline(scheduler=sched, vae=vae, text_encoder=enc, tokenizer=tok,
+    return t2i.ready(QwenImagePipeline(scheduler=sched, vae=vae, text_encoder=enc, tokenizer=tok,
                                     transformer=net))
 
 

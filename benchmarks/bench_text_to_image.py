@@ -76,7 +76,7 @@ def t5_tokenizer(folder: Path):
 
 def _text_encoders(tmp: Path, clip_classes: tuple[type, ...], hidden: int, t5_dim: int,
                    projection: int | None = None) -> dict[str, Any]:
-    from transformers import CLIPTextConfig, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig
 
     tok, t5 = clip_tokenizer(tmp / "clip_vocab"), t5_tokenizer(tmp / "t5_vocab")
     extra = {"projection_dim": projection} if projection else {}
@@ -89,12 +89,22 @@ def _text_encoders(tmp: Path, clip_classes: tuple[type, ...], hidden: int, t5_di
             bos_token_id=0, eos_token_id=1, pad_token_id=1, **extra))
         parts["tokenizer" + sfx] = tok
     sfx = f"_{len(clip_classes) + 1}"
-    parts["text_encoder" + sfx] = T5EncoderModel(T5Config(
-        vocab_size=len(t5), d_model=t5_dim, d_kv=8, d_ff=2 * t5_dim, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1))
+    parts["text_encoder" + sfx] = t5_encoder(t5, t5_dim)
     parts["tokenizer" + sfx] = t5
     return parts
+
+
+def t5_encoder(tok: Any, dim: int = 32, umt5: bool = False):
+    """A one-layer random T5 (``umt5``: UMT5, as Wan ships) encoder of width ``dim`` for the
+    vocabulary of ``tok`` (:func:`t5_tokenizer`)."""
+    import transformers
+
+    kind = "UMT5" if umt5 else "T5"
+    config = getattr(transformers, f"{kind}Config")(
+        vocab_size=len(tok), d_model=dim, d_kv=8, d_ff=2 * dim, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+        eos_token_id=1)
+    return getattr(transformers, f"{kind}EncoderModel")(config)
 
 
 def _vae(latent_channels: int):
@@ -108,7 +118,7 @@ def _vae(latent_channels: int):
         use_post_quant_conv=False)
 
 
-def _ready(pipe):
+def ready(pipe):
     """Inference mode as from_pretrained leaves it (T5's dropout off) and no progress bars."""
     for m in pipe.components.values():
         if isinstance(m, torch.nn.Module):
@@ -133,7 +143,7 @@ def tiny_sd3(tmp: Path, seed: int = 0):
     pipe = StableDiffusion3Pipeline(
         transformer=net, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(4),
         **enc)
-    return _ready(pipe)
+    return ready(pipe)
 
 
 def tiny_flux(tmp: Path, seed: int = 0, guidance_embeds: bool = True):
@@ -154,7 +164,7 @@ def tiny_flux(tmp: Path, seed: int = 0, guidance_embeds: bool = True):
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096)
     pipe = FluxPipeline(transformer=net, scheduler=sched, vae=_vae(4), **enc)
-    return _ready(pipe)
+    return ready(pipe)
 
 
 # ---- the benchmark ----------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _checked(model: Model, schedule: Schedule, x_T: Tensor, num_steps: int,
     if not isinstance(schedule, (VPSchedule, SigmaSchedule)):
         raise TypeError(f"schedule must be a VPSchedule or SigmaSchedule, got "
                         f"{type(schedule).__name__}")
-    network = network_dtype(model.model if isinstance(model, Denoiser) else model, x.dtype)
+    network = network_dtype(model, x.dtype)
     return x, N, denoiser_for(model, schedule, model_options, network)
 
 

@@ -108,7 +108,7 @@ def prepare(model, schedule, x_T, num_steps, eta, generator, sampler, noise, mod
     if sampler is not None and not isinstance(sampler, str):
         raise TypeError(f"sampler must be a solver name, got {type(sampler).__name__}")
     grid = SamplingGrid.build(schedule, N, sampler, eta)
-    network = network_dtype(model.model if isinstance(model, Denoiser) else model, x_T.dtype)
+    network = network_dtype(model, x_T.dtype)
     work = state_dtype(network)
     denoiser = denoiser_for(model, schedule, model_options, network)
     if grid.stochastic:

@@ -53,10 +53,15 @@ def state_dtype(network: torch.dtype) -> torch.dtype:
 def network_dtype(model: Any, x_dtype: torch.dtype) -> torch.dtype:
     """The dtype the network runs in: ``x_T``'s when it is a half precision dtype, else a
     half precision dtype of the network's weights (a bfloat16 UNet given float32 noise),
-    else ``x_T``'s."""
+    else ``x_T``'s. ``model`` is the network, or what wraps it as ``.model`` (a
+    :class:`~adapters.diffusion.Denoiser`, and a wrapper inside it)."""
     if x_dtype in HALF:
         return x_dtype
-    module = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
+    module = model
+    for _ in range(2):  # a Denoiser's model, and that model's own .model
+        if isinstance(module, torch.nn.Module):
+            break
+        module = getattr(module, "model", None)
     if isinstance(module, torch.nn.Module):
         for p in module.parameters():
             if p.is_floating_point():

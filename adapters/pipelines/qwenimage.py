@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from . import flux
-from .core import check_size
 from .family import Call, Conditioning, PipelineFamily
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -21,17 +20,6 @@ def check(pipe: Any, call: Call) -> None:
     """Guidance-distilled transformers need ``guidance_scale`` (as the pipeline says)."""
     if pipe.transformer.config.guidance_embeds and call.embedded is None:
         raise ValueError("guidance_scale is required for a guidance-distilled transformer")
-
-
-def geometry(pipe: Any, call: Call) -> tuple[int, int, int, tuple[int, ...]]:
-    """Packed latents ``[n, h w / 4, 4 C]`` (``height``/``width`` default 128 f)."""
-    sf = pipe.vae_scale_factor
-    d = pipe.default_sample_size * sf
-    H, W = call.get("height", d), call.get("width", d)
-    check_size(call.name, H, W, sf * 2)
-    C = pipe.transformer.config.in_channels
-    h, w = H // sf, W // sf
-    return H, W, C // 4, (call.n, (h // 2) * (w // 2), C)
 
 
 def encode(pipe: Any, call: Call) -> Conditioning:
@@ -99,6 +87,6 @@ FAMILIES = {
     "QwenImagePipeline": PipelineFamily(
         "transformer", COMPONENTS, 50, None, cfg_arg="true_cfg_scale", cfg_default=4.0,
         inputs=("prompt_embeds_mask", "negative_prompt_embeds_mask", "attention_kwargs"),
-        check=check, geometry=geometry, timesteps=flux.timesteps, encode=encode,
+        check=check, geometry=flux.geometry, timesteps=flux.timesteps, encode=encode,
         latents=latents, network=network, guide=guide, decode=decode),
 }

@@ -120,6 +120,11 @@ def inpaint_geometry(pipe: Any, call: Call) -> tuple[int, int, int, tuple[int, .
 
 def _check_inpaint(pipe: Any, call: Call) -> None:
     check_unet(pipe, call)
+    need_inpaint_inputs(pipe, call)
+
+
+def need_inpaint_inputs(pipe: Any, call: Call) -> None:
+    """An inpainting call's image and mask, and a 9-channel UNet (SD and SDXL)."""
     need_image(call)
     if call.get("mask_image") is None:
         raise ValueError(f"mask_image is required for a {call.name}")

@@ -18,6 +18,7 @@ from .sd import (
     inpaint_geometry,
     inpaint_latents,
     need_image,
+    need_inpaint_inputs,
 )
 
 COMPONENTS = ("unet", "vae", "text_encoder_2", "tokenizer_2", "scheduler")
@@ -171,15 +172,7 @@ def img2img_encode(pipe: Any, call: Call) -> Conditioning:
 def inpaint_check(pipe: Any, call: Call) -> None:
     """SDXL's checks, an image and a mask, a 9-channel UNet."""
     check(pipe, call)
-    need_image(call)
-    if call.get("mask_image") is None:
-        raise ValueError(f"mask_image is required for a {call.name}")
-    c = pipe.unet.config.in_channels
-    if c != 9:
-        raise ValueError(
-            f"pipe.unet has {c} input channels; pint samples 9-channel inpainting UNets (mask and "
-            "masked-image latents as conditioning). A 4-channel UNet blends the known region "
-            "back after every step, which is not a step of the sampler's ODE")
+    need_inpaint_inputs(pipe, call)
 
 
 def inpaint_network(pipe: Any, call: Call):

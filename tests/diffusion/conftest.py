@@ -14,3 +14,15 @@ def unet():
         layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
     ).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): tiny models gain nothing from threads, and on a
+    busy machine OpenMP threads that spin-wait for each other make them up to 30x slower;
+    restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -25,12 +25,7 @@ _spec.loader.exec_module(bench)
 TOK = dict(max_sequence_length=bench.MAX_TOKENS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def gen(seed=3):

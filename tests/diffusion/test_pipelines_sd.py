@@ -24,12 +24,7 @@ _spec.loader.exec_module(bench)
 P = dict(prompt="a photo of a cat", negative_prompt="blurry")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ IMG = bench.image()
 TEXT = dict(prompt=P["prompt"], negative_prompt="blurry")  # img2img: the image sets the size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

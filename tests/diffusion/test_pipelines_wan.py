@@ -24,12 +24,7 @@ KW = dict(prompt="a photo of a cat", negative_prompt="blurry", height=16, width=
           num_frames=9, max_sequence_length=bench.MAX_TOKENS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

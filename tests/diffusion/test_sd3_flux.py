@@ -31,14 +31,7 @@ TOK = dict(max_sequence_length=bench.MAX_TOKENS)  # the tiny T5's token budget
 FLUX = dict(height=16, width=16, **TOK)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads (and spin-waiting OpenMP threads slow a busy
-    machine down); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

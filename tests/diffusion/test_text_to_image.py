@@ -62,14 +62,7 @@ SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.01
                 clip_sample=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads that
-    spin-wait for each other make these tests 30x slower; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
