@@ -28,6 +28,8 @@ Devices:
 
 * ``cpu-digits-b1`` / ``cpu-digits-b8``: the bundled digits UNet on this CPU, batch 1 and 8
   (a CPU call is flat up to ~16 rows for this small net, then grows with the rows);
+* ``gpu-unet-b1`` / ``gpu-unet-b8``: the 35.7M-parameter UNet of ``bench_gpu_wallclock``
+  in float16 on a CUDA GPU, eager, batch 1 and 8 (off CUDA a tiny UNet, a smoke test);
 * simulated devices (the denoiser of a 32-dimensional, 12-component Gaussian mixture, not
   the proxy's 64-dimensional one, whose every call sleeps what the device's curve says
   for its rows): the H100 figures of
@@ -125,12 +127,35 @@ class Recording(torch.nn.Module):
         return self.net(x, t, **kw)
 
 
+def sync(x: torch.Tensor) -> None:
+    """Wait for ``x``'s device, so that a CUDA run's wall-clock includes its queued work."""
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
+def gpu_unet(batch: int):
+    """``(model, schedule, x, note)``: the 35.7M-parameter UNet of
+    ``bench_gpu_wallclock`` (random weights, DDPM-CIFAR10 layout) in float16 on CUDA,
+    eager; off CUDA the tiny one in float32 (a smoke test)."""
+    from bench_gpu_wallclock import make_model
+
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.float16) if cuda else ("cpu", torch.float32)
+    model = Recording(make_model(not cuda, torch.device(device), dtype))
+    x = torch.randn(batch, *model.sample_shape, generator=torch.Generator().manual_seed(0)
+                    ).to(device=device, dtype=dtype)
+    note = (f"35.7M UNet, float16, eager, on {torch.cuda.get_device_name()}, batch {batch}"
+            if cuda else f"tiny UNet, float32, on this CPU (smoke test), batch {batch}")
+    return model, VPSchedule.linear(1000), x, note
+
+
 def run_candidate(model, schedule, x, N, cand, tol, repeats=1):
     """Measured seconds (the fastest of ``repeats`` runs), sequential calls and the rows
     of each call of one candidate."""
     best = float("inf")
     for _ in range(repeats):
         model.widths.clear()
+        sync(x)
         t0 = time.perf_counter()
         if cand.sampler == "serial":
             serial_sample(model, schedule, x, N)
@@ -138,6 +163,7 @@ def run_candidate(model, schedule, x, N, cand, tol, repeats=1):
         else:
             out = PARALLEL_SAMPLERS[cand.sampler](model, schedule, x, N, tol=tol, **cand.options)
             calls = out.stats.depth
+        sync(x)
         best = min(best, time.perf_counter() - t0)
     return best, calls, list(model.widths)
 
@@ -149,8 +175,10 @@ def auto_calls(model, schedule, x, N, tol):
     res = {}
     outs = []
     for which in ("first", "second"):
+        sync(x)
         t0 = time.perf_counter()
         out = sample(model, schedule, x, N, tol=tol)
+        sync(x)
         wall = time.perf_counter() - t0
         outs.append(out.sample)
         res[which] = dict(wall_s=wall, planning_s=out.plan.planning_s, reused=out.plan.reused,
@@ -266,7 +294,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--devices", nargs="*", default=None,
-                   help=f"cpu-digits-b1, cpu-digits-b8, {', '.join(SIMULATED)}")
+                   help=f"cpu-digits-b1, cpu-digits-b8, gpu-unet-b1, gpu-unet-b8 (a real "
+                        f"UNet on CUDA), {', '.join(SIMULATED)}")
     p.add_argument("--merge", action="store_true",
                    help="keep the other devices of an existing planner.json in --out")
     p.add_argument("--repeats", type=int, default=2,
@@ -285,7 +314,10 @@ def main(argv=None):
     results, t_all = {}, time.perf_counter()
     with torch.no_grad():
         for name in names:
-            if name.startswith("cpu-digits"):
+            if name.startswith("gpu-unet"):
+                model, schedule, x, note = gpu_unet(int(name.rsplit("b", 1)[1]))
+                repeats = 1
+            elif name.startswith("cpu-digits"):
                 net, schedule = load_pretrained("digits")
                 b = int(name.rsplit("b", 1)[1])
                 x = torch.randn(b, *net.sample_shape, generator=torch.Generator().manual_seed(0))

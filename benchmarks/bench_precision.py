@@ -2,6 +2,7 @@
 the network runs in bfloat16 or float16 (issue 29's table).
 
     python benchmarks/bench_precision.py [--quick] [--label after] [--out DIR]
+    python benchmarks/bench_precision.py --device cuda --seeds 1 --label cuda   # on a GPU
 
 For each case (the bundled ``digits`` and ``digits-flow`` models cast to bfloat16, N = 50,
 batch 8; tiny random SD3 and Flux pipelines in bfloat16 and Flux in float16, N = 28, two
@@ -61,14 +62,16 @@ def diffusers_loop(unet: Any, scheduler: Any, x_T: torch.Tensor, N: int) -> torc
     return x
 
 
-def bundled_case(name: str, dtype: torch.dtype, N: int, batch: int, seed: int) -> dict[str, Any]:
+def bundled_case(name: str, dtype: torch.dtype, N: int, batch: int, seed: int,
+                 device: str = "cpu") -> dict[str, Any]:
     """One seed of a bundled model cast to ``dtype``."""
     import adapters.diffusion as D
     from adapters.diffusion.pretrained import inspect_pretrained
 
-    m32, sched = D.load_pretrained(name)
-    lo, _ = D.load_pretrained(name, dtype=dtype)
-    x = torch.randn(batch, *m32.sample_shape, generator=torch.Generator().manual_seed(seed))
+    m32, sched = D.load_pretrained(name, device=device)
+    lo, _ = D.load_pretrained(name, device=device, dtype=dtype)
+    x = torch.randn(batch, *m32.sample_shape, generator=torch.Generator().manual_seed(seed)
+                    ).to(device)
     ref32 = D.serial_sample(m32, sched, x, N)
     ser = D.serial_sample(lo, sched, x.to(dtype), N)
     row: dict[str, Any] = {"serial_vs_fp32": dist(ser, ref32)}
@@ -92,14 +95,15 @@ def bundled_case(name: str, dtype: torch.dtype, N: int, batch: int, seed: int) -
     return row
 
 
-def pipeline_case(kind: str, dtype: torch.dtype, N: int, seed: int) -> dict[str, Any]:
+def pipeline_case(kind: str, dtype: torch.dtype, N: int, seed: int,
+                  device: str = "cpu") -> dict[str, Any]:
     """One seed of a tiny random pipeline (``"sd3"`` or ``"flux"``) in ``dtype``."""
     import bench_text_to_image as bt
 
     from adapters.text_to_image import srds_pipeline
 
     tmp = Path(tempfile.mkdtemp())
-    p32 = (bt.tiny_sd3 if kind == "sd3" else bt.tiny_flux)(tmp)
+    p32 = (bt.tiny_sd3 if kind == "sd3" else bt.tiny_flux)(tmp).to(device)
     lo = copy.deepcopy(p32).to(dtype)
     kw: dict[str, Any] = dict(max_sequence_length=bt.MAX_TOKENS, output_type="latent")
     if kind == "flux":
@@ -154,15 +158,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--label", default="after", help="the key the rows are stored under")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--device", default="cpu", help="where the models run (e.g. cuda)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
     seeds = range(1 if args.quick else args.seeds)
     table: dict[str, Any] = {}
     for label, kind, dtype, N in CASES:
         if args.quick and kind not in ("sd3", "flux"):
             continue
-        rows = [pipeline_case(kind, dtype, N, s) if kind in ("sd3", "flux")
-                else bundled_case(kind, dtype, N, 8, s) for s in seeds]
+        rows = [pipeline_case(kind, dtype, N, s, args.device) if kind in ("sd3", "flux")
+                else bundled_case(kind, dtype, N, 8, s, args.device) for s in seeds]
         table[label] = summarise(label, N, rows)
         t = table[label]
         print(f"{label:18s} N={N} serial vs fp32 {t['serial_vs_fp32']:.3g}"
@@ -174,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path = args.out / "precision.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[args.label] = {"machine": platform.platform(), "torch": torch.__version__,
+                        "device": (torch.cuda.get_device_name(args.device)
+                                   if args.device.startswith("cuda") else "cpu"),
                         "seeds": len(seeds), "cases": table}
     path.write_text(json.dumps(data, indent=1))
     print(f"wrote {path} [{args.label}]")
