@@ -192,7 +192,7 @@ def run_mode(model, schedule, x, N: int, device: torch.device) -> dict[str, Any]
         _, wall_zero = timed(zero[name], device)
         syncs, peak = syncs_and_peak(fn, device)
         calls = N if name == "serial" else out.stats.depth
-        rows[name] = {"wall_s": wall,
+        rows[name] = {"wall_s": wall, "sample_max_abs": float(sample.abs().max()),
                       "error_vs_serial": float((sample.double() - ref.double()).abs().max()),
                       "depth": calls,
                       "rows": N * x.shape[0] if name == "serial" else out.stats.model_rows,
@@ -221,9 +221,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--vs-fp32", action="store_true",
                     help="also the distance of serial in --dtype to float32 serial")
+    ap.add_argument("--vs-fp32-only", action="store_true",
+                    help="only that distance (no timings)")
     ap.add_argument("--name", default="gpu_wallclock",
                     help="the JSON file's stem (e.g. gpu_wallclock_bf16 for a second dtype)")
     args = ap.parse_args(argv)
+    args.vs_fp32 = args.vs_fp32 or args.vs_fp32_only
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     schedule = VPSchedule.linear(1000)
@@ -240,13 +243,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "modes": {},
     }
     with torch.inference_mode():
-        report["modes"]["eager"] = run_mode(model, schedule, x, args.steps, device)
         if args.vs_fp32 and dtype != torch.float32:  # the yardstick: the dtype's own error
             ref32 = serial_sample(make_model(args.tiny, device, torch.float32), schedule,
                                   x.float(), args.steps)
             ser = serial_sample(model, schedule, x, args.steps)
             report["serial_vs_fp32"] = float((ser.double() - ref32.double()).abs().max())
-            print(f"serial in {dtype} vs float32 serial: {report['serial_vs_fp32']:.3g}")
+            report["fp32_sample_max_abs"] = float(ref32.abs().max())
+            print(f"serial in {dtype} vs float32 serial: {report['serial_vs_fp32']:.3g} "
+                  f"(float32 sample max-abs {report['fp32_sample_max_abs']:.3g})")
+            save(report, args)
+        if args.vs_fp32_only:
+            return report
+        report["modes"]["eager"] = run_mode(model, schedule, x, args.steps, device)
         save(report, args)
         if args.graphs and device.type == "cuda":
             graphed = GraphedModel(model, min_rows=args.batch)

@@ -75,6 +75,9 @@ def bundled_case(name: str, dtype: torch.dtype, N: int, batch: int, seed: int,
     ref32 = D.serial_sample(m32, sched, x, N)
     ser = D.serial_sample(lo, sched, x.to(dtype), N)
     row: dict[str, Any] = {"serial_vs_fp32": dist(ser, ref32)}
+    if device != "cpu":  # float32 on the device against the CPU
+        cpu = D.serial_sample(D.load_pretrained(name)[0], sched, x.cpu(), N)
+        row["fp32_device_vs_cpu"] = dist(ref32.cpu(), cpu)
     try:
         import diffusers
 
@@ -103,7 +106,8 @@ def pipeline_case(kind: str, dtype: torch.dtype, N: int, seed: int,
     from adapters.text_to_image import srds_pipeline
 
     tmp = Path(tempfile.mkdtemp())
-    p32 = (bt.tiny_sd3 if kind == "sd3" else bt.tiny_flux)(tmp).to(device)
+    cpu32 = (bt.tiny_sd3 if kind == "sd3" else bt.tiny_flux)(tmp)
+    p32 = copy.deepcopy(cpu32).to(device)
     lo = copy.deepcopy(p32).to(dtype)
     kw: dict[str, Any] = dict(max_sequence_length=bt.MAX_TOKENS, output_type="latent")
     if kind == "flux":
@@ -118,6 +122,11 @@ def pipeline_case(kind: str, dtype: torch.dtype, N: int, seed: int,
     ser = srds_pipeline(lo, prompts, N, sampler="serial", generator=gen(), **kw).latents
     row: dict[str, Any] = {"serial_vs_fp32": dist(ser, ref32), "diffusers_vs_fp32": dist(own, ref32),
                            "serial_vs_diffusers": dist(ser, own)}
+    if device != "cpu":  # float32 on the device against diffusers' own loop and the CPU
+        own32 = p32(prompts, num_inference_steps=N, generator=gen(), **kw).images
+        cpu = srds_pipeline(cpu32, prompts, N, sampler="serial", generator=gen(), **kw).latents
+        row.update(fp32_serial_vs_diffusers=dist(ref32, own32),
+                   fp32_device_vs_cpu=dist(ref32.cpu(), cpu))
     for s in SAMPLERS:
         t0 = time.perf_counter()
         out = srds_pipeline(lo, prompts, N, sampler=s, generator=gen(), **kw)

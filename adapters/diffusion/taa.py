@@ -132,6 +132,7 @@ def _predict(denoiser, grid: SamplingGrid, y: Tensor, j: Tensor) -> tuple[Tensor
     """``(x0, eps)`` of the states ``y [n, batch, *sample]`` before steps ``j [n]``: one model
     call."""
     dev = y.device
+    j = j.to(grid.timesteps.device)  # the grid lives on the CPU; y may be on a GPU
     c_in = grid.c_in[j].to(dev) if bool((grid.c_in != 1).any()) else None
     return denoiser.predict(y, grid.timesteps[j].to(dev), grid.alpha_from[j].to(dev),
                             grid.sigma_from[j].to(dev), c_in)
