@@ -117,6 +117,34 @@ def test_probe_recovers_the_device_curve(monkeypatch):
     assert other is not cost
 
 
+class _ColdDevice(_Device):
+    """A GPU-like device whose first call at each new width pays a one-time cost (kernel
+    selection and lazy loading at a new shape: on an H200, ~0.1-1 s against ~12 ms warm)."""
+
+    def __init__(self, clock, cold, *args):
+        super().__init__(clock, *args)
+        self.cold, self.seen = cold, set()
+
+    def forward(self, x, t):
+        if x.shape[0] not in self.seen:
+            self.seen.add(x.shape[0])
+            self.clock.now += self.cold
+        return super().forward(x, t)
+
+
+def test_probe_is_not_fooled_by_first_calls_at_a_new_width(monkeypatch):
+    # bench_planner on an H200 (eager fp16 UNet, flat ~12 ms): the probe timed each width
+    # once, cold, priced a 16-row call at ~0.8 s and auto chose serial, 4.8x the best
+    clock = _Clock()
+    monkeypatch.setattr(planner, "time", clock)
+    dev = _ColdDevice(clock, 0.3, 0.012, 128, 0.012 / 128)
+    cost = measure_call_cost(dev, SCHED, X, 1000, max_rows=256)
+    for rows in cost.rows:
+        assert cost(rows) == pytest.approx(0.012 + 0.012 / 128 * max(0, rows - 128), rel=0.01)
+    plan = plan_sampling(dev, SCHED, X, 200, tol=1e-4, cost=cost)
+    assert plan.choice.sampler != "serial" and plan.choice.max_rows >= 32
+
+
 def test_probe_stays_within_its_budget(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr(planner, "time", clock)
