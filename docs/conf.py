@@ -63,12 +63,16 @@ docstring_check_modules = {
     "pint.problems": None,
     "pint.problems.ode": None,
     "pint.problems.pde": None,
+    "pint.problems.pde2d": None,
+    "pint.problems.anchors": None,
     "pint.stopping": None,
     "pint.propagators": None,
     "adapters.diffusion": None,
     "adapters.diffusion.pretrained": None,
     "adapters.diffusers": None,
     "adapters.text_to_image": None,
+    "adapters.bridge": None,
+    "adapters.pipelines": None,
 }
 
 # --- pages in Markdown (MyST)
