@@ -92,6 +92,7 @@ def test_bad_options_are_clear_errors():
                           ({"features": 2.5}, TypeError, "features"),
                           ({"rank": 0}, ValueError, "rank"), ({"max_pairs": 1}, ValueError, "max_pairs"),
                           ({"ridge": -1.0}, ValueError, "ridge"), ({"accept": 0.0}, ValueError, "accept"),
+                          ({"accept_first": -1.0}, ValueError, "accept_first"),
                           ({"warmup": -1}, ValueError, "warmup"), ({"fallback": "no"}, TypeError, "fallback"),
                           ({"seed": None}, TypeError, "seed")]:
         with pytest.raises(err, match=f"LearnedCorrection.{name}"):
